@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what kvlens needs to build and test, from Debian's packages and PyPI. Idempotent and quick when
+# everything is there. (llama.cpp and the test model are fetched by the build and scripts/fetch_model.sh.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_pkgs=(build-essential cmake ninja-build git ccache pkg-config nlohmann-json3-dev libcli11-dev libzip-dev
+          libgtest-dev python3 python3-pip unzip)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install_deps: apt-get install ${missing[*]}"
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q "${missing[@]}"
+fi
+
+# Python: only for the independent reference checks in the tests (numpy forward pass, gguf reader).
+if ! python3 -c "import numpy, gguf, pytest" >/dev/null 2>&1; then
+    python3 -m pip install -q -r tests/python/requirements.txt
+fi

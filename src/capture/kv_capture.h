@@ -1,0 +1,84 @@
+// KV capture: reads K (as written to the cache, post-RoPE), V and optionally the residual stream out of the
+// llama.cpp graph while it is computed, through the scheduler's eval callback (cb_eval), and hands the rows
+// to subscribed observers with their sequence id and position.
+//
+// Which graph node is which (llama-cpp-notes.md): "Kcur-N" appears several times; the one written to the
+// cache is the GGML_OP_ROPE node. "Vcur-N" is the last reshape/view (3-D). "l_out-N" is the residual stream
+// after layer N; for the last layer it only has rows for tokens that requested logits. "inp_embd" is the
+// token embedding (hidden state 0).
+//
+// Cost: a node is requested from the scheduler only when some observer wants it, so with no observer the
+// graph runs exactly as without capture.
+#pragma once
+
+#include <llama.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace kvlens {
+
+enum class Tap : uint8_t {
+    K = 0,       // [n_head_kv * head_dim] per token, post-RoPE (and post k_norm for Qwen3)
+    V = 1,       // [n_head_kv * head_dim] per token
+    Hidden = 2,  // [n_embd] per token: residual stream after layer `layer` (l_out)
+    Embd = 3,    // [n_embd] per token: token embeddings (layer = -1)
+};
+
+// Rows of one tap of one layer for some tokens of the current batch.
+struct TapRows {
+    Tap tap;
+    int layer;
+    int n_rows;
+    int width;                 // floats per row
+    const float* data;         // n_rows x width, contiguous
+    const int32_t* batch_idx;  // row i belongs to token batch_idx[i] of the batch being decoded
+    const llama_batch* batch;  // seq ids: batch->seq_id[j][0..n_seq_id[j]), position: batch->pos[j]
+
+    const float* row(int i) const { return data + (size_t)i * width; }
+    llama_pos pos(int i) const { return batch->pos[batch_idx[i]]; }
+    // True when the token of row i belongs to sequence `seq`.
+    bool has_seq(int i, llama_seq_id seq) const;
+};
+
+class KvObserver {
+public:
+    virtual ~KvObserver() = default;
+    // Asked once per graph node candidate; must be cheap. layer = -1 for Tap::Embd.
+    virtual bool wants(Tap tap, int layer) const = 0;
+    virtual void on_rows(const TapRows& rows) = 0;
+};
+
+class KvCapture {
+public:
+    explicit KvCapture(int n_layer) : n_layer_(n_layer) {}
+
+    // Observers are borrowed: remove them before they die. Order of delivery = order of subscription.
+    void subscribe(KvObserver* obs);
+    void unsubscribe(KvObserver* obs);
+    bool empty() const { return observers_.empty(); }
+
+    // The session calls this before each llama_decode with the batch it passes, and with nullptr after.
+    void begin_batch(const llama_batch* batch);
+
+    // The llama.cpp eval callback; user_data is the KvCapture.
+    static bool eval_callback(struct ggml_tensor* t, bool ask, void* user_data);
+
+    // Rows delivered so far (all taps), for tests and diagnostics.
+    int64_t rows_delivered() const { return rows_delivered_; }
+
+private:
+    bool wanted(Tap tap, int layer) const;
+    void deliver(const struct ggml_tensor* t, Tap tap, int layer);
+
+    int n_layer_;
+    std::vector<KvObserver*> observers_;
+    const llama_batch* batch_ = nullptr;
+    std::vector<int32_t> out_idx_;   // batch indices of the tokens with logits (rows of the last l_out)
+    std::vector<int32_t> consumed_;  // rows consumed so far in this batch, per (tap, layer) slot
+    std::vector<int32_t> idx_;       // scratch: batch indices of the rows being delivered
+    std::vector<float> scratch_;     // scratch: contiguous copy of strided or device tensors
+    int64_t rows_delivered_ = 0;
+};
+
+}  // namespace kvlens

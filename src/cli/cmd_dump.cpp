@@ -1,0 +1,123 @@
+// kvlens dump: the raw per-layer K and V (and hidden states) of every position, as .npz for numpy.
+#include <cstdio>
+#include <sstream>
+
+#include "capture/observers.h"
+#include "cli/common.h"
+#include "io/npz.h"
+#include "util/error.h"
+
+namespace kvlens::cli {
+
+namespace {
+
+struct DumpOptions {
+    ModelOptions model;
+    std::string prompt, tokens, out;
+    bool hidden = false, no_bos = false;
+};
+
+std::vector<llama_token> parse_token_ids(const std::string& s, int n_vocab) {
+    std::vector<llama_token> ids;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        size_t used = 0;
+        long v = -1;
+        try {
+            v = std::stol(item, &used);
+        } catch (...) {
+            used = 0;
+        }
+        if (used == 0 || used != item.size()) throw Error("--tokens: '" + item + "' is not a token id");
+        if (v < 0 || v >= n_vocab)
+            throw Error("--tokens: id " + item + " out of range for a vocabulary of " + std::to_string(n_vocab));
+        ids.push_back((llama_token)v);
+    }
+    if (ids.empty()) throw Error("--tokens: no token ids");
+    return ids;
+}
+
+// Gathers rows of one tap into [n_layers, T, width], ordered by position 0..T-1.
+std::vector<float> gather(const RowRecorder& rec, Tap tap, int layer0, int n_layers, int T, int width) {
+    std::vector<float> out((size_t)n_layers * T * width);
+    for (int l = 0; l < n_layers; ++l) {
+        for (int t = 0; t < T; ++t) {
+            const std::vector<float>* r = rec.get(tap, layer0 + l, 0, t);
+            if (r == nullptr || (int)r->size() != width)
+                throw Error("dump: no captured row for layer " + std::to_string(layer0 + l) + " position " +
+                            std::to_string(t) + " (unsupported graph layout?)");
+            std::copy(r->begin(), r->end(), out.begin() + ((size_t)l * T + t) * width);
+        }
+    }
+    return out;
+}
+
+void run_dump(const DumpOptions& o) {
+    if (o.prompt.empty() == o.tokens.empty()) throw Error("dump: give exactly one of -p/--prompt and --tokens");
+    std::unique_ptr<Model> model = load_model(o.model);
+    const ModelInfo& mi = model->info();
+    const std::vector<llama_token> toks =
+        o.tokens.empty() ? model->tokenize(o.prompt, !o.no_bos, /*parse_special=*/true)
+                         : parse_token_ids(o.tokens, mi.n_vocab);
+    const int T = (int)toks.size();
+    if (T > o.model.ctx)
+        throw Error("prompt: " + std::to_string(T) + " tokens do not fit the context of " +
+                    std::to_string(o.model.ctx) + " tokens (raise --ctx)");
+
+    Session session(*model, session_params(o.model));
+    std::vector<Tap> taps = {Tap::K, Tap::V};
+    if (o.hidden) taps.insert(taps.end(), {Tap::Embd, Tap::Hidden});
+    RowRecorder rec(taps, 0);
+    session.capture().subscribe(&rec);
+    std::vector<BatchToken> batch;
+    // The last layer's residual stream only exists for tokens with logits: request them all for --hidden.
+    for (int t = 0; t < T; ++t) batch.push_back({toks[t], t, 0, o.hidden || t == T - 1});
+    session.decode(batch, /*keep_logits=*/false);
+    session.capture().unsubscribe(&rec);
+
+    // Gather everything first, so that a failure leaves no partial file behind.
+    const int L = mi.n_layer, W = mi.kv_width();
+    std::vector<int32_t> pos(T);
+    for (int t = 0; t < T; ++t) pos[t] = t;
+    const std::vector<int32_t> ids(toks.begin(), toks.end());
+    const std::vector<float> k = gather(rec, Tap::K, 0, L, T, W), v = gather(rec, Tap::V, 0, L, T, W);
+    std::vector<float> h;
+    if (o.hidden) {
+        h = gather(rec, Tap::Embd, -1, 1, T, mi.n_embd);
+        const std::vector<float> layers = gather(rec, Tap::Hidden, 0, L, T, mi.n_embd);
+        h.insert(h.end(), layers.begin(), layers.end());
+    }
+    NpzWriter npz(o.out);
+    npz.add("tokens", ids.data(), {(size_t)T});
+    npz.add("pos", pos.data(), {(size_t)T});
+    npz.add("k", k.data(), {(size_t)L, (size_t)T, (size_t)W});
+    npz.add("v", v.data(), {(size_t)L, (size_t)T, (size_t)W});
+    if (o.hidden) npz.add("hidden", h.data(), {(size_t)L + 1, (size_t)T, (size_t)mi.n_embd});
+    const int32_t n_layer = L, n_head_kv = mi.n_head_kv, head_dim = mi.head_dim;
+    npz.add("n_layer", &n_layer, {});
+    npz.add("n_head_kv", &n_head_kv, {});
+    npz.add("head_dim", &head_dim, {});
+    npz.close();
+    fprintf(stderr, "kvlens dump: %d tokens x %d layers (K, V%s) -> %s\n", T, L, o.hidden ? ", hidden" : "",
+            o.out.c_str());
+}
+
+}  // namespace
+
+CLI::App* add_dump_command(CLI::App& app) {
+    auto o = std::make_shared<DumpOptions>();
+    CLI::App* sub = app.add_subcommand("dump", "write the raw per-layer K, V (and hidden states) of a text as .npz");
+    add_model_options(sub, o->model);
+    sub->add_option("-p,--prompt", o->prompt, "text to run (tokenized with the model's BOS, special tokens parsed)");
+    sub->add_option("--tokens", o->tokens, "comma-separated token ids to run instead of a text");
+    sub->add_flag("--no-bos", o->no_bos, "do not add the BOS token to --prompt");
+    sub->add_option("-o,--out", o->out, "output .npz: tokens, pos, k, v [layer, pos, n_head_kv*head_dim], hidden")
+        ->required();
+    sub->add_flag("--hidden", o->hidden,
+                  "also write hidden [n_layer+1, pos, n_embd]: token embeddings, then the residual after each layer");
+    sub->callback([o] { run_dump(*o); });
+    return sub;
+}
+
+}  // namespace kvlens::cli

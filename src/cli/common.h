@@ -1,0 +1,42 @@
+// Options and helpers shared by the CLI subcommands.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <string>
+
+#include "capture/pooling.h"
+#include "engine/model.h"
+
+namespace kvlens::cli {
+
+struct ModelOptions {
+    std::string model;
+    int ctx = 4096;
+    int batch = 512;
+    int threads = 0;
+    int gpu_layers = -1;
+    std::string flash_attn = "auto";
+    bool verbose = false;
+};
+
+// -m/--model, --ctx, --batch, --threads, --gpu-layers, --flash-attn, --verbose.
+void add_model_options(CLI::App* app, ModelOptions& o);
+std::unique_ptr<Model> load_model(const ModelOptions& o);
+SessionParams session_params(const ModelOptions& o, int n_seq_max = 1);
+
+struct PoolOptions {
+    std::string kv_part = "kv_cat", pos_agg = "mean", head_agg = "flatten", layer_agg = "none", layers = "all";
+    bool normalize = false;
+    int window = 0;
+};
+// --kv-part, --pos-agg, --head-agg, --layer-agg, --layers, --normalize, --window.
+void add_pool_options(CLI::App* app, PoolOptions& o);
+PoolSpec pool_spec(const PoolOptions& o);  // throws Error naming the flag
+
+// Registered subcommands. Each returns the subcommand; its callback does the work.
+CLI::App* add_generate_command(CLI::App& app);
+CLI::App* add_dump_command(CLI::App& app);
+
+}  // namespace kvlens::cli

@@ -1,0 +1,104 @@
+// kvlens: the command-line front end.
+#include <cstdio>
+
+#include "cli/common.h"
+#include "util/error.h"
+
+namespace kvlens::cli {
+
+void add_model_options(CLI::App* app, ModelOptions& o) {
+    app->add_option("-m,--model", o.model, "GGUF model file")->required();
+    app->add_option("--ctx", o.ctx, "context size in tokens (KV cache, all sequences)")
+        ->check(CLI::Range(8, 1 << 20))
+        ->capture_default_str();
+    app->add_option("--batch", o.batch, "max tokens per decode call")->check(CLI::Range(1, 1 << 16))->capture_default_str();
+    app->add_option("-t,--threads", o.threads, "CPU threads (0: all)")->check(CLI::Range(0, 1024))->capture_default_str();
+    app->add_option("--gpu-layers", o.gpu_layers, "layers to offload to a GPU (-1: all)")
+        ->check(CLI::Range(-1, 100000))
+        ->capture_default_str();
+    app->add_option("--flash-attn", o.flash_attn, "flash attention")
+        ->check(CLI::IsMember({"auto", "on", "off"}))
+        ->capture_default_str();
+    app->add_flag("-v,--verbose", o.verbose, "show llama.cpp's log");
+}
+
+std::unique_ptr<Model> load_model(const ModelOptions& o) {
+    set_verbose(o.verbose);
+    ModelParams mp;
+    mp.path = o.model;
+    mp.n_gpu_layers = o.gpu_layers;
+    return std::make_unique<Model>(mp);
+}
+
+SessionParams session_params(const ModelOptions& o, int n_seq_max) {
+    SessionParams sp;
+    sp.n_ctx = o.ctx;
+    sp.n_batch = o.batch;
+    sp.n_threads = o.threads;
+    sp.n_seq_max = n_seq_max;
+    sp.flash_attn = o.flash_attn == "on" ? FlashAttn::On : o.flash_attn == "off" ? FlashAttn::Off : FlashAttn::Auto;
+    return sp;
+}
+
+void add_pool_options(CLI::App* app, PoolOptions& o) {
+    app->add_option("--kv-part", o.kv_part, "k, v or kv_cat ([K;V])")->capture_default_str();
+    app->add_option("--pos-agg", o.pos_agg, "pool positions: mean, sum, last, first")->capture_default_str();
+    app->add_option("--head-agg", o.head_agg, "heads: flatten or mean")->capture_default_str();
+    app->add_option("--layer-agg", o.layer_agg, "layers: none (one vector per layer), flatten, mean, sum, last")
+        ->capture_default_str();
+    app->add_option("--layers", o.layers, "layers: all, 0,3,-1, -4..-1 (negative = from the end)")
+        ->capture_default_str();
+    app->add_flag("--normalize", o.normalize, "L2-normalise each pooled vector");
+    app->add_option("--window", o.window, "pool only the last W positions (0: all)")
+        ->check(CLI::Range(0, 1 << 20))
+        ->capture_default_str();
+}
+
+// Prefixes pooling parse errors with the flag they came from.
+template <typename F>
+static auto with_flag(const char* flag, F f) {
+    try {
+        return f();
+    } catch (const Error& e) {
+        throw Error(std::string(flag) + ": " + e.what());
+    }
+}
+
+PoolSpec pool_spec(const PoolOptions& o) {
+    PoolSpec s;
+    s.kv_part = with_flag("--kv-part", [&] { return parse_kv_part(o.kv_part); });
+    s.pos_agg = with_flag("--pos-agg", [&] { return parse_pos_agg(o.pos_agg); });
+    s.head_agg = with_flag("--head-agg", [&] { return parse_head_agg(o.head_agg); });
+    s.layer_agg = with_flag("--layer-agg", [&] { return parse_layer_agg(o.layer_agg); });
+    s.layers = with_flag("--layers", [&] { return parse_layers(o.layers); });
+    s.normalize = o.normalize;
+    s.window = o.window;
+    return s;
+}
+
+}  // namespace kvlens::cli
+
+int main(int argc, char** argv) {
+    CLI::App app{"kvlens: the KV cache of an LLM as a free representation (KV-CoE, fast/slow thinking, embeddings)"};
+    app.require_subcommand(1);
+    app.set_help_all_flag("--help-all", "help for every subcommand");
+    kvlens::cli::add_generate_command(app);
+    kvlens::cli::add_dump_command(app);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        fprintf(stderr, "kvlens: error: %s (see --help)\n", e.what());
+        return 2;
+    } catch (const kvlens::Error& e) {
+        fprintf(stderr, "kvlens: error: %s\n", e.what());
+        return 1;
+    } catch (const std::exception& e) {
+        fprintf(stderr, "kvlens: internal error: %s\n", e.what());
+        return 3;
+    }
+    return 0;
+}

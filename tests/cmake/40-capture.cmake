@@ -1,0 +1,10 @@
+# Integration tests of the engine and the KV capture on the tiny random models.
+kvlens_add_gtest(capture_test ${CMAKE_CURRENT_SOURCE_DIR}/capture_test.cpp)
+if(TARGET tiny-models)
+  add_dependencies(capture_test tiny-models)
+endif()
+
+add_test(NAME cli_bad_input
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/bad_input_test.sh $<TARGET_FILE:kvlens-cli>
+                 ${KVLENS_TEST_MODELS_DIR}/tiny-llama.gguf)
+set_tests_properties(cli_bad_input PROPERTIES LABELS cli TIMEOUT 600)
