@@ -22,6 +22,8 @@ struct Case {
     FlashAttn fa;
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.arch << (c.fa == FlashAttn::On ? " fa on" : " fa off"); }
+
 std::string case_name(const testing::TestParamInfo<Case>& p) {
     return p.param.arch + (p.param.fa == FlashAttn::On ? "_fa_on" : "_fa_off");
 }
@@ -46,7 +48,7 @@ TEST_P(CaptureTest, CapturedKvEqualsCacheContents) {
     session.capture().subscribe(&rec);
 
     const std::vector<std::vector<llama_token>> prompts = {model.tokenize("Hello world, this is a test", true),
-                                                           model.tokenize("Another prompt of a different length!", true)};
+                                                           model.tokenize("Another prompt, of a clearly different and longer length!", true)};
     GenerateParams gp;
     gp.max_tokens = 12;
     const std::vector<Generation> gens = generate(session, prompts, gp);
@@ -257,8 +259,16 @@ TEST(Generate, PromptLongerThanContextIsAnError) {
     SessionParams sp;
     sp.n_ctx = 16;
     Session session(model, sp);
-    std::vector<llama_token> prompt(40, 1);
+    // llama.cpp may round the context up: overflow whatever it chose, by one token.
+    std::vector<llama_token> prompt(session.n_ctx(), 1);
     EXPECT_THROW(generate(session, {prompt}, GenerateParams{}), Error);
+    prompt.pop_back();
+    GenerateParams gp;
+    gp.max_tokens = 4;
+    // One free cell: the first generated token is fed into it, the second has no room and ends the answer.
+    const Generation g = generate(session, {prompt}, gp).at(0);
+    EXPECT_EQ(g.output.size(), 2u);
+    EXPECT_EQ(g.stop, StopReason::ContextFull);
 }
 
 }  // namespace

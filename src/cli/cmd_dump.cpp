@@ -1,5 +1,6 @@
 // kvlens dump: the raw per-layer K and V (and hidden states) of every position, as .npz for numpy.
 #include <cstdio>
+#include <filesystem>
 #include <sstream>
 
 #include "capture/observers.h"
@@ -55,6 +56,9 @@ std::vector<float> gather(const RowRecorder& rec, Tap tap, int layer0, int n_lay
 
 void run_dump(const DumpOptions& o) {
     if (o.prompt.empty() == o.tokens.empty()) throw Error("dump: give exactly one of -p/--prompt and --tokens");
+    const std::filesystem::path dir = std::filesystem::path(o.out).parent_path();
+    if (!dir.empty() && !std::filesystem::is_directory(dir))
+        throw Error("--out '" + o.out + "': directory '" + dir.string() + "' does not exist");
     std::unique_ptr<Model> model = load_model(o.model);
     const ModelInfo& mi = model->info();
     const std::vector<llama_token> toks =

@@ -34,8 +34,8 @@ std::pair<llama_pos, llama_pos> position_range(const std::string& which, llama_p
 
 void run_generate(const GenerateOptions& o) {
     if (o.prompt.empty()) throw Error("--prompt: empty");
-    const ChatTemplate tmpl_flag = parse_chat_template(o.chat_template);
-    const ThinkMode think = parse_think_mode(o.think);
+    const ChatTemplate tmpl_flag = with_flag("--template", [&] { return parse_chat_template(o.chat_template); });
+    const ThinkMode think = with_flag("--think", [&] { return parse_think_mode(o.think); });
     const PoolSpec spec = pool_spec(o.pool);
 
     std::unique_ptr<Model> model = load_model(o.model);
@@ -56,7 +56,7 @@ void run_generate(const GenerateOptions& o) {
     std::unique_ptr<KvPool> pool;
     std::unique_ptr<PoolObserver> obs;
     if (!o.features.empty()) {
-        pool = std::make_unique<KvPool>(spec, mi.n_layer, mi.n_head_kv, mi.head_dim);
+        pool = with_flag("--layers", [&] { return std::make_unique<KvPool>(spec, mi.n_layer, mi.n_head_kv, mi.head_dim); });
         const auto [p0, p1] = position_range(o.positions, (llama_pos)prompt.size());
         obs = std::make_unique<PoolObserver>(*pool, 0, p0, p1);
         session.capture().subscribe(obs.get());

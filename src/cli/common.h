@@ -8,6 +8,7 @@
 
 #include "capture/pooling.h"
 #include "engine/model.h"
+#include "util/error.h"
 
 namespace kvlens::cli {
 
@@ -34,6 +35,16 @@ struct PoolOptions {
 // --kv-part, --pos-agg, --head-agg, --layer-agg, --layers, --normalize, --window.
 void add_pool_options(CLI::App* app, PoolOptions& o);
 PoolSpec pool_spec(const PoolOptions& o);  // throws Error naming the flag
+
+// Runs f, prefixing a kvlens::Error's message with the flag whose value caused it.
+template <typename F>
+auto with_flag(const char* flag, F f) {
+    try {
+        return f();
+    } catch (const Error& e) {
+        throw Error(std::string(flag) + ": " + e.what());
+    }
+}
 
 // Registered subcommands. Each returns the subcommand; its callback does the work.
 CLI::App* add_generate_command(CLI::App& app);

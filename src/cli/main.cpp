@@ -54,16 +54,6 @@ void add_pool_options(CLI::App* app, PoolOptions& o) {
         ->capture_default_str();
 }
 
-// Prefixes pooling parse errors with the flag they came from.
-template <typename F>
-static auto with_flag(const char* flag, F f) {
-    try {
-        return f();
-    } catch (const Error& e) {
-        throw Error(std::string(flag) + ": " + e.what());
-    }
-}
-
 PoolSpec pool_spec(const PoolOptions& o) {
     PoolSpec s;
     s.kv_part = with_flag("--kv-part", [&] { return parse_kv_part(o.kv_part); });
