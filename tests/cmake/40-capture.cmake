@@ -8,3 +8,8 @@ add_test(NAME cli_bad_input
          COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/bad_input_test.sh $<TARGET_FILE:kvlens-cli>
                  ${KVLENS_TEST_MODELS_DIR}/tiny-llama.gguf)
 set_tests_properties(cli_bad_input PROPERTIES LABELS cli TIMEOUT 600)
+
+kvlens_add_gtest(generate_test ${PROJECT_SOURCE_DIR}/src/engine/generate_test.cpp)
+if(TARGET tiny-models)
+  add_dependencies(generate_test tiny-models)
+endif()

@@ -1,0 +1,143 @@
+// Generation on the tiny random models: greedy vs sampling, seeds, step statistics against a direct
+// softmax of the logits, stopping rules, and batched sequences equal to single ones.
+#include "engine/generate.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "util/error.h"
+
+using namespace kvlens;
+
+namespace {
+
+const std::string kModel = std::string(KVLENS_TEST_MODELS_DIR) + "/tiny-qwen3.gguf";
+
+struct Fixture : testing::Test {
+    static void SetUpTestSuite() {
+        set_verbose(false);
+        model = std::make_unique<Model>(ModelParams{kModel});
+    }
+    static void TearDownTestSuite() { model.reset(); }
+    static std::unique_ptr<Model> model;
+    std::vector<llama_token> prompt() const { return model->tokenize("Sampling is reproducible", true); }
+    Generation run(const GenerateParams& gp, int n_seq_max = 1) {
+        SessionParams sp;
+        sp.n_ctx = 256;
+        sp.n_seq_max = n_seq_max;
+        Session s(*model, sp);
+        return generate(s, {prompt()}, gp).at(0);
+    }
+};
+std::unique_ptr<Model> Fixture::model;
+
+TEST_F(Fixture, GreedyPicksTheMostLikelyTokenAndStatsMatchADirectSoftmax) {
+    SessionParams sp;
+    sp.n_ctx = 256;
+    Session s(*model, sp);
+    const std::vector<llama_token> p = prompt();
+    std::vector<BatchToken> batch;
+    for (size_t i = 0; i < p.size(); ++i) batch.push_back({p[i], (llama_pos)i, 0, i + 1 == p.size()});
+    s.decode(batch);
+    const int n_vocab = model->info().n_vocab;
+    std::vector<float> logits(s.logits((int)p.size() - 1), s.logits((int)p.size() - 1) + n_vocab);
+
+    GenerateParams gp;
+    gp.max_tokens = 1;
+    const Generation g = run(gp);
+    ASSERT_EQ(g.output.size(), 1u);
+    // Independent computation of the softmax statistics in long double.
+    const llama_token argmax = (llama_token)(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    long double z = 0, m = logits[argmax];
+    for (float l : logits) z += std::exp((long double)l - m);
+    long double h = 0;
+    for (float l : logits) {
+        const long double q = std::exp((long double)l - m) / z;
+        if (q > 0) h -= q * std::log(q);
+    }
+    EXPECT_EQ(g.output[0], argmax);
+    EXPECT_NEAR(g.steps[0].max_prob, (double)(1 / z), 1e-6);
+    EXPECT_NEAR(g.steps[0].prob, g.steps[0].max_prob, 1e-7);
+    EXPECT_NEAR(g.steps[0].entropy, (double)h, 1e-4);
+}
+
+TEST_F(Fixture, SeededSamplingIsReproducibleAndSeedsDiffer) {
+    GenerateParams gp;
+    gp.max_tokens = 12;
+    gp.sampling.temperature = 1.5f;
+    gp.sampling.top_k = 0;
+    gp.sampling.top_p = 1.0f;
+    gp.sampling.seed = 7;
+    const Generation a = run(gp), b = run(gp);
+    EXPECT_EQ(a.output, b.output);
+    gp.sampling.seed = 8;
+    const Generation c = run(gp);
+    EXPECT_NE(a.output, c.output);
+    for (const StepStats& st : a.steps) {
+        EXPECT_GT(st.prob, 0.0f);
+        EXPECT_LE(st.prob, st.max_prob + 1e-7f);
+        EXPECT_GE(st.entropy, 0.0f);
+    }
+}
+
+TEST_F(Fixture, TopKOneEqualsGreedy) {
+    GenerateParams greedy;
+    greedy.max_tokens = 16;
+    GenerateParams k1 = greedy;
+    k1.sampling.temperature = 0.8f;
+    k1.sampling.top_k = 1;
+    k1.sampling.seed = 123;
+    EXPECT_EQ(run(greedy).output, run(k1).output);
+}
+
+TEST_F(Fixture, MaxTokensAndCallbackStop) {
+    GenerateParams gp;
+    gp.max_tokens = 5;
+    Generation g = run(gp);
+    if (g.stop != StopReason::EndOfTurn) {
+        EXPECT_EQ(g.output.size(), 5u);
+        EXPECT_EQ(g.stop, StopReason::MaxTokens);
+    }
+    gp.max_tokens = 50;
+    gp.on_token = [](int, const Generation& cur) { return cur.output.size() < 3; };
+    g = run(gp);
+    if (g.stop != StopReason::EndOfTurn) {
+        EXPECT_EQ(g.output.size(), 3u);
+        EXPECT_EQ(g.stop, StopReason::Callback);
+    }
+}
+
+// Two sequences decoded together give the same greedy tokens as each decoded alone.
+TEST_F(Fixture, BatchedSequencesEqualSingleOnes) {
+    const std::vector<llama_token> p1 = model->tokenize("first prompt here", true);
+    const std::vector<llama_token> p2 = model->tokenize("a second, longer prompt for the batch", true);
+    GenerateParams gp;
+    gp.max_tokens = 10;
+    SessionParams sp;
+    sp.n_ctx = 256;
+    sp.n_seq_max = 2;
+    Session both(*model, sp);
+    const std::vector<Generation> g = generate(both, {p1, p2}, gp);
+    sp.n_seq_max = 1;
+    Session one(*model, sp);
+    EXPECT_EQ(generate(one, {p1}, gp).at(0).output, g[0].output);
+    one.clear();
+    EXPECT_EQ(generate(one, {p2}, gp).at(0).output, g[1].output);
+}
+
+TEST_F(Fixture, BadParametersAreErrors) {
+    SessionParams sp;
+    sp.n_ctx = 64;
+    Session s(*model, sp);
+    GenerateParams gp;
+    gp.sampling.top_p = 0.0f;
+    EXPECT_THROW(generate(s, {prompt()}, gp), Error);
+    gp = GenerateParams{};
+    gp.max_tokens = 0;
+    EXPECT_THROW(generate(s, {prompt()}, gp), Error);
+    EXPECT_THROW(generate(s, {prompt(), prompt()}, GenerateParams{}), Error);  // 2 sequences, 1 slot
+    EXPECT_THROW(generate(s, {{}}, GenerateParams{}), Error);                  // empty prompt
+}
+
+}  // namespace
