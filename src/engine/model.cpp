@@ -103,8 +103,7 @@ Model::Model(const ModelParams& params) : path_(params.path) {
     validate_gguf_file(path_);
     init_backend();
     llama_model_params mp = llama_model_default_params();
-    mp.n_gpu_layers = params.n_gpu_layers < 0 ? 999 : params.n_gpu_layers;
-    mp.use_mmap = params.use_mmap;
+    mp.n_gpu_layers = params.n_gpu_layers;  // negative: all layers
     model_ = llama_model_load_from_file(path_.c_str(), mp);
     if (model_ == nullptr) {
         const std::string why = take_last_llama_error();
@@ -167,9 +166,10 @@ bool Model::is_eog(llama_token t) const { return llama_vocab_is_eog(vocab_, t); 
 Session::Session(const Model& model, const SessionParams& params) : model_(model), params_(params) {
     if (params.n_ctx < 8) throw Error("n_ctx: " + std::to_string(params.n_ctx) + " is too small (minimum 8)");
     if (params.n_batch < 1) throw Error("n_batch: must be >= 1");
-    if (params.n_seq_max < 1 || params.n_seq_max > LLAMA_MAX_SEQ)
+    const int max_seq = 256;  // llama.cpp's LLAMA_MAX_SEQ (not in the public header)
+    if (params.n_seq_max < 1 || params.n_seq_max > max_seq)
         throw Error("n_seq_max: " + std::to_string(params.n_seq_max) + " out of range 1.." +
-                    std::to_string(LLAMA_MAX_SEQ));
+                    std::to_string(max_seq));
     capture_ = std::make_unique<KvCapture>(model.info().n_layer);
 
     llama_context_params cp = llama_context_default_params();

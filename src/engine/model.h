@@ -21,7 +21,6 @@ void set_verbose(bool verbose);
 struct ModelParams {
     std::string path;
     int n_gpu_layers = -1;  // -1: all layers on the GPU when one is available
-    bool use_mmap = true;
 };
 
 // Facts about a model the capture and the methods need.
