@@ -1,0 +1,63 @@
+#include "eval/results_file.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "util/error.h"
+
+namespace kvlens {
+
+ResultsFile::ResultsFile(const std::string& path, const std::string& key) : path_(path), key_(key) {
+    std::string text;
+    if (std::filesystem::exists(path)) {
+        std::ifstream in(path, std::ios::binary);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        text = ss.str();
+        // A run killed mid-write leaves a last line without its newline: drop it, the sample is redone.
+        const size_t end = text.rfind('\n');
+        const size_t keep = end == std::string::npos ? 0 : end + 1;
+        if (keep != text.size()) {
+            text.resize(keep);
+            std::filesystem::resize_file(path, keep);
+            repaired_ = true;
+        }
+    }
+    std::istringstream lines(text);
+    std::string line;
+    for (int n = 1; std::getline(lines, line); ++n) {
+        if (line.empty()) continue;
+        nlohmann::json j;
+        try {
+            j = nlohmann::json::parse(line);
+        } catch (const std::exception& e) {
+            throw Error("results '" + path + "' line " + std::to_string(n) + ": invalid JSON (" + e.what() + ")");
+        }
+        if (!j.is_object() || !j.contains(key) || !j[key].is_number_integer())
+            throw Error("results '" + path + "' line " + std::to_string(n) + ": no integer field '" + key + "'");
+        if (!keys_.insert(j[key].get<int64_t>()).second)
+            throw Error("results '" + path + "' line " + std::to_string(n) + ": duplicate " + key + " " +
+                        std::to_string(j[key].get<int64_t>()));
+        records_.push_back(std::move(j));
+    }
+    f_ = fopen(path.c_str(), "ab");
+    if (f_ == nullptr) throw Error("results '" + path + "': cannot open for appending");
+}
+
+ResultsFile::~ResultsFile() {
+    if (f_) fclose(f_);
+}
+
+void ResultsFile::append(const nlohmann::json& record) {
+    const int64_t k = record.at(key_).get<int64_t>();
+    if (keys_.count(k)) throw Error("results '" + path_ + "': " + key_ + " " + std::to_string(k) + " written twice");
+    // One fwrite of the whole line, then a flush: a kill leaves at most one torn line, which reopening cuts.
+    const std::string line = record.dump() + "\n";
+    if (fwrite(line.data(), 1, line.size(), f_) != line.size() || fflush(f_) != 0)
+        throw Error("results '" + path_ + "': write failed");
+    keys_.insert(k);
+    records_.push_back(record);
+}
+
+}  // namespace kvlens
