@@ -49,5 +49,6 @@ auto with_flag(const char* flag, F f) {
 // Registered subcommands. Each returns the subcommand; its callback does the work.
 CLI::App* add_generate_command(CLI::App& app);
 CLI::App* add_dump_command(CLI::App& app);
+CLI::App* add_eval_command(CLI::App& app, const std::string& command_line);
 
 }  // namespace kvlens::cli

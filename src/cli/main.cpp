@@ -74,6 +74,13 @@ int main(int argc, char** argv) {
     app.set_help_all_flag("--help-all", "help for every subcommand");
     kvlens::cli::add_generate_command(app);
     kvlens::cli::add_dump_command(app);
+    std::string command_line = "kvlens";
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        const bool quote = a.find_first_of(" \t\"'$") != std::string::npos || a.empty();
+        command_line += " " + (quote ? "'" + a + "'" : a);
+    }
+    kvlens::cli::add_eval_command(app, command_line);
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

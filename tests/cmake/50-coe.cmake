@@ -1,0 +1,28 @@
+# KV-CoE (src/methods/coe.*): scores on chains, the streamed KV and hidden-state chains, probability
+# baselines. Unit + integration gtest on the tiny models, and an independent numpy reference of the scores
+# driven through the test-only tool coe-ref.
+
+kvlens_add_gtest(coe_test ${PROJECT_SOURCE_DIR}/src/methods/coe_test.cpp)
+if(TARGET tiny-models)
+  add_dependencies(coe_test tiny-models)
+endif()
+
+# Chains as JSON lines on stdin -> the C++ scores as JSON lines on stdout.
+add_executable(coe-ref ${PROJECT_SOURCE_DIR}/tools/coe_ref/coe_ref.cpp)
+set_target_properties(coe-ref PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+target_link_libraries(coe-ref PRIVATE kvlens nlohmann_json::nlohmann_json)
+target_compile_options(coe-ref PRIVATE ${KVLENS_WARNINGS})
+
+if(Python3_Interpreter_FOUND)
+  # --noconftest: this check needs numpy only, not the model-reading fixtures of tests/python/conftest.py.
+  add_test(NAME python_coe_reference
+           COMMAND ${Python3_EXECUTABLE} -m pytest -q -rs -p no:cacheprovider --noconftest
+                   ${PROJECT_SOURCE_DIR}/tests/python/test_coe_reference.py
+           WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+  set_tests_properties(python_coe_reference PROPERTIES
+    ENVIRONMENT "KVLENS_COE_REF=$<TARGET_FILE:coe-ref>;PYTHONDONTWRITEBYTECODE=1"
+    LABELS python
+    TIMEOUT 300)
+else()
+  message(WARNING "kvlens: no Python 3 interpreter found; the test python_coe_reference is not registered")
+endif()
