@@ -19,6 +19,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Python: only for the independent reference checks in the tests (numpy forward pass, gguf reader).
-if ! python3 -c "import numpy, gguf, pytest" >/dev/null 2>&1; then
+if ! python3 -c "import numpy, gguf, pytest, sklearn" >/dev/null 2>&1; then
     python3 -m pip install -q -r tests/python/requirements.txt
 fi

@@ -1,0 +1,18 @@
+# Python reference check: kvlens dump's K/V/hidden against an independent numpy forward pass
+# (tests/python/test_kv_reference.py, reference_forward.py, conftest.py; packages pinned in
+# tests/python/requirements.txt). SmolLM2 is fetched by scripts/fetch_model.sh into ${KVLENS_CACHE_DIR}/models
+# unless the environment names it (KVLENS_SMOLLM2=<gguf>); KVLENS_ALLOW_SKIP_SMOLLM2=1 turns a missing model
+# into a skip. Both pass through from the environment ctest runs in.
+if(NOT Python3_Interpreter_FOUND)
+  message(WARNING "kvlens: no Python 3 interpreter found; the test python_kv_reference is not registered")
+  return()
+endif()
+
+add_test(NAME python_kv_reference
+         COMMAND ${Python3_EXECUTABLE} -m pytest -q -rs -p no:cacheprovider
+                 ${PROJECT_SOURCE_DIR}/tests/python/test_kv_reference.py
+         WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+set_tests_properties(python_kv_reference PROPERTIES
+  ENVIRONMENT "KVLENS_BIN=${CMAKE_BINARY_DIR}/bin/kvlens;KVLENS_TEST_MODELS_DIR=${KVLENS_TEST_MODELS_DIR};KVLENS_CACHE_DIR=${KVLENS_CACHE_DIR};PYTHONDONTWRITEBYTECODE=1"
+  LABELS python
+  TIMEOUT 900)
