@@ -84,6 +84,7 @@ TEST_P(CaptureTest, CapturedKvEqualsCacheContents) {
         }
         EXPECT_GT(max_rel, 0.0) << "captured values equal the F16 cache exactly: are we reading the cache itself?";
     }
+    EXPECT_EQ(session.capture().nodes_lost(), 0);
     session.capture().unsubscribe(&rec);
 }
 
@@ -230,6 +231,7 @@ TEST(CaptureCost, NoObserverRequestsNothingAndCaptureDoesNotChangeResults) {
     captured.capture().subscribe(&rec);
     const Generation b = generate(captured, {prompt}, gp).at(0);
     EXPECT_GT(captured.capture().rows_delivered(), 0);
+    EXPECT_EQ(captured.capture().nodes_lost(), 0);
     EXPECT_EQ(a.output, b.output);
     for (size_t i = 0; i < a.steps.size(); ++i) EXPECT_FLOAT_EQ(a.steps[i].prob, b.steps[i].prob);
 }
@@ -252,6 +254,7 @@ TEST(CaptureHidden, LastLayerRowsMapToOutputTokens) {
         EXPECT_NE(rec.get(Tap::Hidden, 0, 0, p), nullptr);
         EXPECT_NE(rec.get(Tap::Embd, -1, 0, p), nullptr);
     }
+    EXPECT_EQ(session.capture().nodes_lost(), 0);
 }
 
 TEST(Generate, PromptLongerThanContextIsAnError) {

@@ -26,6 +26,9 @@ void KvCapture::unsubscribe(KvObserver* obs) {
 }
 
 void KvCapture::begin_batch(const llama_batch* batch) {
+    // Remembered nodes whose trigger never came are lost: count them (tests check this stays 0).
+    nodes_lost_ += (int64_t)pending_.size();
+    pending_.clear();
     batch_ = batch;
     out_idx_.clear();
     if (batch == nullptr) return;
@@ -88,13 +91,42 @@ static bool classify(const ggml_tensor* t, Tap* tap, int* layer) {
     }
 }
 
+// Each node requested from the scheduler ends a graph split (a sync and a thread-pool restart: most of the
+// capture's cost), so wanted nodes are batched: a node whose memory is still alive at a later wanted node is
+// only remembered when asked about and delivered with that later one (the "trigger"). In llama.cpp graphs:
+//   - K and V of a layer: both are consumed by the cache writes, which come after both; the later of the
+//     two (in graph order) is the trigger of the layer;
+//   - the token embeddings and l_out of layer l-1 are consumed by layer l's residual add (ffn_inp), which
+//     comes after layer l's K and V: they ride on layer l's trigger.
+// Anything else (the last layer's l_out, layers without K/V taps) is requested on its own.
+bool KvCapture::ask(ggml_tensor* t, Tap tap, int layer) {
+    if (!wanted(tap, layer)) return false;
+    const auto has_trigger = [&](int l) { return l < n_layer_ && (wanted(Tap::K, l) || wanted(Tap::V, l)); };
+    bool defer = false;
+    if (tap == Tap::Embd) {
+        defer = has_trigger(0);
+    } else if (tap == Tap::Hidden) {
+        defer = has_trigger(layer + 1);
+    } else {
+        const Tap other = tap == Tap::K ? Tap::V : Tap::K;
+        const bool other_pending = std::any_of(pending_.begin(), pending_.end(), [&](const Pending& p) {
+            return p.tap == other && p.layer == layer;
+        });
+        defer = wanted(other, layer) && !other_pending;  // the first of the pair waits for the second
+    }
+    if (defer) pending_.push_back({t, tap, layer});
+    return !defer;
+}
+
 bool KvCapture::eval_callback(ggml_tensor* t, bool ask, void* user_data) {
     auto* self = static_cast<KvCapture*>(user_data);
     if (self->observers_.empty() || self->batch_ == nullptr) return false;
     Tap tap;
     int layer;
     if (!classify(t, &tap, &layer) || layer >= self->n_layer_) return false;
-    if (ask) return self->wanted(tap, layer);
+    if (ask) return self->ask(t, tap, layer);
+    for (const Pending& p : self->pending_) self->deliver(p.t, p.tap, p.layer);
+    self->pending_.clear();
     self->deliver(t, tap, layer);
     return true;  // keep computing
 }

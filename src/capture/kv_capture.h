@@ -8,7 +8,8 @@
 // token embedding (hidden state 0).
 //
 // Cost: a node is requested from the scheduler only when some observer wants it, so with no observer the
-// graph runs exactly as without capture.
+// graph runs exactly as without capture. Each requested node splits the graph; wanted nodes are batched so
+// that a layer's K, V and the previous layer's l_out cost one split together (see kv_capture.cpp).
 #pragma once
 
 #include <llama.h>
@@ -64,10 +65,18 @@ public:
     // The llama.cpp eval callback; user_data is the KvCapture.
     static bool eval_callback(struct ggml_tensor* t, bool ask, void* user_data);
 
-    // Rows delivered so far (all taps), for tests and diagnostics.
+    // Rows delivered so far (all taps), and wanted nodes never delivered (0 unless the graph has a layout
+    // this capture does not know), for tests and diagnostics.
     int64_t rows_delivered() const { return rows_delivered_; }
+    int64_t nodes_lost() const { return nodes_lost_; }
 
 private:
+    struct Pending {
+        const struct ggml_tensor* t;
+        Tap tap;
+        int layer;
+    };
+    bool ask(struct ggml_tensor* t, Tap tap, int layer);
     bool wanted(Tap tap, int layer) const;
     void deliver(const struct ggml_tensor* t, Tap tap, int layer);
 
@@ -78,7 +87,9 @@ private:
     std::vector<int32_t> consumed_;  // rows consumed so far in this batch, per (tap, layer) slot
     std::vector<int32_t> idx_;       // scratch: batch indices of the rows being delivered
     std::vector<float> scratch_;     // scratch: contiguous copy of strided or device tensors
+    std::vector<Pending> pending_;   // wanted nodes waiting for their trigger (see kv_capture.cpp)
     int64_t rows_delivered_ = 0;
+    int64_t nodes_lost_ = 0;
 };
 
 }  // namespace kvlens
