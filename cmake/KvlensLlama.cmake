@@ -56,14 +56,16 @@ if(KVLENS_USE_INSTALLED_LLAMA)
   return()
 endif()
 
+# KVLENS_LLAMA_TREE: the llama.cpp source tree in use (tests read its vocab files and templates).
 if(NOT KVLENS_LLAMA_SOURCE_DIR)
-  kvlens_fetch_llama_source(KVLENS_LLAMA_SOURCE_DIR)
-  set(KVLENS_LLAMA_ORIGIN "node-llama-cpp@${KVLENS_LLAMA_NPM_VERSION} bundle, commit ${KVLENS_LLAMA_COMMIT}")
+  kvlens_fetch_llama_source(KVLENS_LLAMA_TREE)
+  set(KVLENS_LLAMA_ORIGIN "${KVLENS_LLAMA_COMMIT} (v0.4.0, from node-llama-cpp@${KVLENS_LLAMA_NPM_VERSION})")
 else()
+  set(KVLENS_LLAMA_TREE "${KVLENS_LLAMA_SOURCE_DIR}")
   set(KVLENS_LLAMA_ORIGIN "source dir ${KVLENS_LLAMA_SOURCE_DIR}")
 endif()
-if(NOT EXISTS "${KVLENS_LLAMA_SOURCE_DIR}/include/llama.h")
-  message(FATAL_ERROR "kvlens: ${KVLENS_LLAMA_SOURCE_DIR} is not a llama.cpp source tree (no include/llama.h)")
+if(NOT EXISTS "${KVLENS_LLAMA_TREE}/include/llama.h")
+  message(FATAL_ERROR "kvlens: ${KVLENS_LLAMA_TREE} is not a llama.cpp source tree (no include/llama.h)")
 endif()
 
 # Library only, static (installed shared libs lack RUNPATH), no tools/tests/app.
@@ -78,5 +80,4 @@ if(KVLENS_CUDA)
   set(GGML_CUDA ON CACHE BOOL "" FORCE)
 endif()
 
-add_subdirectory("${KVLENS_LLAMA_SOURCE_DIR}" "${CMAKE_BINARY_DIR}/_deps/llama.cpp" EXCLUDE_FROM_ALL SYSTEM)
-set(KVLENS_LLAMA_SOURCE_DIR "${KVLENS_LLAMA_SOURCE_DIR}" CACHE PATH "llama.cpp source tree" FORCE)
+add_subdirectory("${KVLENS_LLAMA_TREE}" "${CMAKE_BINARY_DIR}/_deps/llama.cpp" EXCLUDE_FROM_ALL SYSTEM)

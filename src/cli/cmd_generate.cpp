@@ -95,7 +95,7 @@ void run_generate(const GenerateOptions& o) {
         j["vectors"] = vecs;
         std::ofstream f(o.features, std::ios::app);
         if (!f) throw Error("--features '" + o.features + "': cannot open for writing");
-        f << j.dump() << "\n";
+        f << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";  // outputs may hold invalid UTF-8
         if (!f) throw Error("--features '" + o.features + "': write failed");
         fprintf(stderr, "kvlens: features: %d vector(s) x %d floats (%s, %s over %lld %s positions) -> %s\n",
                 r.n_vectors, r.width, to_string(spec.kv_part), to_string(spec.pos_agg), (long long)pool->count(),

@@ -136,7 +136,7 @@ void run_coe_eval(const CoeEvalParams& p) {
                      {"memory", memory}};
     {
         std::ofstream f(run_path);
-        f << run_info.dump(2) << "\n";
+        f << run_info.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
         if (!f) throw Error("'" + run_path + "': write failed");
     }
 

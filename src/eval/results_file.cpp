@@ -53,7 +53,8 @@ void ResultsFile::append(const nlohmann::json& record) {
     const int64_t k = record.at(key_).get<int64_t>();
     if (keys_.count(k)) throw Error("results '" + path_ + "': " + key_ + " " + std::to_string(k) + " written twice");
     // One fwrite of the whole line, then a flush: a kill leaves at most one torn line, which reopening cuts.
-    const std::string line = record.dump() + "\n";
+    // Model outputs may hold invalid UTF-8 (a token can be part of a character): replace, never fail.
+    const std::string line = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     if (fwrite(line.data(), 1, line.size(), f_) != line.size() || fflush(f_) != 0)
         throw Error("results '" + path_ + "': write failed");
     keys_.insert(k);

@@ -9,9 +9,9 @@
 #   tiny-llama-q8_0.gguf  tiny-llama.gguf quantized to Q8_0 (same seed, so the same weights before rounding)
 # tools/tiny_gguf/tiny_gguf_test.cpp checks these shapes: change both together.
 
-set(_kvlens_vocab_dir "${KVLENS_LLAMA_SOURCE_DIR}/models")
+set(_kvlens_vocab_dir "${KVLENS_LLAMA_TREE}/models")
 set(KVLENS_TINY_HAVE_VOCAB 0)
-if(KVLENS_LLAMA_SOURCE_DIR AND EXISTS "${_kvlens_vocab_dir}/ggml-vocab-qwen2.gguf"
+if(KVLENS_LLAMA_TREE AND EXISTS "${_kvlens_vocab_dir}/ggml-vocab-qwen2.gguf"
    AND EXISTS "${_kvlens_vocab_dir}/ggml-vocab-llama-bpe.gguf")
   set(KVLENS_TINY_HAVE_VOCAB 1)
   message(STATUS "kvlens: tiny test models use the vocabularies in ${_kvlens_vocab_dir}")

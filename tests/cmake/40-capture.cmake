@@ -13,3 +13,9 @@ kvlens_add_gtest(generate_test ${PROJECT_SOURCE_DIR}/src/engine/generate_test.cp
 if(TARGET tiny-models)
   add_dependencies(generate_test tiny-models)
 endif()
+
+# kvlens eval coe: killed half-way, rerun, every sample exactly once.
+add_test(NAME cli_eval_resume
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/eval_resume_test.sh $<TARGET_FILE:kvlens-cli>
+                 ${KVLENS_TEST_MODELS_DIR}/tiny-qwen3.gguf)
+set_tests_properties(cli_eval_resume PROPERTIES LABELS cli TIMEOUT 600)

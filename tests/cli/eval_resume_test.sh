@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Kill an evaluation half-way (SIGKILL, plus a torn last line as if killed mid-write), rerun the same command:
+# it resumes, keeps what was written, and the final JSONL holds every sample exactly once.
+set -euo pipefail
+bin=$1 model=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+out=$tmp/run
+n=24
+cmd=("$bin" eval coe -m "$model" --dataset arith --limit $n -n 24 --parallel 2 -t 1 --bootstrap 50 -o "$out")
+
+"${cmd[@]}" 2>"$tmp/log1" &
+pid=$!
+for _ in $(seq 1 600); do
+    lines=0
+    [ -f "$out/samples.jsonl" ] && lines=$(wc -l <"$out/samples.jsonl")
+    [ "$lines" -ge 6 ] && break
+    sleep 0.05
+done
+kill -9 $pid 2>/dev/null || true
+wait $pid 2>/dev/null || true
+first=$(wc -l <"$out/samples.jsonl")
+echo "killed after $first of $n samples"
+[ "$first" -ge 1 ] && [ "$first" -lt $n ] || { echo "FAIL: kill did not land half-way ($first of $n)"; exit 1; }
+cp "$out/samples.jsonl" "$tmp/before.jsonl"
+printf '{"index": 9999, "output": "torn mid-wri' >>"$out/samples.jsonl"  # a write cut by the kill
+
+"${cmd[@]}" 2>"$tmp/log2" || { echo "FAIL: the rerun failed:"; tail -3 "$tmp/log2"; exit 1; }
+python3 - "$out/samples.jsonl" "$tmp/before.jsonl" $n <<'PY'
+import collections, json, sys
+path, before, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+text = open(path).read()
+assert text.endswith("\n"), "file does not end with a newline"
+idx = [json.loads(l)["index"] for l in text.splitlines()]
+dup = [i for i, c in collections.Counter(idx).items() if c > 1]
+assert not dup, f"samples written twice: {dup}"
+assert sorted(idx) == list(range(n)), f"indices {sorted(idx)} != 0..{n-1}"
+assert text.startswith(open(before).read()), "the first run's lines were not kept as they were"
+print(f"ok: {len(idx)} samples, each once; the first {len(open(before).read().splitlines())} kept")
+PY
+test -s "$out/report.md" && test -s "$out/roc.svg"
