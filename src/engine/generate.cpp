@@ -25,8 +25,8 @@ const char* to_string(StopReason r) {
     return "?";
 }
 
-// Softmax statistics of raw logits, in double: the chosen token's probability, the max and the entropy.
-static StepStats step_stats(const float* logits, int n_vocab, llama_token chosen) {
+// In double: the chosen token's probability, the max and the entropy.
+StepStats step_stats(const float* logits, int n_vocab, llama_token chosen) {
     double m = logits[0];
     for (int i = 1; i < n_vocab; ++i) m = std::max(m, (double)logits[i]);
     double z = 0, zl = 0;  // z = sum e^(l-m), zl = sum e^(l-m) * (l-m)
@@ -42,12 +42,7 @@ static StepStats step_stats(const float* logits, int n_vocab, llama_token chosen
     return s;
 }
 
-struct SamplerDeleter {
-    void operator()(llama_sampler* s) const { llama_sampler_free(s); }
-};
-using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
-
-static SamplerPtr make_sampler(const SamplingParams& p, uint32_t seed) {
+SamplerPtr make_sampler(const SamplingParams& p, uint32_t seed) {
     SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
     if (p.temperature <= 0.0f) {
         llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
@@ -60,7 +55,7 @@ static SamplerPtr make_sampler(const SamplingParams& p, uint32_t seed) {
     return chain;
 }
 
-static llama_token sample(llama_sampler* s, const float* logits, int n_vocab, std::vector<llama_token_data>& buf) {
+llama_token sample_token(llama_sampler* s, const float* logits, int n_vocab, std::vector<llama_token_data>& buf) {
     buf.resize(n_vocab);
     for (int i = 0; i < n_vocab; ++i) buf[i] = {i, logits[i], 0.0f};
     llama_token_data_array arr = {buf.data(), buf.size(), -1, false};
@@ -114,7 +109,7 @@ std::vector<Generation> generate(Session& session, const std::vector<std::vector
             if (!active[i]) continue;
             Generation& g = gens[i];
             const float* logits = session.logits(row[i]);
-            const llama_token tok = sample(samplers[i].get(), logits, n_vocab, buf);
+            const llama_token tok = sample_token(samplers[i].get(), logits, n_vocab, buf);
             g.output.push_back(tok);
             g.steps.push_back(step_stats(logits, n_vocab, tok));
 

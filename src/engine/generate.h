@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,19 @@ struct StepStats {
     float max_prob = 0;  // largest probability
     float entropy = 0;   // nats
 };
+
+// Softmax statistics of raw logits (temperature 1) for the chosen token.
+StepStats step_stats(const float* logits, int n_vocab, llama_token chosen);
+
+// The llama.cpp sampler chain for these parameters (greedy, or top-k -> top-p -> temperature -> draw with
+// `seed`), and one draw from raw logits with it (buf is scratch). Shared by every decode loop so that the
+// same prompt, parameters and seed give the same tokens everywhere.
+struct SamplerDeleter {
+    void operator()(llama_sampler* s) const { llama_sampler_free(s); }
+};
+using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
+SamplerPtr make_sampler(const SamplingParams& p, uint32_t seed);
+llama_token sample_token(llama_sampler* s, const float* logits, int n_vocab, std::vector<llama_token_data>& buf);
 
 enum class StopReason { EndOfTurn, MaxTokens, ContextFull, Callback };
 const char* to_string(StopReason r);

@@ -1,0 +1,281 @@
+// kvlens sample: N samples of one prompt decoded together, one answer chosen (or abstained on);
+// kvlens calibrate: fit a score -> P(correct) map on a labelled run; kvlens eval sample: the dataset
+// evaluation.
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/common.h"
+#include "engine/chat_template.h"
+#include "eval/matchers.h"
+#include "eval/sample_eval.h"
+#include "methods/calibration.h"
+#include "methods/sampling.h"
+#include "methods/selection.h"
+
+namespace kvlens::cli {
+
+namespace {
+
+struct SampleOptions {
+    ModelOptions model;
+    std::string prompt, system, think = "default", chat_template = "auto";
+    int n = 4, max_tokens = 256;
+    SamplingParams sampling;
+    std::string matcher = "last_number", reference, strategy = "majority", score = "hs_coe_c", calibration,
+                out;
+    double abstain_below = -1;
+};
+
+void run_sample(const SampleOptions& o) {
+    if (o.prompt.empty()) throw Error("--prompt: empty");
+    const ChatTemplate tmpl_flag =
+        with_flag("--template", [&] { return parse_chat_template(o.chat_template); });
+    const ThinkMode think = with_flag("--think", [&] { return parse_think_mode(o.think); });
+    const MatcherKind matcher = with_flag("--matcher", [&] { return parse_matcher(o.matcher); });
+    const Strategy strategy = with_flag("--strategy", [&] { return parse_strategy(o.strategy); });
+    with_flag("--temp", [&] {
+        check_sampling_params(o.sampling);
+        return 0;
+    });
+
+    // The calibration decides the score; "auto" looks next to the model.
+    std::vector<Calibration> cals;
+    std::string score = o.score;
+    if (!o.calibration.empty()) {
+        const std::string path =
+            o.calibration == "auto" ? default_calibration_path(o.model.model, o.score) : o.calibration;
+        cals.push_back(with_flag("--calibration", [&] { return load_calibration(path); }));
+        score = cals[0].score;
+    }
+    if (strategy == Strategy::WeightedVote && cals.empty())
+        throw Error(
+            "--strategy weighted: needs --calibration (votes are weighted by calibrated probabilities)");
+    if (o.abstain_below >= 0 && strategy == Strategy::BestOfN && cals.empty())
+        throw Error("--abstain-below with --strategy best: needs --calibration (a raw score has no scale)");
+
+    std::unique_ptr<Model> model = load_model(o.model);
+    const ModelInfo& mi = model->info();
+    const ChatTemplate tmpl =
+        tmpl_flag == ChatTemplate::Auto ? detect_chat_template(mi.chat_template, mi.arch) : tmpl_flag;
+    std::vector<ChatMessage> msgs;
+    if (!o.system.empty()) msgs.push_back({"system", o.system});
+    msgs.push_back({"user", o.prompt});
+    const std::vector<llama_token> prompt = model->tokenize(render_chat(tmpl, msgs, true, think), true, true);
+
+    Session session(*model, session_params(o.model, o.n));
+    SampleParams sp;
+    sp.n = o.n;
+    sp.max_tokens = o.max_tokens;
+    sp.sampling = o.sampling;
+    const SampleSet set = sample_n(session, prompt, sp);
+
+    std::vector<Candidate> cands;
+    std::vector<nlohmann::json> lines;
+    for (int i = 0; i < o.n; ++i) {
+        const SampleOut& s = set.samples[i];
+        const MatchResult m = match_answer(matcher, s.gen.text, o.reference);
+        auto it = s.scores.find(score);
+        if (it == s.scores.end()) throw Error("--score '" + score + "': no such score");
+        const double p = cals.empty() ? it->second : cals[0].apply(it->second);
+        cands.push_back({m.extracted, p});
+        nlohmann::json j = {{"sample", i},
+                            {"seed", o.sampling.seed + (uint32_t)i},
+                            {"output", s.gen.text},
+                            {"extracted", m.extracted},
+                            {"stop", to_string(s.gen.stop)},
+                            {"n_output_tokens", s.gen.output.size()},
+                            {"scores", s.scores}};
+        for (const auto& [k, v] : calibrated_scores(s.scores, cals)) j[k] = v;
+        if (!o.reference.empty()) j["correct"] = m.correct && s.gen.stop == StopReason::EndOfTurn;
+        lines.push_back(j);
+    }
+    const Choice ch = select_answer(strategy, cands);
+    const bool answer = o.abstain_below < 0 || answers(ch.confidence, o.abstain_below);
+
+    if (!o.out.empty()) {
+        std::ofstream f(o.out, std::ios::app);
+        for (size_t i = 0; i < lines.size(); ++i) {
+            lines[i]["chosen"] = (int)i == ch.index && answer;
+            lines[i]["strategy"] = to_string(strategy);
+            f << lines[i].dump() << "\n";
+        }
+        if (!f) throw Error("--out '" + o.out + "': write failed");
+    }
+    const std::string conf = std::to_string(ch.confidence);
+    if (!answer) {
+        printf("abstained: confidence %s < %g (strategy %s%s)\n", conf.c_str(), o.abstain_below,
+               to_string(strategy), strategy == Strategy::Majority ? "" : (", score " + score).c_str());
+        return;
+    }
+    printf("answer: %s\n", ch.answer.empty() ? "(none extracted)" : ch.answer.c_str());
+    printf("chosen: sample %d of %d, strategy %s%s, confidence %s, votes %d/%d\n", ch.index, o.n,
+           to_string(strategy),
+           strategy == Strategy::Majority || strategy == Strategy::First ? "" : (", score " + score).c_str(),
+           conf.c_str(), ch.votes, o.n);
+    printf("%s\n", set.samples[ch.index].gen.text.c_str());
+}
+
+struct CalibrateOptions {
+    std::string from, score, method = "isotonic", out, model;
+};
+
+void run_calibrate(const CalibrateOptions& o) {
+    if (o.out.empty() && o.model.empty())
+        throw Error("calibrate: give -o FILE or -m MODEL (saved next to it)");
+    const CalibrationMethod m = with_flag("--method", [&] { return parse_calibration_method(o.method); });
+    std::vector<double> s;
+    std::vector<int> y;
+    read_labelled_scores(o.from, o.score, s, y);
+    Calibration c = fit_calibration(m, s, y);
+    c.score = o.score;
+    c.source = o.from;
+    const std::string path = o.out.empty() ? default_calibration_path(o.model, o.score) : o.out;
+    save_calibration(c, path);
+    printf(
+        "%s calibration of %s on %d samples (%d correct): P(correct) %s with the score, AUROC %.3f -> %s\n",
+        to_string(m), o.score.c_str(), c.n, c.n_correct, c.direction > 0 ? "increases" : "decreases",
+        c.train_auroc, path.c_str());
+}
+
+std::vector<int> parse_int_list(const std::string& s) {
+    std::vector<int> out;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        try {
+            out.push_back(std::stoi(item));
+        } catch (const std::exception&) {
+            throw Error("'" + item + "' is not an integer");
+        }
+    }
+    return out;
+}
+
+std::vector<std::string> parse_name_list(const std::string& s) {
+    std::vector<std::string> out;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ','))
+        if (!item.empty()) out.push_back(item);
+    return out;
+}
+
+}  // namespace
+
+CLI::App* add_sample_command(CLI::App& app) {
+    auto o = std::make_shared<SampleOptions>();
+    o->sampling.temperature = 0.7f;
+    o->sampling.top_k = 0;
+    o->sampling.top_p = 0.95f;
+    CLI::App* sub = app.add_subcommand("sample",
+                                       "N samples of one prompt decoded together (shared prompt cache), "
+                                       "scored; choose one answer or abstain");
+    add_model_options(sub, o->model);
+    sub->add_option("-p,--prompt", o->prompt, "the user message")->required();
+    sub->add_option("-s,--system", o->system, "system message");
+    sub->add_option("-n,--samples", o->n, "samples N")->check(CLI::Range(1, 64))->capture_default_str();
+    sub->add_option("--max-tokens", o->max_tokens, "tokens per sample at most")
+        ->check(CLI::Range(1, 1 << 20))
+        ->capture_default_str();
+    sub->add_option("--template", o->chat_template,
+                    "chat template: auto, chatml, qwen2, qwen3, deepseek-r1, llama3")
+        ->capture_default_str();
+    sub->add_option("--think", o->think, "thinking mode: on, off, default")->capture_default_str();
+    sub->add_option("--temp", o->sampling.temperature, "sampling temperature")->capture_default_str();
+    sub->add_option("--top-k", o->sampling.top_k, "top-k filter (0: off)")->capture_default_str();
+    sub->add_option("--top-p", o->sampling.top_p, "top-p filter (1: off)")->capture_default_str();
+    sub->add_option("--seed", o->sampling.seed, "sampling seed (sample i uses seed + i)")
+        ->capture_default_str();
+    sub->add_option("--matcher", o->matcher,
+                    "answer extraction: last_number, number_after_answer, boxed, choice_letter")
+        ->capture_default_str();
+    sub->add_option("--reference", o->reference, "reference answer: adds \"correct\" to each JSONL line");
+    sub->add_option("--strategy", o->strategy,
+                    "first, best (best-of-N by score), majority, weighted (score-weighted vote)")
+        ->capture_default_str();
+    sub->add_option(
+           "--score", o->score,
+           "selection score (kv_coe_r, kv_coe_c, hs_coe_c, max_prob, ...); a calibration file names its own")
+        ->capture_default_str();
+    sub->add_option("--calibration", o->calibration,
+                    "calibration file, or 'auto': <model>.calibration.<score>.json");
+    sub->add_option(
+        "--abstain-below", o->abstain_below,
+        "abstain when the choice's confidence (calibrated p; vote or weight share) is below this");
+    sub->add_option("-o,--out", o->out,
+                    "append one JSON line per sample (text, answer, scores) to this file");
+    sub->callback([o] { run_sample(*o); });
+
+    auto c = std::make_shared<CalibrateOptions>();
+    CLI::App* cal = app.add_subcommand("calibrate",
+                                       "fit a score -> P(correct) map on a labelled run (isotonic or Platt)");
+    cal->add_option("--from", c->from,
+                    "labelled JSONL: samples.jsonl of eval coe / eval sample, or sample -o with --reference")
+        ->required();
+    cal->add_option("--score", c->score, "score name, e.g. hs_coe_c, kv_coe_r, max_prob")->required();
+    cal->add_option("--method", c->method, "isotonic or platt")->capture_default_str();
+    cal->add_option("-o,--out", c->out, "calibration file to write");
+    cal->add_option("-m,--model", c->model,
+                    "or: save next to this model as <model>.calibration.<score>.json");
+    cal->callback([c] { run_calibrate(*c); });
+
+    // kvlens eval sample
+    CLI::App* eval = app.get_subcommand("eval");
+    auto p = std::make_shared<SampleEvalParams>();
+    auto ns = std::make_shared<std::string>("1,4,8");
+    auto scores = std::make_shared<std::string>("kv_coe_r,kv_coe_c,hs_coe_c,max_prob,inv_ppl");
+    const char* env_data = std::getenv("KVLENS_DATA_DIR");
+    p->data_dir = env_data ? env_data : KVLENS_DATA_DIR;
+    CLI::App* ev = eval->add_subcommand(
+        "sample",
+        "N samples per question: accuracy of every selection strategy and accuracy-coverage curves");
+    ev->add_option("-m,--model", p->model_path, "GGUF model file")->required();
+    ev->add_option("--dataset", p->dataset, "built-in dataset name or a dataset config .json")->required();
+    ev->add_option("--data-dir", p->data_dir,
+                   "directory of the built-in dataset configs (env KVLENS_DATA_DIR)")
+        ->capture_default_str();
+    ev->add_option("-o,--out", p->out_dir, "output directory; reruns resume")->required();
+    ev->add_option("--limit", p->limit, "first N questions (0: all)")
+        ->check(CLI::Range(0, 1 << 30))
+        ->capture_default_str();
+    ev->add_option("--max-tokens", p->max_tokens, "tokens per sample at most (0: the dataset config's)")
+        ->check(CLI::Range(0, 1 << 20))
+        ->capture_default_str();
+    ev->add_option("--n", *ns, "sample counts N, comma-separated; max(N) samples are drawn per question")
+        ->capture_default_str();
+    ev->add_option("--temp", p->temperature, "sampling temperature")->capture_default_str();
+    ev->add_option("--top-k", p->top_k, "top-k filter (0: off)")->capture_default_str();
+    ev->add_option("--top-p", p->top_p, "top-p filter (1: off)")->capture_default_str();
+    ev->add_option("--seed", p->seed, "sampling seed")->capture_default_str();
+    ev->add_option("--scores", *scores, "selection scores, comma-separated")->capture_default_str();
+    ev->add_option("--calibration", p->calibration, "isotonic or platt")->capture_default_str();
+    ev->add_option("--ctx", p->n_ctx, "context size (0: enough for max(N) samples)")
+        ->check(CLI::Range(0, 1 << 22))
+        ->capture_default_str();
+    ev->add_option("-t,--threads", p->n_threads, "CPU threads (0: all)")
+        ->check(CLI::Range(0, 1024))
+        ->capture_default_str();
+    ev->add_option("--template", p->chat_template, "chat template")->capture_default_str();
+    ev->add_option("--think", p->think, "thinking mode: on, off, default")->capture_default_str();
+    ev->callback([ev, p, ns, scores] {
+        SampleEvalParams q = *p;
+        q.ns = with_flag("--n", [&] { return parse_int_list(*ns); });
+        q.scores = parse_name_list(*scores);
+        // main() keeps argv to itself; the given options, as parsed, stand in for the command line.
+        q.command_line = "kvlens eval sample";
+        for (const CLI::Option* opt : ev->get_options()) {
+            if (opt->count() == 0 || opt->get_name() == "--help") continue;
+            for (const std::string& v : opt->results()) {
+                const bool quote = v.find_first_of(" \t\"'$") != std::string::npos || v.empty();
+                q.command_line += " " + opt->get_name() + " " + (quote ? "'" + v + "'" : v);
+            }
+        }
+        run_sample_eval(q);
+    });
+    return sub;
+}
+
+}  // namespace kvlens::cli

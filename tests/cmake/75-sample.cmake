@@ -1,0 +1,9 @@
+# Sampling with KV-CoE (src/methods/{sampling,selection,calibration}.*, src/eval/sample_eval.*): N samples of
+# one prompt sharing its KV prefix, best-of-N / voting / abstention, calibration, and `kvlens sample`,
+# `kvlens calibrate`, `kvlens eval sample`.
+kvlens_add_gtest(selection_test ${PROJECT_SOURCE_DIR}/src/methods/selection_test.cpp)
+kvlens_add_gtest(calibration_test ${PROJECT_SOURCE_DIR}/src/methods/calibration_test.cpp)
+kvlens_add_gtest(sampling_test ${PROJECT_SOURCE_DIR}/src/methods/sampling_test.cpp)
+if(TARGET tiny-models)
+  add_dependencies(sampling_test tiny-models)
+endif()
