@@ -40,13 +40,6 @@ static std::string score_label(const std::string& s) {
     return it == labels.end() ? s : it->second;
 }
 
-static std::string read_text(const std::string& path) {
-    std::ifstream f(path);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-
 // The settings that must match for a resumed run to continue the same experiment.
 static json run_identity(const CoeEvalParams& p, const DatasetConfig& cfg, int max_tokens) {
     return {{"model", fs::absolute(p.model_path).string()},
@@ -69,25 +62,9 @@ void run_coe_eval(const CoeEvalParams& p) {
     const ChatTemplate tmpl_flag = parse_chat_template(p.chat_template);
     const ThinkMode think = parse_think_mode(p.think);
 
-    std::error_code ec;
-    fs::create_directories(p.out_dir, ec);
-    if (!fs::is_directory(p.out_dir)) throw Error("--out '" + p.out_dir + "': cannot create the directory");
-
     // A rerun continues only the same experiment.
     const json identity = run_identity(p, cfg, max_tokens);
-    const std::string run_path = (fs::path(p.out_dir) / "run.json").string();
-    if (fs::exists(run_path)) {
-        json prev;
-        try {
-            prev = json::parse(read_text(run_path));
-        } catch (const std::exception& e) {
-            throw Error("'" + run_path + "': invalid JSON (" + e.what() + ")");
-        }
-        if (prev.value("identity", json()) != identity)
-            throw Error("--out '" + p.out_dir + "' holds a run with other settings (" + run_path +
-                        "); use another directory");
-    }
-
+    const std::string run_path = open_run_dir(p.out_dir, identity);
     ResultsFile results((fs::path(p.out_dir) / "samples.jsonl").string(), "index");
     std::vector<const Sample*> todo;
     for (const Sample& s : samples)
@@ -134,11 +111,7 @@ void run_coe_eval(const CoeEvalParams& p) {
                      {"kvlens_version", KVLENS_VERSION},
                      {"llama_cpp", KVLENS_LLAMA_ORIGIN},
                      {"memory", memory}};
-    {
-        std::ofstream f(run_path);
-        f << run_info.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-        if (!f) throw Error("'" + run_path + "': write failed");
-    }
+    write_run_info(run_path, run_info);
 
     if (!todo.empty()) {
         // Render and tokenize every prompt first: the context must hold `parallel` of the longest.

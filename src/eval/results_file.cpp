@@ -61,4 +61,31 @@ void ResultsFile::append(const nlohmann::json& record) {
     records_.push_back(record);
 }
 
+std::string open_run_dir(const std::string& out_dir, const nlohmann::json& identity) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    fs::create_directories(out_dir, ec);
+    if (!fs::is_directory(out_dir)) throw Error("--out '" + out_dir + "': cannot create the directory");
+    const std::string run_path = (fs::path(out_dir) / "run.json").string();
+    if (fs::exists(run_path)) {
+        std::ifstream f(run_path);
+        nlohmann::json prev;
+        try {
+            prev = nlohmann::json::parse(f);
+        } catch (const std::exception& e) {
+            throw Error("'" + run_path + "': invalid JSON (" + e.what() + ")");
+        }
+        if (prev.value("identity", nlohmann::json()) != identity)
+            throw Error("--out '" + out_dir + "' holds a run with other settings (" + run_path +
+                        "); use another directory");
+    }
+    return run_path;
+}
+
+void write_run_info(const std::string& run_path, const nlohmann::json& run_info) {
+    std::ofstream f(run_path);
+    f << run_info.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    if (!f) throw Error("'" + run_path + "': write failed");
+}
+
 }  // namespace kvlens

@@ -37,4 +37,11 @@ private:
     bool repaired_ = false;
 };
 
+// An evaluation's output directory: created if needed; a run.json already there must record the same
+// `identity` (the settings that define the experiment), else Error: a rerun only continues the same run.
+// Returns the path of run.json.
+std::string open_run_dir(const std::string& out_dir, const nlohmann::json& identity);
+// Writes run.json (what produced the directory); strings with invalid UTF-8 are replaced, not refused.
+void write_run_info(const std::string& run_path, const nlohmann::json& run_info);
+
 }  // namespace kvlens

@@ -42,13 +42,6 @@ static json run_identity(const SampleEvalParams& p, const DatasetConfig& cfg, in
             {"seed", p.seed}};
 }
 
-static std::string read_text(const std::string& path) {
-    std::ifstream f(path);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-
 void run_sample_eval(const SampleEvalParams& p) {
     if (p.ns.empty()) throw Error("--n: no sample counts");
     for (int n : p.ns)
@@ -68,22 +61,8 @@ void run_sample_eval(const SampleEvalParams& p) {
     sampling.top_p = p.top_p;
     check_sampling_params(sampling);
 
-    std::error_code ec;
-    fs::create_directories(p.out_dir, ec);
-    if (!fs::is_directory(p.out_dir)) throw Error("--out '" + p.out_dir + "': cannot create the directory");
     const json identity = run_identity(p, cfg, max_tokens, n_max);
-    const std::string run_path = (fs::path(p.out_dir) / "run.json").string();
-    if (fs::exists(run_path)) {
-        json prev;
-        try {
-            prev = json::parse(read_text(run_path));
-        } catch (const std::exception& e) {
-            throw Error("'" + run_path + "': invalid JSON (" + e.what() + ")");
-        }
-        if (prev.value("identity", json()) != identity)
-            throw Error("--out '" + p.out_dir + "' holds a run with other settings (" + run_path +
-                        "); use another directory");
-    }
+    const std::string run_path = open_run_dir(p.out_dir, identity);
     ResultsFile results((fs::path(p.out_dir) / "samples.jsonl").string(), "index");
     std::vector<const Sample*> todo;
     for (const Sample& s : samples)
@@ -101,11 +80,7 @@ void run_sample_eval(const SampleEvalParams& p) {
                      {"command", p.command_line},
                      {"kvlens_version", KVLENS_VERSION},
                      {"llama_cpp", KVLENS_LLAMA_ORIGIN}};
-    {
-        std::ofstream f(run_path);
-        f << run_info.dump(2) << "\n";
-        if (!f) throw Error("'" + run_path + "': write failed");
-    }
+    write_run_info(run_path, run_info);
 
     if (!todo.empty()) {
         std::vector<std::vector<llama_token>> prompts(todo.size());
