@@ -50,6 +50,7 @@ auto with_flag(const char* flag, F f) {
 CLI::App* add_generate_command(CLI::App& app);
 CLI::App* add_dump_command(CLI::App& app);
 CLI::App* add_eval_command(CLI::App& app, const std::string& command_line);
+CLI::App* add_embed_command(CLI::App& app);
 CLI::App* add_sample_command(CLI::App& app);
 
 }  // namespace kvlens::cli

@@ -81,6 +81,7 @@ int main(int argc, char** argv) {
         command_line += " " + (quote ? "'" + a + "'" : a);
     }
     kvlens::cli::add_eval_command(app, command_line);
+    kvlens::cli::add_embed_command(app);
     kvlens::cli::add_sample_command(app);
     try {
         app.parse(argc, argv);

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 
 #include "util/error.h"
 
@@ -86,6 +87,26 @@ void NpzWriter::close() {
         zip_discard(z);
         throw Error("output '" + path_ + "': cannot write the .npz file: " + msg);
     }
+}
+
+namespace {
+void write_npy_raw(const std::string& path, const char* descr, const void* data, size_t elem,
+                   const std::vector<size_t>& shape) {
+    const std::string bytes = npy_bytes(descr, data, elem, shape);
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    if (!f) throw Error("npy '" + path + "': cannot open for writing");
+    f.write(bytes.data(), (std::streamsize)bytes.size());
+    f.close();
+    if (!f) throw Error("npy '" + path + "': write failed");
+}
+}  // namespace
+
+void write_npy(const std::string& path, const float* data, const std::vector<size_t>& shape) {
+    write_npy_raw(path, "<f4", data, sizeof(float), shape);
+}
+
+void write_npy(const std::string& path, const int32_t* data, const std::vector<size_t>& shape) {
+    write_npy_raw(path, "<i4", data, sizeof(int32_t), shape);
 }
 
 }  // namespace kvlens

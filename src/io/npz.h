@@ -32,4 +32,9 @@ private:
 // The .npy v1.0 bytes of an array (header + data), exposed for tests.
 std::string npy_bytes(const char* descr, const void* data, size_t elem, const std::vector<size_t>& shape);
 
+// Writes one array as a plain .npy file (float32 '<f4' or int32 '<i4'), replacing it.
+// Throws Error naming the path.
+void write_npy(const std::string& path, const float* data, const std::vector<size_t>& shape);
+void write_npy(const std::string& path, const int32_t* data, const std::vector<size_t>& shape);
+
 }  // namespace kvlens
