@@ -112,7 +112,9 @@ void run_embed(EmbedOptions o) {
                 fprintf(stderr, "kvlens embed: %s line %lld: %s%s\n", src.c_str(), (long long)l.line,
                         l.error.c_str(),
                         o.on_error == "stop" ? " (stopping: --on-error stop)" : " (skipped)");
-                out << nlohmann::json{{"line", l.line}, {"error", l.error}}.dump() << "\n";
+                out << nlohmann::json{{"line", l.line}, {"error", l.error}}.dump(
+                           -1, ' ', false, nlohmann::json::error_handler_t::replace)
+                    << "\n";
                 ++n_bad;
                 if (o.on_error == "stop") {
                     stop = true;
@@ -125,7 +127,7 @@ void run_embed(EmbedOptions o) {
             const Embedding& e = es[k];
             nlohmann::json j = {{"line", l.line}, {"n_tokens", e.n_tokens}, {"embedding", e.kv}};
             if (o.hidden) j["hidden"] = e.hidden;
-            out << j.dump() << "\n";
+            out << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
             vecs.insert(vecs.end(), e.kv.begin(), e.kv.end());
             lines.push_back((int32_t)l.line);
             ++n_ok;

@@ -100,7 +100,7 @@ void run_sample(const SampleOptions& o) {
         for (size_t i = 0; i < lines.size(); ++i) {
             lines[i]["chosen"] = (int)i == ch.index && answer;
             lines[i]["strategy"] = to_string(strategy);
-            f << lines[i].dump() << "\n";
+            f << lines[i].dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
         }
         if (!f) throw Error("--out '" + o.out + "': write failed");
     }

@@ -258,7 +258,9 @@ void run_embed_eval(const EmbedEvalParams& p) {
     }
     {
         std::string out;
-        for (size_t i = 0; i < texts.size(); ++i) out += json{{"i", i}, {"text", texts[i]}}.dump() + "\n";
+        for (size_t i = 0; i < texts.size(); ++i)
+            out += json{{"i", i}, {"text", texts[i]}}.dump(-1, ' ', false, json::error_handler_t::replace) +
+                   "\n";
         write_text_file((fs::path(p.out_dir) / "texts.jsonl").string(), out);
     }
     fprintf(stderr, "kvlens eval embed: %zu tasks, %zu distinct texts -> %s/texts.jsonl\n", tasks.size(),
