@@ -36,8 +36,8 @@ struct Timing {
     double prefill_tps, decode_tps;
 };
 
-Timing run_once(const Model& model, const SessionParams& sp, const std::vector<llama_token>& prompt, int n_decode,
-                bool capture, bool hidden) {
+Timing run_once(const Model& model, const SessionParams& sp, const std::vector<llama_token>& prompt,
+                int n_decode, bool capture, bool hidden) {
     const ModelInfo& mi = model.info();
     Session session(model, sp);
     KvPool pool(PoolSpec{}, mi.n_layer, mi.n_head_kv, mi.head_dim);
@@ -49,7 +49,8 @@ Timing run_once(const Model& model, const SessionParams& sp, const std::vector<l
 
     using clock = std::chrono::steady_clock;
     std::vector<BatchToken> batch;
-    for (size_t i = 0; i < prompt.size(); ++i) batch.push_back({prompt[i], (llama_pos)i, 0, i + 1 == prompt.size()});
+    for (size_t i = 0; i < prompt.size(); ++i)
+        batch.push_back({prompt[i], (llama_pos)i, 0, i + 1 == prompt.size()});
     auto t0 = clock::now();
     session.decode(batch);
     auto t1 = clock::now();
@@ -68,7 +69,8 @@ Timing run_once(const Model& model, const SessionParams& sp, const std::vector<l
     }
     t1 = clock::now();
     const double decode_s = std::chrono::duration<double>(t1 - t0).count();
-    if (capture && g_k_only_layers == 0 && pool.count() != (int64_t)(prompt.size() + n_decode)) throw Error("bench: capture missed rows");
+    if (capture && g_k_only_layers == 0 && pool.count() != (int64_t)(prompt.size() + n_decode))
+        throw Error("bench: capture missed rows");
     return {prompt.size() / prefill_s, n_decode / decode_s};
 }
 
@@ -112,8 +114,11 @@ int main(int argc, char** argv) {
                 dc[on].push_back(t.decode_tps);
             }
         }
-        printf("model: %s (%d layers), threads: %d, prompt %d tokens, decode %d tokens, %d reps each, capture: K+V%s\n",
-               model_path.c_str(), model.info().n_layer, threads, n_prompt, n_decode, reps, hidden ? "+l_out" : "");
+        printf(
+            "model: %s (%d layers), threads: %d, prompt %d tokens, decode %d tokens, %d reps each, capture: "
+            "K+V%s\n",
+            model_path.c_str(), model.info().n_layer, threads, n_prompt, n_decode, reps,
+            hidden ? "+l_out" : "");
         // Runs are interleaved, so each "on" run is paired with the "off" run just before it: the median of
         // the paired ratios is robust to the machine's drift; the ratio of medians is shown beside it.
         std::vector<double> pr, dr;
@@ -121,7 +126,8 @@ int main(int argc, char** argv) {
             pr.push_back(pf[1][r] / pf[0][r]);
             dr.push_back(dc[1][r] / dc[0][r]);
         }
-        printf("%-8s %12s %12s %14s %16s\n", "phase", "off tok/s", "on tok/s", "on/off median", "paired ratios");
+        printf("%-8s %12s %12s %14s %16s\n", "phase", "off tok/s", "on tok/s", "on/off median",
+               "paired ratios");
         printf("%-8s %12.1f %12.1f %14.3f %16.3f\n", "prefill", median(pf[0]), median(pf[1]),
                median(pf[1]) / median(pf[0]), median(pr));
         printf("%-8s %12.1f %12.1f %14.3f %16.3f\n", "decode", median(dc[0]), median(dc[1]),

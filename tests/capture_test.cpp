@@ -15,14 +15,18 @@ using namespace kvlens;
 
 namespace {
 
-std::string model_path(const std::string& arch) { return std::string(KVLENS_TEST_MODELS_DIR) + "/tiny-" + arch + ".gguf"; }
+std::string model_path(const std::string& arch) {
+    return std::string(KVLENS_TEST_MODELS_DIR) + "/tiny-" + arch + ".gguf";
+}
 
 struct Case {
     std::string arch;
     FlashAttn fa;
 };
 
-void PrintTo(const Case& c, std::ostream* os) { *os << c.arch << (c.fa == FlashAttn::On ? " fa on" : " fa off"); }
+void PrintTo(const Case& c, std::ostream* os) {
+    *os << c.arch << (c.fa == FlashAttn::On ? " fa on" : " fa off");
+}
 
 std::string case_name(const testing::TestParamInfo<Case>& p) {
     return p.param.arch + (p.param.fa == FlashAttn::On ? "_fa_on" : "_fa_off");
@@ -47,14 +51,16 @@ TEST_P(CaptureTest, CapturedKvEqualsCacheContents) {
     RowRecorder rec({Tap::K, Tap::V});
     session.capture().subscribe(&rec);
 
-    const std::vector<std::vector<llama_token>> prompts = {model.tokenize("Hello world, this is a test", true),
-                                                           model.tokenize("Another prompt, of a clearly different and longer length!", true)};
+    const std::vector<std::vector<llama_token>> prompts = {
+        model.tokenize("Hello world, this is a test", true),
+        model.tokenize("Another prompt, of a clearly different and longer length!", true)};
     GenerateParams gp;
     gp.max_tokens = 12;
     const std::vector<Generation> gens = generate(session, prompts, gp);
     ASSERT_EQ(gens.size(), 2u);
     ASSERT_NE(prompts[0].size(), prompts[1].size());
-    EXPECT_EQ(session.n_decode_calls(), 1 + (int64_t)std::max(gens[0].output.size(), gens[1].output.size()) - 1);
+    EXPECT_EQ(session.n_decode_calls(),
+              1 + (int64_t)std::max(gens[0].output.size(), gens[1].output.size()) - 1);
 
     for (int s = 0; s < 2; ++s) {
         const CacheSnapshot snap = read_seq_state(session.ctx(), s);
@@ -77,28 +83,33 @@ TEST_P(CaptureTest, CapturedKvEqualsCacheContents) {
                         const double err = std::fabs((double)(*got)[i] - ref[i]);
                         ASSERT_LE(err, 4.9e-4 * std::fabs((*got)[i]) + 1e-6)
                             << (tap == Tap::K ? "K" : "V") << " seq " << s << " layer " << l << " pos " << p;
-                        if (std::fabs((*got)[i]) > 1e-3) max_rel = std::max(max_rel, err / std::fabs((*got)[i]));
+                        if (std::fabs((*got)[i]) > 1e-3)
+                            max_rel = std::max(max_rel, err / std::fabs((*got)[i]));
                     }
                 }
             }
         }
-        EXPECT_GT(max_rel, 0.0) << "captured values equal the F16 cache exactly: are we reading the cache itself?";
+        EXPECT_GT(max_rel, 0.0)
+            << "captured values equal the F16 cache exactly: are we reading the cache itself?";
     }
     EXPECT_EQ(session.capture().nodes_lost(), 0);
     session.capture().unsubscribe(&rec);
 }
 
 // Direct (non-streaming) reference of the pooling algebra over recorded rows, for the knobs of method.md.
-std::vector<float> reference_pool(const RowRecorder& rec, const PoolSpec& spec, const std::vector<int>& layers,
-                                  llama_seq_id seq, llama_pos p0, llama_pos p1, int H, int D) {
+std::vector<float> reference_pool(const RowRecorder& rec, const PoolSpec& spec,
+                                  const std::vector<int>& layers, llama_seq_id seq, llama_pos p0,
+                                  llama_pos p1, int H, int D) {
     std::vector<std::vector<float>> per_layer;
     for (int l : layers) {
         std::vector<float> vec;
         for (Tap tap : {Tap::K, Tap::V}) {
-            if ((tap == Tap::K && spec.kv_part == KvPart::V) || (tap == Tap::V && spec.kv_part == KvPart::K)) continue;
+            if ((tap == Tap::K && spec.kv_part == KvPart::V) || (tap == Tap::V && spec.kv_part == KvPart::K))
+                continue;
             std::vector<const std::vector<float>*> rows;
             for (llama_pos p = p0; p < p1; ++p) rows.push_back(rec.get(tap, l, seq, p));
-            if (spec.window > 0 && (int)rows.size() > spec.window) rows.erase(rows.begin(), rows.end() - spec.window);
+            if (spec.window > 0 && (int)rows.size() > spec.window)
+                rows.erase(rows.begin(), rows.end() - spec.window);
             std::vector<double> acc(H * D, 0.0);
             if (spec.pos_agg == PosAgg::First) {
                 for (int i = 0; i < H * D; ++i) acc[i] = (*rows.front())[i];
@@ -129,7 +140,9 @@ std::vector<float> reference_pool(const RowRecorder& rec, const PoolSpec& spec, 
         case LayerAgg::Flatten:
             for (const auto& v : per_layer) out.insert(out.end(), v.begin(), v.end());
             break;
-        case LayerAgg::Last: out = per_layer.back(); break;
+        case LayerAgg::Last:
+            out = per_layer.back();
+            break;
         case LayerAgg::Mean:
         case LayerAgg::Sum:
             out.assign(w, 0.0f);
@@ -170,7 +183,8 @@ TEST_P(CaptureTest, StreamingPoolsEqualDirectComputation) {
     for (KvPart kp : {KvPart::K, KvPart::V, KvPart::KV})
         for (PosAgg pa : {PosAgg::Mean, PosAgg::Sum, PosAgg::Last, PosAgg::First})
             for (HeadAgg ha : {HeadAgg::Flatten, HeadAgg::Mean})
-                for (LayerAgg la : {LayerAgg::None, LayerAgg::Flatten, LayerAgg::Mean, LayerAgg::Sum, LayerAgg::Last})
+                for (LayerAgg la :
+                     {LayerAgg::None, LayerAgg::Flatten, LayerAgg::Mean, LayerAgg::Sum, LayerAgg::Last})
                     for (int window : {0, 3}) {
                         PoolSpec s;
                         s.kv_part = kp;
@@ -202,9 +216,9 @@ TEST_P(CaptureTest, StreamingPoolsEqualDirectComputation) {
         ASSERT_EQ((size_t)got.n_vectors * got.width, want.size()) << "spec " << i;
         for (size_t j = 0; j < want.size(); ++j) {
             ASSERT_NEAR(got.data[j], want[j], 1e-4 * (1.0 + std::fabs(want[j])))
-                << "spec " << i << " (" << to_string(specs[i].kv_part) << ", " << to_string(specs[i].pos_agg) << ", "
-                << to_string(specs[i].head_agg) << ", " << to_string(specs[i].layer_agg) << ", window "
-                << specs[i].window << ") element " << j;
+                << "spec " << i << " (" << to_string(specs[i].kv_part) << ", " << to_string(specs[i].pos_agg)
+                << ", " << to_string(specs[i].head_agg) << ", " << to_string(specs[i].layer_agg)
+                << ", window " << specs[i].window << ") element " << j;
         }
     }
 }

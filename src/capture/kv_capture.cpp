@@ -33,7 +33,8 @@ void KvCapture::begin_batch(const llama_batch* batch) {
     out_idx_.clear();
     if (batch == nullptr) return;
     for (int j = 0; j < batch->n_tokens; ++j) {
-        if (batch->logits == nullptr ? j == batch->n_tokens - 1 : batch->logits[j] != 0) out_idx_.push_back(j);
+        if (batch->logits == nullptr ? j == batch->n_tokens - 1 : batch->logits[j] != 0)
+            out_idx_.push_back(j);
     }
     consumed_.assign(4 * (n_layer_ + 1), 0);
 }
@@ -69,7 +70,8 @@ static bool classify(const ggml_tensor* t, Tap* tap, int* layer) {
             }
             return false;
         case 'V':  // the last "Vcur-N" is the 3-D reshape (separate Q/K/V) or view (fused QKV)
-            if ((t->op == GGML_OP_RESHAPE || t->op == GGML_OP_VIEW) && parse_layer_name(name, "Vcur-", layer)) {
+            if ((t->op == GGML_OP_RESHAPE || t->op == GGML_OP_VIEW) &&
+                parse_layer_name(name, "Vcur-", layer)) {
                 *tap = Tap::V;
                 return true;
             }

@@ -4,7 +4,9 @@
 
 namespace kvlens {
 
-bool RowRecorder::wants(Tap tap, int) const { return std::find(taps_.begin(), taps_.end(), tap) != taps_.end(); }
+bool RowRecorder::wants(Tap tap, int) const {
+    return std::find(taps_.begin(), taps_.end(), tap) != taps_.end();
+}
 
 void RowRecorder::on_rows(const TapRows& rows) {
     for (int i = 0; i < rows.n_rows; ++i) {

@@ -13,10 +13,10 @@
 
 namespace kvlens {
 
-enum class KvPart : uint8_t { K, V, KV };                           // "k", "v", "kv_cat"
-enum class PosAgg : uint8_t { Mean, Sum, Last, First };             // "mean", "sum", "last", "first"
-enum class HeadAgg : uint8_t { Flatten, Mean };                     // "flatten", "mean"
-enum class LayerAgg : uint8_t { Flatten, Mean, Sum, Last, None };   // "flatten", "mean", "sum", "last", "none"
+enum class KvPart : uint8_t { K, V, KV };                          // "k", "v", "kv_cat"
+enum class PosAgg : uint8_t { Mean, Sum, Last, First };            // "mean", "sum", "last", "first"
+enum class HeadAgg : uint8_t { Flatten, Mean };                    // "flatten", "mean"
+enum class LayerAgg : uint8_t { Flatten, Mean, Sum, Last, None };  // "flatten", "mean", "sum", "last", "none"
 
 struct PoolSpec {
     KvPart kv_part = KvPart::KV;
@@ -86,11 +86,11 @@ public:
 
 private:
     struct PartState {
-        std::vector<double> sum;     // running sum (pos_agg mean/sum, window == 0)
-        std::vector<float> first;    // first row (pos_agg first)
-        std::vector<float> last;     // last row (pos_agg last)
-        std::vector<float> ring;     // window x row (window > 0)
-        int64_t n = 0;               // rows added
+        std::vector<double> sum;   // running sum (pos_agg mean/sum, window == 0)
+        std::vector<float> first;  // first row (pos_agg first)
+        std::vector<float> last;   // last row (pos_agg last)
+        std::vector<float> ring;   // window x row (window > 0)
+        int64_t n = 0;             // rows added
     };
     void add(int part, int layer, const float* row);
     // Pool one part of one slot over positions: n_head_kv*head_dim floats.
@@ -98,9 +98,9 @@ private:
 
     PoolSpec spec_;
     int n_layer_, n_head_kv_, head_dim_;
-    std::vector<int> layers_;     // resolved selected layers
-    std::vector<int> slot_of_;    // layer -> slot in layers_, -1 if unused
-    std::vector<PartState> st_;   // [slot * 2 + part], part 0 = K, 1 = V
+    std::vector<int> layers_;    // resolved selected layers
+    std::vector<int> slot_of_;   // layer -> slot in layers_, -1 if unused
+    std::vector<PartState> st_;  // [slot * 2 + part], part 0 = K, 1 = V
 };
 
 }  // namespace kvlens

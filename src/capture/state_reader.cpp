@@ -55,13 +55,18 @@ static const float* find_row(const CacheSnapshot& s, const std::vector<std::vect
     return nullptr;
 }
 
-const float* CacheSnapshot::k_row(int layer, llama_pos p) const { return find_row(*this, k, layer, p, k_width); }
-const float* CacheSnapshot::v_row(int layer, llama_pos p) const { return find_row(*this, v, layer, p, v_width); }
+const float* CacheSnapshot::k_row(int layer, llama_pos p) const {
+    return find_row(*this, k, layer, p, k_width);
+}
+const float* CacheSnapshot::v_row(int layer, llama_pos p) const {
+    return find_row(*this, v, layer, p, v_width);
+}
 
 CacheSnapshot read_seq_state(llama_context* ctx, llama_seq_id seq) {
     std::vector<uint8_t> buf(llama_state_seq_get_size(ctx, seq));
     const size_t got = llama_state_seq_get_data(ctx, buf.data(), buf.size(), seq);
-    if (got == 0) throw Error("state: llama_state_seq_get_data returned nothing for sequence " + std::to_string(seq));
+    if (got == 0)
+        throw Error("state: llama_state_seq_get_data returned nothing for sequence " + std::to_string(seq));
     Reader r{buf.data(), got};
 
     CacheSnapshot s;
@@ -84,11 +89,13 @@ CacheSnapshot read_seq_state(llama_context* ctx, llama_seq_id seq) {
         for (uint32_t l = 0; l < n_layer; ++l) {
             const int32_t type = r.get<int32_t>();
             const uint64_t row = r.get<uint64_t>();
-            const int64_t width = (int64_t)(row / ggml_type_size((ggml_type)type) * ggml_blck_size((ggml_type)type));
+            const int64_t width =
+                (int64_t)(row / ggml_type_size((ggml_type)type) * ggml_blck_size((ggml_type)type));
             s.k_width = (int)width;
             s.k[l].resize(cells * width);
             const uint8_t* src = r.take(cells * row);
-            for (uint32_t c = 0; c < cells; ++c) to_f32(type, src + c * row, s.k[l].data() + c * width, width);
+            for (uint32_t c = 0; c < cells; ++c)
+                to_f32(type, src + c * row, s.k[l].data() + c * width, width);
         }
         for (uint32_t l = 0; l < n_layer; ++l) {
             const int32_t type = r.get<int32_t>();
@@ -99,7 +106,8 @@ CacheSnapshot read_seq_state(llama_context* ctx, llama_seq_id seq) {
                 s.v_width = (int)width;
                 s.v[l].resize(cells * width);
                 const uint8_t* src = r.take(cells * row);
-                for (uint32_t c = 0; c < cells; ++c) to_f32(type, src + c * row, s.v[l].data() + c * width, width);
+                for (uint32_t c = 0; c < cells; ++c)
+                    to_f32(type, src + c * row, s.v[l].data() + c * width, width);
             } else {
                 // Transposed: for each feature j, the values of all cells.
                 const uint32_t el = r.get<uint32_t>();

@@ -10,10 +10,10 @@
 namespace kvlens {
 
 struct CacheSnapshot {
-    std::vector<llama_pos> pos;             // per cell, in cache order
-    std::vector<std::vector<float>> k, v;   // per layer: n_cells x k_width (v_width), converted to F32
+    std::vector<llama_pos> pos;            // per cell, in cache order
+    std::vector<std::vector<float>> k, v;  // per layer: n_cells x k_width (v_width), converted to F32
     int k_width = 0, v_width = 0;
-    bool v_trans = false;                   // V stored transposed in the cache (flash attention off)
+    bool v_trans = false;  // V stored transposed in the cache (flash attention off)
     int n_cells() const { return (int)pos.size(); }
     // Row of the cell at position p (first match), or nullptr.
     const float* k_row(int layer, llama_pos p) const;

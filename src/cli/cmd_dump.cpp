@@ -32,7 +32,8 @@ std::vector<llama_token> parse_token_ids(const std::string& s, int n_vocab) {
         }
         if (used == 0 || used != item.size()) throw Error("--tokens: '" + item + "' is not a token id");
         if (v < 0 || v >= n_vocab)
-            throw Error("--tokens: id " + item + " out of range for a vocabulary of " + std::to_string(n_vocab));
+            throw Error("--tokens: id " + item + " out of range for a vocabulary of " +
+                        std::to_string(n_vocab));
         ids.push_back((llama_token)v);
     }
     if (ids.empty()) throw Error("--tokens: no token ids");
@@ -55,15 +56,16 @@ std::vector<float> gather(const RowRecorder& rec, Tap tap, int layer0, int n_lay
 }
 
 void run_dump(const DumpOptions& o) {
-    if (o.prompt.empty() == o.tokens.empty()) throw Error("dump: give exactly one of -p/--prompt and --tokens");
+    if (o.prompt.empty() == o.tokens.empty())
+        throw Error("dump: give exactly one of -p/--prompt and --tokens");
     const std::filesystem::path dir = std::filesystem::path(o.out).parent_path();
     if (!dir.empty() && !std::filesystem::is_directory(dir))
         throw Error("--out '" + o.out + "': directory '" + dir.string() + "' does not exist");
     std::unique_ptr<Model> model = load_model(o.model);
     const ModelInfo& mi = model->info();
-    const std::vector<llama_token> toks =
-        o.tokens.empty() ? model->tokenize(o.prompt, !o.no_bos, /*parse_special=*/true)
-                         : parse_token_ids(o.tokens, mi.n_vocab);
+    const std::vector<llama_token> toks = o.tokens.empty()
+                                              ? model->tokenize(o.prompt, !o.no_bos, /*parse_special=*/true)
+                                              : parse_token_ids(o.tokens, mi.n_vocab);
     const int T = (int)toks.size();
     if (T > o.model.ctx)
         throw Error("prompt: " + std::to_string(T) + " tokens do not fit the context of " +
@@ -111,15 +113,19 @@ void run_dump(const DumpOptions& o) {
 
 CLI::App* add_dump_command(CLI::App& app) {
     auto o = std::make_shared<DumpOptions>();
-    CLI::App* sub = app.add_subcommand("dump", "write the raw per-layer K, V (and hidden states) of a text as .npz");
+    CLI::App* sub =
+        app.add_subcommand("dump", "write the raw per-layer K, V (and hidden states) of a text as .npz");
     add_model_options(sub, o->model);
-    sub->add_option("-p,--prompt", o->prompt, "text to run (tokenized with the model's BOS, special tokens parsed)");
+    sub->add_option("-p,--prompt", o->prompt,
+                    "text to run (tokenized with the model's BOS, special tokens parsed)");
     sub->add_option("--tokens", o->tokens, "comma-separated token ids to run instead of a text");
     sub->add_flag("--no-bos", o->no_bos, "do not add the BOS token to --prompt");
-    sub->add_option("-o,--out", o->out, "output .npz: tokens, pos, k, v [layer, pos, n_head_kv*head_dim], hidden")
+    sub->add_option("-o,--out", o->out,
+                    "output .npz: tokens, pos, k, v [layer, pos, n_head_kv*head_dim], hidden")
         ->required();
-    sub->add_flag("--hidden", o->hidden,
-                  "also write hidden [n_layer+1, pos, n_embd]: token embeddings, then the residual after each layer");
+    sub->add_flag(
+        "--hidden", o->hidden,
+        "also write hidden [n_layer+1, pos, n_embd]: token embeddings, then the residual after each layer");
     sub->callback([o] { run_dump(*o); });
     return sub;
 }

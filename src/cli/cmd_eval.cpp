@@ -13,17 +13,23 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
     p->command_line = command_line;
     const char* env_data = std::getenv("KVLENS_DATA_DIR");
     p->data_dir = env_data ? env_data : KVLENS_DATA_DIR;
-    CLI::App* coe = eval->add_subcommand(
-        "coe", "score every answer of a dataset with KV-CoE, hidden-state CoE and output baselines; report AUROC etc.");
+    CLI::App* coe = eval->add_subcommand("coe",
+                                         "score every answer of a dataset with KV-CoE, hidden-state CoE and "
+                                         "output baselines; report AUROC etc.");
     coe->add_option("-m,--model", p->model_path, "GGUF model file")->required();
-    coe->add_option("--dataset", p->dataset,
-                    "built-in dataset name (gsm8k, math500, commonsenseqa, mgsm-en, ...) or a dataset config .json")
+    coe->add_option(
+           "--dataset", p->dataset,
+           "built-in dataset name (gsm8k, math500, commonsenseqa, mgsm-en, ...) or a dataset config .json")
         ->required();
-    coe->add_option("--data-dir", p->data_dir, "directory of the built-in dataset configs (env KVLENS_DATA_DIR)")
+    coe->add_option("--data-dir", p->data_dir,
+                    "directory of the built-in dataset configs (env KVLENS_DATA_DIR)")
         ->capture_default_str();
-    coe->add_option("-o,--out", p->out_dir, "output directory (samples.jsonl, report.md, plots); reruns resume")
+    coe->add_option("-o,--out", p->out_dir,
+                    "output directory (samples.jsonl, report.md, plots); reruns resume")
         ->required();
-    coe->add_option("--limit", p->limit, "first N samples (0: all)")->check(CLI::Range(0, 1 << 30))->capture_default_str();
+    coe->add_option("--limit", p->limit, "first N samples (0: all)")
+        ->check(CLI::Range(0, 1 << 30))
+        ->capture_default_str();
     coe->add_option("-n,--max-tokens", p->max_tokens, "tokens per answer at most (0: the dataset config's)")
         ->check(CLI::Range(0, 1 << 20))
         ->capture_default_str();
@@ -33,8 +39,11 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
     coe->add_option("--ctx", p->n_ctx, "context size (0: parallel x (longest prompt + max tokens))")
         ->check(CLI::Range(0, 1 << 22))
         ->capture_default_str();
-    coe->add_option("-t,--threads", p->n_threads, "CPU threads (0: all)")->check(CLI::Range(0, 1024))->capture_default_str();
-    coe->add_option("--template", p->chat_template, "chat template: auto, chatml, qwen2, qwen3, deepseek-r1, llama3")
+    coe->add_option("-t,--threads", p->n_threads, "CPU threads (0: all)")
+        ->check(CLI::Range(0, 1024))
+        ->capture_default_str();
+    coe->add_option("--template", p->chat_template,
+                    "chat template: auto, chatml, qwen2, qwen3, deepseek-r1, llama3")
         ->capture_default_str();
     coe->add_option("--think", p->think, "thinking mode: on, off, default")->capture_default_str();
     coe->add_option("--bootstrap", p->bootstrap, "bootstrap resamples for the AUROC interval")

@@ -34,7 +34,8 @@ std::pair<llama_pos, llama_pos> position_range(const std::string& which, llama_p
 
 void run_generate(const GenerateOptions& o) {
     if (o.prompt.empty()) throw Error("--prompt: empty");
-    const ChatTemplate tmpl_flag = with_flag("--template", [&] { return parse_chat_template(o.chat_template); });
+    const ChatTemplate tmpl_flag =
+        with_flag("--template", [&] { return parse_chat_template(o.chat_template); });
     const ThinkMode think = with_flag("--think", [&] { return parse_think_mode(o.think); });
     const PoolSpec spec = pool_spec(o.pool);
 
@@ -50,13 +51,16 @@ void run_generate(const GenerateOptions& o) {
         msgs.push_back({"user", o.prompt});
         text = render_chat(tmpl, msgs, /*add_assistant_prefix=*/true, think);
     }
-    const std::vector<llama_token> prompt = model->tokenize(text, /*add_special=*/true, /*parse_special=*/!o.raw);
+    const std::vector<llama_token> prompt =
+        model->tokenize(text, /*add_special=*/true, /*parse_special=*/!o.raw);
 
     Session session(*model, session_params(o.model));
     std::unique_ptr<KvPool> pool;
     std::unique_ptr<PoolObserver> obs;
     if (!o.features.empty()) {
-        pool = with_flag("--layers", [&] { return std::make_unique<KvPool>(spec, mi.n_layer, mi.n_head_kv, mi.head_dim); });
+        pool = with_flag("--layers", [&] {
+            return std::make_unique<KvPool>(spec, mi.n_layer, mi.n_head_kv, mi.head_dim);
+        });
         const auto [p0, p1] = position_range(o.positions, (llama_pos)prompt.size());
         obs = std::make_unique<PoolObserver>(*pool, 0, p0, p1);
         session.capture().subscribe(obs.get());
@@ -81,10 +85,14 @@ void run_generate(const GenerateOptions& o) {
         j["kv_width"] = mi.kv_width();
         j["width"] = r.width;
         j["n_vectors"] = r.n_vectors;
-        j["pooling"] = {{"kv_part", to_string(spec.kv_part)},   {"pos_agg", to_string(spec.pos_agg)},
-                        {"head_agg", to_string(spec.head_agg)}, {"layer_agg", to_string(spec.layer_agg)},
-                        {"layers", pool->layers()},             {"normalize", spec.normalize},
-                        {"window", spec.window},                {"positions", o.positions},
+        j["pooling"] = {{"kv_part", to_string(spec.kv_part)},
+                        {"pos_agg", to_string(spec.pos_agg)},
+                        {"head_agg", to_string(spec.head_agg)},
+                        {"layer_agg", to_string(spec.layer_agg)},
+                        {"layers", pool->layers()},
+                        {"normalize", spec.normalize},
+                        {"window", spec.window},
+                        {"positions", o.positions},
                         {"n_positions", pool->count()}};
         j["prompt_tokens"] = g.prompt;
         j["output_tokens"] = g.output;
@@ -95,11 +103,12 @@ void run_generate(const GenerateOptions& o) {
         j["vectors"] = vecs;
         std::ofstream f(o.features, std::ios::app);
         if (!f) throw Error("--features '" + o.features + "': cannot open for writing");
-        f << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";  // outputs may hold invalid UTF-8
+        f << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+          << "\n";  // outputs may hold invalid UTF-8
         if (!f) throw Error("--features '" + o.features + "': write failed");
         fprintf(stderr, "kvlens: features: %d vector(s) x %d floats (%s, %s over %lld %s positions) -> %s\n",
-                r.n_vectors, r.width, to_string(spec.kv_part), to_string(spec.pos_agg), (long long)pool->count(),
-                o.positions.c_str(), o.features.c_str());
+                r.n_vectors, r.width, to_string(spec.kv_part), to_string(spec.pos_agg),
+                (long long)pool->count(), o.positions.c_str(), o.features.c_str());
     }
 }
 
@@ -132,8 +141,9 @@ CLI::App* add_generate_command(CLI::App& app) {
     sub->add_option("--seed", o->sampling.seed, "sampling seed")->capture_default_str();
     sub->add_option("--features", o->features,
                     "append one JSON line with the pooled per-layer KV vectors, token ids and pooling");
-    sub->add_option("--positions", o->positions,
-                    "positions the features pool: generated, producer (last prompt token + generated), prompt, all")
+    sub->add_option(
+           "--positions", o->positions,
+           "positions the features pool: generated, producer (last prompt token + generated), prompt, all")
         ->check(CLI::IsMember({"generated", "producer", "prompt", "all"}))
         ->capture_default_str();
     add_pool_options(sub, o->pool);

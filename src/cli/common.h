@@ -28,7 +28,8 @@ std::unique_ptr<Model> load_model(const ModelOptions& o);
 SessionParams session_params(const ModelOptions& o, int n_seq_max = 1);
 
 struct PoolOptions {
-    std::string kv_part = "kv_cat", pos_agg = "mean", head_agg = "flatten", layer_agg = "none", layers = "all";
+    std::string kv_part = "kv_cat", pos_agg = "mean", head_agg = "flatten", layer_agg = "none",
+                layers = "all";
     bool normalize = false;
     int window = 0;
 };

@@ -11,8 +11,12 @@ void add_model_options(CLI::App* app, ModelOptions& o) {
     app->add_option("--ctx", o.ctx, "context size in tokens (KV cache, all sequences)")
         ->check(CLI::Range(8, 1 << 20))
         ->capture_default_str();
-    app->add_option("--batch", o.batch, "max tokens per decode call")->check(CLI::Range(1, 1 << 16))->capture_default_str();
-    app->add_option("-t,--threads", o.threads, "CPU threads (0: all)")->check(CLI::Range(0, 1024))->capture_default_str();
+    app->add_option("--batch", o.batch, "max tokens per decode call")
+        ->check(CLI::Range(1, 1 << 16))
+        ->capture_default_str();
+    app->add_option("-t,--threads", o.threads, "CPU threads (0: all)")
+        ->check(CLI::Range(0, 1024))
+        ->capture_default_str();
     app->add_option("--gpu-layers", o.gpu_layers, "layers to offload to a GPU (-1: all)")
         ->check(CLI::Range(-1, 100000))
         ->capture_default_str();
@@ -36,7 +40,9 @@ SessionParams session_params(const ModelOptions& o, int n_seq_max) {
     sp.n_batch = o.batch;
     sp.n_threads = o.threads;
     sp.n_seq_max = n_seq_max;
-    sp.flash_attn = o.flash_attn == "on" ? FlashAttn::On : o.flash_attn == "off" ? FlashAttn::Off : FlashAttn::Auto;
+    sp.flash_attn = o.flash_attn == "on"    ? FlashAttn::On
+                    : o.flash_attn == "off" ? FlashAttn::Off
+                                            : FlashAttn::Auto;
     return sp;
 }
 
@@ -44,7 +50,8 @@ void add_pool_options(CLI::App* app, PoolOptions& o) {
     app->add_option("--kv-part", o.kv_part, "k, v or kv_cat ([K;V])")->capture_default_str();
     app->add_option("--pos-agg", o.pos_agg, "pool positions: mean, sum, last, first")->capture_default_str();
     app->add_option("--head-agg", o.head_agg, "heads: flatten or mean")->capture_default_str();
-    app->add_option("--layer-agg", o.layer_agg, "layers: none (one vector per layer), flatten, mean, sum, last")
+    app->add_option("--layer-agg", o.layer_agg,
+                    "layers: none (one vector per layer), flatten, mean, sum, last")
         ->capture_default_str();
     app->add_option("--layers", o.layers, "layers: all, 0,3,-1, -4..-1 (negative = from the end)")
         ->capture_default_str();
@@ -69,7 +76,8 @@ PoolSpec pool_spec(const PoolOptions& o) {
 }  // namespace kvlens::cli
 
 int main(int argc, char** argv) {
-    CLI::App app{"kvlens: the KV cache of an LLM as a free representation (KV-CoE, fast/slow thinking, embeddings)"};
+    CLI::App app{
+        "kvlens: the KV cache of an LLM as a free representation (KV-CoE, fast/slow thinking, embeddings)"};
     app.require_subcommand(1);
     app.set_help_all_flag("--help-all", "help for every subcommand");
     kvlens::cli::add_generate_command(app);

@@ -17,10 +17,14 @@ void check_sampling_params(const SamplingParams& p) {
 
 const char* to_string(StopReason r) {
     switch (r) {
-        case StopReason::EndOfTurn: return "end_of_turn";
-        case StopReason::MaxTokens: return "max_tokens";
-        case StopReason::ContextFull: return "context_full";
-        case StopReason::Callback: return "callback";
+        case StopReason::EndOfTurn:
+            return "end_of_turn";
+        case StopReason::MaxTokens:
+            return "max_tokens";
+        case StopReason::ContextFull:
+            return "context_full";
+        case StopReason::Callback:
+            return "callback";
     }
     return "?";
 }
@@ -55,7 +59,8 @@ SamplerPtr make_sampler(const SamplingParams& p, uint32_t seed) {
     return chain;
 }
 
-llama_token sample_token(llama_sampler* s, const float* logits, int n_vocab, std::vector<llama_token_data>& buf) {
+llama_token sample_token(llama_sampler* s, const float* logits, int n_vocab,
+                         std::vector<llama_token_data>& buf) {
     buf.resize(n_vocab);
     for (int i = 0; i < n_vocab; ++i) buf[i] = {i, logits[i], 0.0f};
     llama_token_data_array arr = {buf.data(), buf.size(), -1, false};
@@ -68,7 +73,8 @@ llama_token sample_token(llama_sampler* s, const float* logits, int n_vocab, std
 std::vector<Generation> generate(Session& session, const std::vector<std::vector<llama_token>>& prompts,
                                  const GenerateParams& params, llama_seq_id first_seq) {
     check_sampling_params(params.sampling);
-    if (params.max_tokens < 1) throw Error("max_tokens: " + std::to_string(params.max_tokens) + " must be >= 1");
+    if (params.max_tokens < 1)
+        throw Error("max_tokens: " + std::to_string(params.max_tokens) + " must be >= 1");
     const int n = (int)prompts.size();
     if (n == 0) return {};
     if (first_seq < 0 || first_seq + n > session.n_seq_max())

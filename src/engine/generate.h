@@ -42,7 +42,8 @@ struct SamplerDeleter {
 };
 using SamplerPtr = std::unique_ptr<llama_sampler, SamplerDeleter>;
 SamplerPtr make_sampler(const SamplingParams& p, uint32_t seed);
-llama_token sample_token(llama_sampler* s, const float* logits, int n_vocab, std::vector<llama_token_data>& buf);
+llama_token sample_token(llama_sampler* s, const float* logits, int n_vocab,
+                         std::vector<llama_token_data>& buf);
 
 enum class StopReason { EndOfTurn, MaxTokens, ContextFull, Callback };
 const char* to_string(StopReason r);
@@ -53,7 +54,7 @@ struct Generation {
     std::vector<llama_token> output;  // generated tokens, including a final end-of-turn token if one came
     std::vector<StepStats> steps;     // one per output token
     StopReason stop = StopReason::MaxTokens;
-    std::string text;                 // output detokenized, end-of-turn token excluded
+    std::string text;  // output detokenized, end-of-turn token excluded
 };
 
 struct GenerateParams {

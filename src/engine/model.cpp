@@ -29,7 +29,8 @@ static void log_callback(ggml_log_level level, const char* text, void*) {
     if (level == GGML_LOG_LEVEL_ERROR) {
         std::lock_guard<std::mutex> lock(g_log_mutex);
         g_last_llama_error = text;
-        while (!g_last_llama_error.empty() && (g_last_llama_error.back() == '\n' || g_last_llama_error.back() == ' '))
+        while (!g_last_llama_error.empty() &&
+               (g_last_llama_error.back() == '\n' || g_last_llama_error.back() == ' '))
             g_last_llama_error.pop_back();
     }
 }
@@ -81,13 +82,13 @@ void validate_gguf_file(const std::string& path) {
     // Tensor data must lie inside the file: a truncated download fails here instead of in the loader.
     uint64_t need = gguf_get_data_offset(g);
     for (int64_t i = 0; i < gguf_get_n_tensors(g); ++i) {
-        need = std::max<uint64_t>(need, gguf_get_data_offset(g) + gguf_get_tensor_offset(g, i) +
-                                            gguf_get_tensor_size(g, i));
+        need = std::max<uint64_t>(
+            need, gguf_get_data_offset(g) + gguf_get_tensor_offset(g, i) + gguf_get_tensor_size(g, i));
     }
     gguf_free(g);
     if (need > size) {
-        throw Error(what + ": file is truncated (tensor data needs " + std::to_string(need) + " bytes, file has " +
-                    std::to_string(size) + ")");
+        throw Error(what + ": file is truncated (tensor data needs " + std::to_string(need) +
+                    " bytes, file has " + std::to_string(size) + ")");
     }
 }
 
@@ -130,14 +131,15 @@ Model::~Model() {
     if (model_) llama_model_free(model_);
 }
 
-std::vector<llama_token> Model::tokenize(const std::string& text, bool add_special, bool parse_special) const {
+std::vector<llama_token> Model::tokenize(const std::string& text, bool add_special,
+                                         bool parse_special) const {
     std::vector<llama_token> out(text.size() + 8);
-    int n = llama_tokenize(vocab_, text.data(), (int32_t)text.size(), out.data(), (int32_t)out.size(), add_special,
-                           parse_special);
+    int n = llama_tokenize(vocab_, text.data(), (int32_t)text.size(), out.data(), (int32_t)out.size(),
+                           add_special, parse_special);
     if (n < 0) {
         out.resize(-n);
-        n = llama_tokenize(vocab_, text.data(), (int32_t)text.size(), out.data(), (int32_t)out.size(), add_special,
-                           parse_special);
+        n = llama_tokenize(vocab_, text.data(), (int32_t)text.size(), out.data(), (int32_t)out.size(),
+                           add_special, parse_special);
     }
     if (n < 0) throw Error("text: tokenization failed");
     out.resize(n);
@@ -159,7 +161,9 @@ std::string Model::detokenize(const std::vector<llama_token>& tokens, bool rende
     return s;
 }
 
-bool Model::is_eog(llama_token t) const { return llama_vocab_is_eog(vocab_, t); }
+bool Model::is_eog(llama_token t) const {
+    return llama_vocab_is_eog(vocab_, t);
+}
 
 // ---- Session -------------------------------------------------------------------------------------------
 
@@ -180,7 +184,8 @@ Session::Session(const Model& model, const SessionParams& params) : model_(model
     cp.n_seq_max = params.n_seq_max;
     // A unified cache makes llama.cpp split batches in order (split_simple), which the capture relies on.
     cp.kv_unified = true;
-    const int n_threads = params.n_threads > 0 ? params.n_threads : (int)std::max(1u, std::thread::hardware_concurrency());
+    const int n_threads =
+        params.n_threads > 0 ? params.n_threads : (int)std::max(1u, std::thread::hardware_concurrency());
     cp.n_threads = n_threads;
     cp.n_threads_batch = n_threads;
     cp.flash_attn_type = params.flash_attn == FlashAttn::On    ? LLAMA_FLASH_ATTN_TYPE_ENABLED
@@ -192,8 +197,8 @@ Session::Session(const Model& model, const SessionParams& params) : model_(model
     ctx_ = llama_init_from_model(const_cast<llama_model*>(model.get()), cp);
     if (ctx_ == nullptr) {
         const std::string why = take_last_llama_error();
-        throw Error("model '" + model.path() + "': could not create a context of " + std::to_string(params.n_ctx) +
-                    " tokens" + (why.empty() ? "" : ": " + why));
+        throw Error("model '" + model.path() + "': could not create a context of " +
+                    std::to_string(params.n_ctx) + " tokens" + (why.empty() ? "" : ": " + why));
     }
 }
 
@@ -201,7 +206,9 @@ Session::~Session() {
     if (ctx_) llama_free(ctx_);
 }
 
-int Session::n_ctx() const { return (int)llama_n_ctx(ctx_); }
+int Session::n_ctx() const {
+    return (int)llama_n_ctx(ctx_);
+}
 
 void Session::decode(const std::vector<BatchToken>& tokens, bool keep_logits) {
     const int n_vocab = model_.info().n_vocab;
@@ -250,7 +257,9 @@ const float* Session::logits(int i) const {
     return logits_.data() + (size_t)logit_row_[i] * model_.info().n_vocab;
 }
 
-void Session::clear() { llama_memory_clear(llama_get_memory(ctx_), true); }
+void Session::clear() {
+    llama_memory_clear(llama_get_memory(ctx_), true);
+}
 
 void Session::seq_rm(llama_seq_id seq, llama_pos p0, llama_pos p1) {
     llama_memory_seq_rm(llama_get_memory(ctx_), seq, p0, p1);

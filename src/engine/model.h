@@ -32,7 +32,7 @@ struct ModelInfo {
     int n_embd = 0;
     int n_head = 0;
     int n_head_kv = 0;
-    int head_dim = 0;           // n_embd_k_gqa / n_head_kv
+    int head_dim = 0;  // n_embd_k_gqa / n_head_kv
     int n_ctx_train = 0;
     int n_vocab = 0;
     int kv_width() const { return n_head_kv * head_dim; }  // floats in one layer's K (or V) row
@@ -53,7 +53,8 @@ public:
     const std::string& path() const { return path_; }
 
     // Text -> tokens. add_special: BOS etc. as the model wants; parse_special: "<|im_start|>" -> one token.
-    std::vector<llama_token> tokenize(const std::string& text, bool add_special, bool parse_special = true) const;
+    std::vector<llama_token> tokenize(const std::string& text, bool add_special,
+                                      bool parse_special = true) const;
     std::string token_to_piece(llama_token t, bool render_special = false) const;
     std::string detokenize(const std::vector<llama_token>& tokens, bool render_special = false) const;
     bool is_eog(llama_token t) const;
@@ -71,10 +72,10 @@ void validate_gguf_file(const std::string& path);
 enum class FlashAttn { Auto, On, Off };
 
 struct SessionParams {
-    int n_ctx = 4096;      // tokens of KV cache shared by all sequences
-    int n_batch = 512;     // max tokens per decode call (also the micro-batch size)
-    int n_seq_max = 1;     // sequences that can live in the cache at once
-    int n_threads = 0;     // 0: all hardware threads
+    int n_ctx = 4096;   // tokens of KV cache shared by all sequences
+    int n_batch = 512;  // max tokens per decode call (also the micro-batch size)
+    int n_seq_max = 1;  // sequences that can live in the cache at once
+    int n_threads = 0;  // 0: all hardware threads
     FlashAttn flash_attn = FlashAttn::Auto;
 };
 
@@ -122,7 +123,7 @@ private:
     llama_context* ctx_ = nullptr;
     std::unique_ptr<KvCapture> capture_;
     int64_t n_decode_calls_ = 0;
-    std::vector<float> logits_;      // kept rows, n_vocab each
+    std::vector<float> logits_;       // kept rows, n_vocab each
     std::vector<int32_t> logit_row_;  // token index in the last decode() -> row in logits_, or -1
 };
 

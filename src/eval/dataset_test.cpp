@@ -57,9 +57,9 @@ const char* kMinimalConfig = R"({"name": "t", "file": "d.jsonl", "question_field
                                  "prompt_template": "Q: {question}", "matcher": "number_after_answer"})";
 
 TEST(Dataset, BuiltinNames) {
-    const std::vector<std::string> want = {"arith", "commonsenseqa", "gsm8k",   "math500", "mgsm-bn", "mgsm-de",
-                                           "mgsm-en",       "mgsm-es", "mgsm-fr", "mgsm-ja", "mgsm-ru",
-                                           "mgsm-sw",       "mgsm-te", "mgsm-th", "mgsm-zh"};
+    const std::vector<std::string> want = {"arith",   "commonsenseqa", "gsm8k",   "math500", "mgsm-bn",
+                                           "mgsm-de", "mgsm-en",       "mgsm-es", "mgsm-fr", "mgsm-ja",
+                                           "mgsm-ru", "mgsm-sw",       "mgsm-te", "mgsm-th", "mgsm-zh"};
     EXPECT_EQ(builtin_dataset_names(kBuiltin), want);
 }
 
@@ -248,7 +248,8 @@ TEST(Dataset, ConfigErrors) {
 TEST(Dataset, UnknownNameListsBuiltins) {
     EXPECT_EQ(
         error_of([] { load_dataset_config("gsm9k", kBuiltin); }),
-        "dataset 'gsm9k': unknown (built-in: arith, commonsenseqa, gsm8k, math500, mgsm-bn, mgsm-de, mgsm-en, "
+        "dataset 'gsm9k': unknown (built-in: arith, commonsenseqa, gsm8k, math500, mgsm-bn, mgsm-de, "
+        "mgsm-en, "
         "mgsm-es, mgsm-fr, mgsm-ja, mgsm-ru, mgsm-sw, mgsm-te, mgsm-th, mgsm-zh; or give the path of a .json "
         "config)");
     EXPECT_EQ(error_of([] {

@@ -302,7 +302,8 @@ MatcherKind parse_matcher(const std::string& name) {
     if (name == "boxed") return MatcherKind::Boxed;
     if (name == "choice_letter") return MatcherKind::ChoiceLetter;
     if (name == "last_number") return MatcherKind::LastNumber;
-    throw Error("matcher '" + name + "': unknown (expected number_after_answer, boxed, choice_letter or last_number)");
+    throw Error("matcher '" + name +
+                "': unknown (expected number_after_answer, boxed, choice_letter or last_number)");
 }
 
 const char* to_string(MatcherKind kind) {

@@ -26,7 +26,8 @@ struct MatchResult {
 
 enum class MatcherKind { NumberAfterAnswer, Boxed, ChoiceLetter, LastNumber };
 
-// "number_after_answer" | "boxed" | "choice_letter" | "last_number"; anything else -> kvlens::Error listing the names.
+// "number_after_answer" | "boxed" | "choice_letter" | "last_number"; anything else -> kvlens::Error listing
+// the names.
 MatcherKind parse_matcher(const std::string& name);
 const char* to_string(MatcherKind);
 std::vector<std::string> matcher_names();

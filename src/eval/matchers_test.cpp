@@ -147,7 +147,7 @@ TEST(Matchers, LastNumberMatcher) {
               {"7 + 5 = 12\nThe final answer is 12.", "12", "12", true},  // trailing period
               {"23 + 48 = 92", "71", "92", false},
               {"6 * 7 = 42\nThe answer is N.", "42", "42", true},  // format ignored, number still last
-              {"He has 7 + 4 = 11 apples.", "7", "11", false},       // last, not first
+              {"He has 7 + 4 = 11 apples.", "7", "11", false},     // last, not first
               {"The result is -17.", "-17", "-17", true},
               {"It is 1,200 in total", "1200", "1200", true},
               {"I do not know.", "5", "", false},

@@ -32,10 +32,12 @@ ResultsFile::ResultsFile(const std::string& path, const std::string& key) : path
         try {
             j = nlohmann::json::parse(line);
         } catch (const std::exception& e) {
-            throw Error("results '" + path + "' line " + std::to_string(n) + ": invalid JSON (" + e.what() + ")");
+            throw Error("results '" + path + "' line " + std::to_string(n) + ": invalid JSON (" + e.what() +
+                        ")");
         }
         if (!j.is_object() || !j.contains(key) || !j[key].is_number_integer())
-            throw Error("results '" + path + "' line " + std::to_string(n) + ": no integer field '" + key + "'");
+            throw Error("results '" + path + "' line " + std::to_string(n) + ": no integer field '" + key +
+                        "'");
         if (!keys_.insert(j[key].get<int64_t>()).second)
             throw Error("results '" + path + "' line " + std::to_string(n) + ": duplicate " + key + " " +
                         std::to_string(j[key].get<int64_t>()));
@@ -51,7 +53,8 @@ ResultsFile::~ResultsFile() {
 
 void ResultsFile::append(const nlohmann::json& record) {
     const int64_t k = record.at(key_).get<int64_t>();
-    if (keys_.count(k)) throw Error("results '" + path_ + "': " + key_ + " " + std::to_string(k) + " written twice");
+    if (keys_.count(k))
+        throw Error("results '" + path_ + "': " + key_ + " " + std::to_string(k) + " written twice");
     // One fwrite of the whole line, then a flush: a kill leaves at most one torn line, which reopening cuts.
     // Model outputs may hold invalid UTF-8 (a token can be part of a character): replace, never fail.
     const std::string line = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";

@@ -7,7 +7,11 @@
 namespace kvlens {
 
 Progress::Progress(std::string label, int64_t total, int64_t done)
-    : label_(std::move(label)), total_(total), done_(done), start_done_(done), tty_(isatty(2) != 0),
+    : label_(std::move(label)),
+      total_(total),
+      done_(done),
+      start_done_(done),
+      tty_(isatty(2) != 0),
       t0_(std::chrono::steady_clock::now()) {
     draw("");
 }
@@ -28,7 +32,8 @@ void Progress::draw(const std::string& note) {
     std::string bar(fill, '#');
     bar.resize(width, '.');
     fprintf(stderr, "%s%s [%s] %lld/%lld %3d%%  %.2f/s  eta %.0fs  %s%s", tty_ ? "\r" : "", label_.c_str(),
-            bar.c_str(), (long long)done_, (long long)total_, pct, rate, eta, note.c_str(), tty_ ? "\033[K" : "\n");
+            bar.c_str(), (long long)done_, (long long)total_, pct, rate, eta, note.c_str(),
+            tty_ ? "\033[K" : "\n");
     fflush(stderr);
 }
 
