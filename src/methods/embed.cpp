@@ -6,6 +6,7 @@
 
 #include "capture/observers.h"
 #include "util/error.h"
+#include "util/utf8.h"
 
 namespace kvlens {
 
@@ -22,34 +23,10 @@ PoolSpec embed_preset() {
 
 std::string text_problem(const std::string& text) {
     if (text.find_first_not_of(" \t\r\n\f\v") == std::string::npos) return "empty text";
-    // UTF-8 as RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF.
-    const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-    const size_t n = text.size();
-    for (size_t i = 0; i < n;) {
-        const unsigned c = s[i];
-        if (c == 0) return "NUL byte at byte " + std::to_string(i);
-        int len = 0;
-        unsigned lo = 0x80, hi = 0xBF;
-        if (c < 0x80) {
-            len = 1;
-        } else if (c >= 0xC2 && c <= 0xDF) {
-            len = 2;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            len = 3;
-            if (c == 0xE0) lo = 0xA0;
-            if (c == 0xED) hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            len = 4;
-            if (c == 0xF0) lo = 0x90;
-            if (c == 0xF4) hi = 0x8F;
-        } else {
-            return "invalid UTF-8 at byte " + std::to_string(i);
-        }
-        for (int k = 1; k < len; ++k) {
-            const size_t j = i + k;
-            const unsigned lim_lo = k == 1 ? lo : 0x80, lim_hi = k == 1 ? hi : 0xBF;
-            if (j >= n || s[j] < lim_lo || s[j] > lim_hi) return "invalid UTF-8 at byte " + std::to_string(i);
-        }
+    for (size_t i = 0; i < text.size();) {
+        if (text[i] == '\0') return "NUL byte at byte " + std::to_string(i);
+        const size_t len = utf8_seq_len(text, i);
+        if (len == 0) return "invalid UTF-8 at byte " + std::to_string(i);
         i += len;
     }
     return "";
