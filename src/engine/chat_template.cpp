@@ -301,6 +301,20 @@ std::string think_close_text(ChatTemplate t) {
     return kThinkClose;
 }
 
+std::string think_mode_suffix(ChatTemplate t, ThinkMode mode) {
+    if (!has_thinking(t)) throw Error("chat template " + template_name(t) + ": has no thinking mode");
+    if (mode == ThinkMode::Off) return kThinkEmpty;
+    // Qwen3's template leaves <think> to the model; DeepSeek-R1's opens it in the prompt.
+    return t == ChatTemplate::DeepSeekR1 ? kThinkOpen : "";
+}
+
+std::string render_chat_undecided(ChatTemplate t, const std::vector<ChatMessage>& msgs) {
+    const std::string off = render_chat(t, msgs, true, ThinkMode::Off);
+    const std::string suffix = think_mode_suffix(t, ThinkMode::Off);
+    if (!ends_with(off, suffix)) throw Error("chat template " + template_name(t) + ": no think block to remove");
+    return off.substr(0, off.size() - suffix.size());
+}
+
 std::vector<std::string> end_of_turn_texts(ChatTemplate t) {
     switch (t) {
         case ChatTemplate::ChatML:

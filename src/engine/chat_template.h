@@ -90,6 +90,13 @@ bool has_thinking(ChatTemplate t);
 std::string think_open_text(ChatTemplate t);
 std::string think_close_text(ChatTemplate t);
 
+// The fast/slow router's view of a conversation: the generation prompt up to the assistant turn with no
+// think tag yet (method.md 3: "before any think tag"), and the text that then commits it to a mode. For
+// every family with thinking, render_chat(t, msgs, true, m) == render_chat_undecided(t, msgs) +
+// think_mode_suffix(t, m) for m = On and Off. Throw for families without thinking.
+std::string render_chat_undecided(ChatTemplate t, const std::vector<ChatMessage>& msgs);
+std::string think_mode_suffix(ChatTemplate t, ThinkMode mode);
+
 // End-of-turn markers, for stopping generation. The first is the one the template writes after each turn;
 // the others also end generation for that family (e.g. the base model's end of text).
 std::vector<std::string> end_of_turn_texts(ChatTemplate t);

@@ -244,6 +244,20 @@ TEST(ChatTemplateThinking, OpenCloseTexts) {
               render_chat(ChatTemplate::Qwen3, kOneUser, true, ThinkMode::Off));
 }
 
+TEST(ChatTemplateThinking, UndecidedPlusSuffixIsEachMode) {
+    const std::vector<ChatMessage> msgs = {{"system", "Be brief."}, {"user", "What is 2+2?"}};
+    for (ChatTemplate t : {ChatTemplate::Qwen3, ChatTemplate::DeepSeekR1}) {
+        const std::string undecided = render_chat_undecided(t, msgs);
+        EXPECT_EQ(undecided.find("<think>"), std::string::npos) << template_name(t);
+        for (ThinkMode m : {ThinkMode::On, ThinkMode::Off})
+            EXPECT_EQ(undecided + think_mode_suffix(t, m), render_chat(t, msgs, true, m)) << template_name(t);
+    }
+    EXPECT_EQ(think_mode_suffix(ChatTemplate::Qwen3, ThinkMode::On), "");
+    EXPECT_EQ(think_mode_suffix(ChatTemplate::DeepSeekR1, ThinkMode::On), "<think>\n");
+    EXPECT_THROW(render_chat_undecided(ChatTemplate::ChatML, msgs), Error);
+    EXPECT_THROW(think_mode_suffix(ChatTemplate::Llama3, ThinkMode::Off), Error);
+}
+
 TEST(ChatTemplateThinking, EndOfTurnTexts) {
     EXPECT_EQ(end_of_turn_texts(ChatTemplate::ChatML), std::vector<std::string>{"<|im_end|>"});
     EXPECT_EQ(end_of_turn_texts(ChatTemplate::Qwen3).at(0), "<|im_end|>");

@@ -82,7 +82,7 @@ DatasetConfig parse_dataset_config(const std::string& json_text, const std::stri
 
     static const std::vector<std::string> kKnown = {
         "name",   "file",    "question_field", "answer_field", "reference",  "prompt_template",
-        "system", "matcher", "max_tokens",     "id_field",     "description"};
+        "system", "matcher", "max_tokens",     "id_field",     "description", "group_field"};
     for (const auto& item : j.items()) {
         if (std::find(kKnown.begin(), kKnown.end(), item.key()) == kKnown.end()) {
             throw Error(where + ": unknown field '" + item.key() + "' (known: " + join(kKnown) + ")");
@@ -106,6 +106,7 @@ DatasetConfig parse_dataset_config(const std::string& json_text, const std::stri
     c.question_field = str("question_field", true, "");
     c.answer_field = str("answer_field", true, "");
     c.id_field = str("id_field", false, "id");
+    c.group_field = str("group_field", false, "");
     const std::string ref = str("reference", false, "as_is");
     if (ref == "as_is") {
         c.reference = ReferenceRule::AsIs;
@@ -180,6 +181,7 @@ std::vector<Sample> load_samples(const DatasetConfig& config, int limit) {
         s.index = line_no;
         if (row.contains(config.id_field)) s.id = field_text(row, config.id_field, where);
         s.question = field_text(row, config.question_field, where);
+        if (!config.group_field.empty()) s.group = field_text(row, config.group_field, where);
         try {
             s.reference = extract_reference(config.reference, field_text(row, config.answer_field, where));
         } catch (const Error& e) {

@@ -13,6 +13,8 @@
 //   matcher          "number_after_answer" | "boxed" | "choice_letter", required
 //   max_tokens       int > 0, optional (default 512): the generation budget this dataset expects
 //   id_field         string, optional (default "id"); a row without it has an empty id
+//   group_field      string, optional: a field every row must have (e.g. "difficulty") that reports break
+//                    results down by
 // Unknown fields are errors, so a typo does not silently fall back to a default.
 #pragma once
 
@@ -32,6 +34,7 @@ struct DatasetConfig {
     std::string question_field;
     std::string answer_field;
     std::string id_field = "id";
+    std::string group_field;  // empty: none
     ReferenceRule reference = ReferenceRule::AsIs;
     std::string prompt_template;
     std::string system;
@@ -43,6 +46,7 @@ struct Sample {
     int index = 0;   // 0-based line number in the JSONL (blank lines count, so it matches `sed -n`)
     std::string id;  // the id field as text ("17" for a number), empty if absent
     std::string question;
+    std::string group;  // the group_field's value as text, empty without one
     std::string reference;
     std::string prompt;  // prompt_template with the question filled in
 };

@@ -57,9 +57,10 @@ const char* kMinimalConfig = R"({"name": "t", "file": "d.jsonl", "question_field
                                  "prompt_template": "Q: {question}", "matcher": "number_after_answer"})";
 
 TEST(Dataset, BuiltinNames) {
-    const std::vector<std::string> want = {"arith",   "commonsenseqa", "gsm8k",   "math500", "mgsm-bn",
-                                           "mgsm-de", "mgsm-en",       "mgsm-es", "mgsm-fr", "mgsm-ja",
-                                           "mgsm-ru", "mgsm-sw",       "mgsm-te", "mgsm-th", "mgsm-zh"};
+    const std::vector<std::string> want = {
+        "arith",   "arith-reasoner", "arith-reasoner-train", "commonsenseqa", "gsm8k",   "math500",
+        "mgsm-bn", "mgsm-de",        "mgsm-en",              "mgsm-es",       "mgsm-fr", "mgsm-ja",
+        "mgsm-ru", "mgsm-sw",        "mgsm-te",              "mgsm-th",       "mgsm-zh"};
     EXPECT_EQ(builtin_dataset_names(kBuiltin), want);
 }
 
@@ -71,7 +72,9 @@ TEST(Dataset, BuiltinsLoadEveryRow) {
     };
     for (const Want& w :
          {Want{"gsm8k", 1319, MatcherKind::NumberAfterAnswer}, Want{"math500", 500, MatcherKind::Boxed},
-          Want{"commonsenseqa", 1221, MatcherKind::ChoiceLetter}}) {
+          Want{"commonsenseqa", 1221, MatcherKind::ChoiceLetter},
+          Want{"arith-reasoner", 500, MatcherKind::NumberAfterAnswer},
+          Want{"arith-reasoner-train", 2000, MatcherKind::NumberAfterAnswer}}) {
         const DatasetConfig c = load_dataset_config(w.name, kBuiltin);
         EXPECT_EQ(c.name, w.name);
         EXPECT_EQ(c.matcher, w.matcher);
@@ -179,6 +182,22 @@ TEST(Dataset, CustomJsonlNeedsOnlyAConfig) {
     const Sample one = load_samples(m).at(0);
     EXPECT_EQ(one.reference, "2.5");
     EXPECT_EQ(one.id, "3");
+    EXPECT_EQ(one.group, "");
+}
+
+TEST(Dataset, GroupFieldIsReadAndRequired) {
+    TempDir dir;
+    dir.write("d.jsonl", "{\"q\": \"x\", \"a\": 1, \"level\": 3}\n{\"q\": \"y\", \"a\": 2, \"level\": \"hard\"}\n");
+    std::string cfg = kMinimalConfig;
+    cfg.insert(cfg.size() - 1, R"(, "group_field": "level")");
+    const DatasetConfig c = load_dataset_config(dir.write("c.json", cfg), "");
+    EXPECT_EQ(c.group_field, "level");
+    const std::vector<Sample> s = load_samples(c);
+    ASSERT_EQ(s.size(), 2u);
+    EXPECT_EQ(s[0].group, "3");
+    EXPECT_EQ(s[1].group, "hard");
+    dir.write("d.jsonl", "{\"q\": \"x\", \"a\": 1}\n");
+    EXPECT_NE(error_of([&] { load_samples(c); }).find("line 1: missing field 'level'"), std::string::npos);
 }
 
 TEST(Dataset, JsonlErrorsNameFileAndLine) {
