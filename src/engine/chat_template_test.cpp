@@ -248,9 +248,9 @@ TEST(ChatTemplateThinking, UndecidedPlusSuffixIsEachMode) {
     const std::vector<ChatMessage> msgs = {{"system", "Be brief."}, {"user", "What is 2+2?"}};
     for (ChatTemplate t : {ChatTemplate::Qwen3, ChatTemplate::DeepSeekR1}) {
         const std::string undecided = render_chat_undecided(t, msgs);
-        EXPECT_EQ(undecided.find("<think>"), std::string::npos) << template_name(t);
+        EXPECT_EQ(undecided.find("<think>"), std::string::npos) << to_string(t);
         for (ThinkMode m : {ThinkMode::On, ThinkMode::Off})
-            EXPECT_EQ(undecided + think_mode_suffix(t, m), render_chat(t, msgs, true, m)) << template_name(t);
+            EXPECT_EQ(undecided + think_mode_suffix(t, m), render_chat(t, msgs, true, m)) << to_string(t);
     }
     EXPECT_EQ(think_mode_suffix(ChatTemplate::Qwen3, ThinkMode::On), "");
     EXPECT_EQ(think_mode_suffix(ChatTemplate::DeepSeekR1, ThinkMode::On), "<think>\n");

@@ -267,7 +267,7 @@ TEST(Dataset, ConfigErrors) {
 TEST(Dataset, UnknownNameListsBuiltins) {
     EXPECT_EQ(
         error_of([] { load_dataset_config("gsm9k", kBuiltin); }),
-        "dataset 'gsm9k': unknown (built-in: arith, commonsenseqa, gsm8k, math500, mgsm-bn, mgsm-de, "
+        "dataset 'gsm9k': unknown (built-in: arith, arith-reasoner, arith-reasoner-train, commonsenseqa, gsm8k, math500, mgsm-bn, mgsm-de, "
         "mgsm-en, "
         "mgsm-es, mgsm-fr, mgsm-ja, mgsm-ru, mgsm-sw, mgsm-te, mgsm-th, mgsm-zh; or give the path of a .json "
         "config)");
