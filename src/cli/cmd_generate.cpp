@@ -1,12 +1,16 @@
 // kvlens generate: answer a prompt, optionally writing pooled per-layer KV features as JSONL.
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "capture/observers.h"
 #include "cli/common.h"
 #include "engine/chat_template.h"
 #include "engine/generate.h"
+#include "methods/calibration.h"
+#include "methods/coe.h"
+#include "methods/fast_slow.h"
 #include "util/error.h"
 
 namespace kvlens::cli {
@@ -20,6 +24,10 @@ struct GenerateOptions {
     bool raw = false;
     int max_tokens = 256;
     SamplingParams sampling;
+    std::string router, route_log;  // --think auto
+    RoutePolicy policy;
+    bool no_switch = false;
+    std::string calibration, score = "hs_coe_c";  // P(correct) of the answer
 };
 
 // Which positions the features pool: all of them, the prompt, the generated tokens that were fed back, or
@@ -32,12 +40,81 @@ std::pair<llama_pos, llama_pos> position_range(const std::string& which, llama_p
     return {n_prompt, INT32_MAX};  // generated
 }
 
+// --think auto: the router picks the mode on the prompt and may switch once while decoding.
+void run_generate_routed(const GenerateOptions& o) {
+    if (o.router.empty()) throw Error("--think auto: needs --router FILE (from kvlens router train)");
+    if (o.raw) throw Error("--think auto: needs the chat template (not --raw)");
+    if (!o.features.empty()) throw Error("--features: not available with --think auto");
+    if (!o.calibration.empty()) throw Error("--calibration: not available with --think auto");
+    const ChatTemplate tmpl_flag =
+        with_flag("--template", [&] { return parse_chat_template(o.chat_template); });
+    const RouterFile rf = load_router(o.router);
+    std::unique_ptr<Model> model = load_model(o.model);
+    const ModelInfo& mi = model->info();
+    const ChatTemplate tmpl =
+        tmpl_flag == ChatTemplate::Auto ? detect_chat_template(mi.chat_template, mi.arch) : tmpl_flag;
+    if (!has_thinking(tmpl))
+        throw Error(std::string("--think auto: chat template ") + to_string(tmpl) + " has no thinking mode");
+    check_router_for_model(rf, mi.arch, mi.n_layer, mi.n_head_kv, mi.head_dim, to_string(tmpl));
+    std::vector<ChatMessage> msgs;
+    if (!o.system.empty()) msgs.push_back({"system", o.system});
+    msgs.push_back({"user", o.prompt});
+
+    Session session(*model, session_params(o.model));
+    FastSlowParams fp;
+    fp.start = ThinkStart::Auto;
+    fp.allow_switch = !o.no_switch;
+    fp.policy = o.policy;
+    fp.max_tokens = o.max_tokens;
+    fp.sampling = o.sampling;
+    const FastSlowResult r = run_fast_slow(session, tmpl, msgs, rf.features, &rf.classifier, fp);
+    printf("%s\n", r.text.c_str());
+    fflush(stdout);
+    std::string sw = "no switch";
+    if (r.switch_at >= 0)
+        sw = std::string("switched to ") + to_string(r.final) + " after " + std::to_string(r.switch_at) +
+             " tokens";
+    fprintf(stderr, "kvlens: router d=%.1f -> %s; %s; %d tokens generated (%d sampled%s, %d switch)\n",
+            r.prompt_score, to_string(r.initial), sw.c_str(), r.n_generated(), r.n_sampled,
+            r.n_dropped ? (", " + std::to_string(r.n_dropped) + " of them dropped").c_str() : "",
+            r.n_switch_tokens);
+    if (!o.route_log.empty()) {
+        nlohmann::json j = {{"prompt", o.prompt},
+                            {"prompt_score", r.prompt_score},
+                            {"initial", to_string(r.initial)},
+                            {"final", to_string(r.final)},
+                            {"switch_at", r.switch_at},
+                            {"n_generated", r.n_generated()},
+                            {"n_sampled", r.n_sampled},
+                            {"n_switch_tokens", r.n_switch_tokens},
+                            {"n_dropped", r.n_dropped},
+                            {"stop", to_string(r.stop)},
+                            {"text", r.text},
+                            {"answer", r.answer}};
+        nlohmann::json checks = nlohmann::json::array();
+        for (const auto& [n, d] : r.checks) checks.push_back({n, d});
+        j["checks"] = checks;
+        std::ofstream f(o.route_log, std::ios::app);
+        if (!f) throw Error("--route-log '" + o.route_log + "': cannot open for writing");
+        f << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    }
+}
+
 void run_generate(const GenerateOptions& o) {
     if (o.prompt.empty()) throw Error("--prompt: empty");
+    if (o.think == "auto") return run_generate_routed(o);
+    if (!o.router.empty()) throw Error("--router: only with --think auto");
     const ChatTemplate tmpl_flag =
         with_flag("--template", [&] { return parse_chat_template(o.chat_template); });
     const ThinkMode think = with_flag("--think", [&] { return parse_think_mode(o.think); });
     const PoolSpec spec = pool_spec(o.pool);
+    // A calibration names its score; "auto" looks next to the model for --score's.
+    std::vector<Calibration> cals;
+    if (!o.calibration.empty()) {
+        const std::string path =
+            o.calibration == "auto" ? default_calibration_path(o.model.model, o.score) : o.calibration;
+        cals.push_back(with_flag("--calibration", [&] { return load_calibration(path); }));
+    }
 
     std::unique_ptr<Model> model = load_model(o.model);
     const ModelInfo& mi = model->info();
@@ -66,12 +143,24 @@ void run_generate(const GenerateOptions& o) {
         session.capture().subscribe(obs.get());
     }
 
+    std::unique_ptr<CoeScorer> scorer;
+    if (!cals.empty()) scorer = std::make_unique<CoeScorer>(session, 0, (int)prompt.size());
+
     GenerateParams gp;
     gp.max_tokens = o.max_tokens;
     gp.sampling = o.sampling;
     const Generation g = generate(session, {prompt}, gp).at(0);
     printf("%s\n", g.text.c_str());
     fflush(stdout);
+    std::map<std::string, double> scores;
+    if (scorer) {
+        scores = scorer->result(g.steps).named();
+        for (const auto& [k, v] : calibrated_scores(scores, cals)) {
+            scores[k] = v;
+            fprintf(stderr, "kvlens: %s = %.3f (raw %s = %.6g)\n", k.c_str(), v, cals[0].score.c_str(),
+                    scores.at(cals[0].score));
+        }
+    }
 
     if (!o.features.empty()) {
         session.capture().unsubscribe(obs.get());
@@ -98,6 +187,7 @@ void run_generate(const GenerateOptions& o) {
         j["output_tokens"] = g.output;
         j["stop"] = to_string(g.stop);
         j["text"] = g.text;
+        if (!scores.empty()) j["scores"] = scores;
         std::vector<std::vector<float>> vecs;
         for (int i = 0; i < r.n_vectors; ++i) vecs.emplace_back(r.row(i), r.row(i) + r.width);
         j["vectors"] = vecs;
@@ -120,8 +210,30 @@ CLI::App* add_generate_command(CLI::App& app) {
     add_model_options(sub, o->model);
     sub->add_option("-p,--prompt", o->prompt, "the user message (or the raw text with --raw)")->required();
     sub->add_option("-s,--system", o->system, "a system message");
-    sub->add_option("--think", o->think, "thinking mode for hybrid reasoning models: on, off, default")
+    sub->add_option("--think", o->think,
+                    "thinking mode for hybrid reasoning models: on, off, default, auto (a router decides)")
         ->capture_default_str();
+    sub->add_option("--calibration", o->calibration,
+                    "calibration file (kvlens calibrate) or 'auto' (<model>.calibration.<score>.json): print "
+                    "P(correct) of the answer; --features lines also get the scores");
+    sub->add_option("--score", o->score, "the score --calibration auto looks for")->capture_default_str();
+    sub->add_option("--router", o->router, "router file for --think auto (kvlens router train)");
+    sub->add_option("--check-every", o->policy.check_every,
+                    "--think auto: tokens between two windowed predictions while decoding")
+        ->check(CLI::Range(1, 1 << 20))
+        ->capture_default_str();
+    sub->add_option("--route-threshold", o->policy.route_threshold,
+                    "--think auto: predicted difficulty below which the answer is fast")
+        ->check(CLI::Range(0.0, 100.0))
+        ->capture_default_str();
+    sub->add_option(
+           "--switch-delta", o->policy.delta,
+           "--think auto: switch slow -> fast below threshold - delta, fast -> slow above threshold + delta")
+        ->check(CLI::Range(0.0, 100.0))
+        ->capture_default_str();
+    sub->add_flag("--no-switch", o->no_switch, "--think auto: route on the prompt only, never switch");
+    sub->add_option("--route-log", o->route_log,
+                    "--think auto: append one JSON line with the route, the switch and the token counts");
     sub->add_option("--template", o->chat_template,
                     "chat template: auto (from the GGUF), chatml, qwen2, qwen3, deepseek-r1, llama3")
         ->capture_default_str();

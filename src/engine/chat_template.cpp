@@ -311,7 +311,8 @@ std::string think_mode_suffix(ChatTemplate t, ThinkMode mode) {
 std::string render_chat_undecided(ChatTemplate t, const std::vector<ChatMessage>& msgs) {
     const std::string off = render_chat(t, msgs, true, ThinkMode::Off);
     const std::string suffix = think_mode_suffix(t, ThinkMode::Off);
-    if (!ends_with(off, suffix)) throw Error("chat template " + template_name(t) + ": no think block to remove");
+    if (!ends_with(off, suffix))
+        throw Error("chat template " + template_name(t) + ": no think block to remove");
     return off.substr(0, off.size() - suffix.size());
 }
 

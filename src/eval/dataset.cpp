@@ -81,7 +81,7 @@ DatasetConfig parse_dataset_config(const std::string& json_text, const std::stri
     if (!j.is_object()) throw Error(where + ": expected a JSON object");
 
     static const std::vector<std::string> kKnown = {
-        "name",   "file",    "question_field", "answer_field", "reference",  "prompt_template",
+        "name",   "file",    "question_field", "answer_field", "reference",   "prompt_template",
         "system", "matcher", "max_tokens",     "id_field",     "description", "group_field"};
     for (const auto& item : j.items()) {
         if (std::find(kKnown.begin(), kKnown.end(), item.key()) == kKnown.end()) {

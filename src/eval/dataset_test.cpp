@@ -57,10 +57,12 @@ const char* kMinimalConfig = R"({"name": "t", "file": "d.jsonl", "question_field
                                  "prompt_template": "Q: {question}", "matcher": "number_after_answer"})";
 
 TEST(Dataset, BuiltinNames) {
-    const std::vector<std::string> want = {
-        "arith",   "arith-reasoner", "arith-reasoner-train", "commonsenseqa", "gsm8k",   "math500",
-        "mgsm-bn", "mgsm-de",        "mgsm-en",              "mgsm-es",       "mgsm-fr", "mgsm-ja",
-        "mgsm-ru", "mgsm-sw",        "mgsm-te",              "mgsm-th",       "mgsm-zh"};
+    const std::vector<std::string> want = {"arith",         "arith-reasoner", "arith-reasoner-train",
+                                           "commonsenseqa", "gsm8k",          "math500",
+                                           "mgsm-bn",       "mgsm-de",        "mgsm-en",
+                                           "mgsm-es",       "mgsm-fr",        "mgsm-ja",
+                                           "mgsm-ru",       "mgsm-sw",        "mgsm-te",
+                                           "mgsm-th",       "mgsm-zh"};
     EXPECT_EQ(builtin_dataset_names(kBuiltin), want);
 }
 
@@ -187,7 +189,8 @@ TEST(Dataset, CustomJsonlNeedsOnlyAConfig) {
 
 TEST(Dataset, GroupFieldIsReadAndRequired) {
     TempDir dir;
-    dir.write("d.jsonl", "{\"q\": \"x\", \"a\": 1, \"level\": 3}\n{\"q\": \"y\", \"a\": 2, \"level\": \"hard\"}\n");
+    dir.write("d.jsonl",
+              "{\"q\": \"x\", \"a\": 1, \"level\": 3}\n{\"q\": \"y\", \"a\": 2, \"level\": \"hard\"}\n");
     std::string cfg = kMinimalConfig;
     cfg.insert(cfg.size() - 1, R"(, "group_field": "level")");
     const DatasetConfig c = load_dataset_config(dir.write("c.json", cfg), "");
@@ -267,7 +270,8 @@ TEST(Dataset, ConfigErrors) {
 TEST(Dataset, UnknownNameListsBuiltins) {
     EXPECT_EQ(
         error_of([] { load_dataset_config("gsm9k", kBuiltin); }),
-        "dataset 'gsm9k': unknown (built-in: arith, arith-reasoner, arith-reasoner-train, commonsenseqa, gsm8k, math500, mgsm-bn, mgsm-de, "
+        "dataset 'gsm9k': unknown (built-in: arith, arith-reasoner, arith-reasoner-train, commonsenseqa, "
+        "gsm8k, math500, mgsm-bn, mgsm-de, "
         "mgsm-en, "
         "mgsm-es, mgsm-fr, mgsm-ja, mgsm-ru, mgsm-sw, mgsm-te, mgsm-th, mgsm-zh; or give the path of a .json "
         "config)");

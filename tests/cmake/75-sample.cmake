@@ -7,3 +7,9 @@ kvlens_add_gtest(sampling_test ${PROJECT_SOURCE_DIR}/src/methods/sampling_test.c
 if(TARGET tiny-models)
   add_dependencies(sampling_test tiny-models)
 endif()
+
+# kvlens generate --calibration FILE|auto: P(correct) printed and in the --features line.
+add_test(NAME cli_generate_calibration
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/generate_calibration_test.sh $<TARGET_FILE:kvlens-cli>
+                 ${KVLENS_TEST_MODELS_DIR}/tiny-llama.gguf)
+set_tests_properties(cli_generate_calibration PROPERTIES LABELS cli TIMEOUT 300)

@@ -1,0 +1,113 @@
+// kvlens router label | train | eval: the fast/slow KV classifier (method.md 3).
+#include <cstdlib>
+
+#include "cli/common.h"
+#include "eval/router_eval.h"
+
+namespace kvlens::cli {
+
+namespace {
+
+const char* data_dir_default() {
+    const char* env = std::getenv("KVLENS_DATA_DIR");
+    return env ? env : KVLENS_DATA_DIR;
+}
+
+void add_dataset_options(CLI::App* sub, std::string& model, std::string& dataset, std::string& data_dir,
+                         std::string& out, int& limit, int& max_tokens, int& n_ctx, int& threads,
+                         std::string& tmpl) {
+    sub->add_option("-m,--model", model, "GGUF model file (a hybrid reasoning model)")->required();
+    sub->add_option("--dataset", dataset, "built-in dataset name or a dataset config .json")->required();
+    sub->add_option("--data-dir", data_dir, "directory of the built-in dataset configs (env KVLENS_DATA_DIR)")
+        ->capture_default_str();
+    sub->add_option("-o,--out", out, "output directory; reruns resume")->required();
+    sub->add_option("--limit", limit, "first N questions (0: all)")
+        ->check(CLI::Range(0, 1 << 30))
+        ->capture_default_str();
+    sub->add_option("-n,--max-tokens", max_tokens,
+                    "sampled tokens per answer at most (0: the dataset config's)")
+        ->check(CLI::Range(0, 1 << 20))
+        ->capture_default_str();
+    sub->add_option("--ctx", n_ctx, "context size (0: longest prompt + max tokens + 32)")
+        ->check(CLI::Range(0, 1 << 22))
+        ->capture_default_str();
+    sub->add_option("-t,--threads", threads, "CPU threads (0: all)")
+        ->check(CLI::Range(0, 1024))
+        ->capture_default_str();
+    sub->add_option("--template", tmpl, "chat template: auto, qwen3, deepseek-r1")->capture_default_str();
+}
+
+}  // namespace
+
+CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
+    CLI::App* router =
+        app.add_subcommand("router", "fast/slow thinking: label, train and evaluate the KV classifier");
+    router->require_subcommand(1);
+
+    auto lp = std::make_shared<RouterLabelParams>();
+    lp->command_line = command_line;
+    lp->data_dir = data_dir_default();
+    CLI::App* label = router->add_subcommand(
+        "label",
+        "run fast and slow mode on every question; store outputs, token counts, labels and KV features");
+    add_dataset_options(label, lp->model_path, lp->dataset, lp->data_dir, lp->out_dir, lp->limit,
+                        lp->max_tokens, lp->n_ctx, lp->n_threads, lp->chat_template);
+    label->add_option("--preset", lp->preset, "feature window seq_len/n_layers: 32/8, 64/4, 128/2")
+        ->capture_default_str();
+    label->add_option("--long-tokens", lp->long_tokens, "a correct fast answer this long is labelled 25")
+        ->check(CLI::Range(1, 1 << 20))
+        ->capture_default_str();
+    label->callback([lp] { run_router_label(*lp); });
+
+    auto tp = std::make_shared<RouterTrainCliParams>();
+    tp->command_line = command_line;
+    auto overrides = std::make_shared<RouterTrainParams>();
+    auto epochs = std::make_shared<int>(0);
+    auto lr = std::make_shared<double>(0);
+    auto seed = std::make_shared<int64_t>(-1);
+    CLI::App* train =
+        router->add_subcommand("train", "train the KV classifier (MLP F -> 512 -> 1) on labelled prompts");
+    train->add_option("--labels", tp->label_dirs, "output directories of kvlens router label (same model)")
+        ->required();
+    train->add_option("-o,--out", tp->out_path, "router file to write (JSON; a report goes to <out>.md)")
+        ->required();
+    train->add_option("--preset", tp->preset, "paper (lr 1e-5, batch 1024, raw features) or tuned")
+        ->capture_default_str();
+    train->add_option("--epochs", *epochs, "epochs at most (0: the preset's)")->check(CLI::Range(0, 1 << 20));
+    train->add_option("--lr", *lr, "learning rate (0: the preset's)")->check(CLI::Range(0.0, 1.0));
+    train->add_option("--seed", *seed, "seed for init, split and batches (default: the preset's)");
+    train->callback([tp, epochs, lr, seed] {
+        RouterTrainCliParams p = *tp;
+        p.train = with_flag("--preset", [&] { return router_train_preset(p.preset); });
+        if (*epochs > 0) p.train.epochs = *epochs;
+        if (*lr > 0) p.train.lr = *lr;
+        if (*seed >= 0) p.train.seed = (uint64_t)*seed;
+        run_router_train(p);
+    });
+
+    auto ep = std::make_shared<RouterEvalParams>();
+    ep->command_line = command_line;
+    ep->data_dir = data_dir_default();
+    CLI::App* eval = router->add_subcommand(
+        "eval", "always-fast, always-slow, routed, routed + online switching: accuracy, tokens, wall-clock");
+    add_dataset_options(eval, ep->model_path, ep->dataset, ep->data_dir, ep->out_dir, ep->limit,
+                        ep->max_tokens, ep->n_ctx, ep->n_threads, ep->chat_template);
+    eval->add_option("--router", ep->router_path, "router file (kvlens router train)")->required();
+    eval->add_option("--check-every", ep->policy.check_every, "tokens between two windowed predictions")
+        ->check(CLI::Range(1, 1 << 20))
+        ->capture_default_str();
+    eval->add_option("--route-threshold", ep->policy.route_threshold,
+                     "predicted difficulty below which: fast")
+        ->check(CLI::Range(0.0, 100.0))
+        ->capture_default_str();
+    eval->add_option("--switch-delta", ep->policy.delta, "switching hysteresis around the threshold")
+        ->check(CLI::Range(0.0, 100.0))
+        ->capture_default_str();
+    eval->add_option("--long-tokens", ep->long_tokens, "for the labels of the classifier's confusion table")
+        ->check(CLI::Range(1, 1 << 20))
+        ->capture_default_str();
+    eval->callback([ep] { run_router_eval(*ep); });
+    return router;
+}
+
+}  // namespace kvlens::cli

@@ -1,0 +1,493 @@
+#include "eval/router_eval.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "engine/chat_template.h"
+#include "engine/model.h"
+#include "eval/dataset.h"
+#include "eval/results_file.h"
+#include "eval/svg_plot.h"
+#include "methods/fast_slow.h"
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace kvlens {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// What every router command loads: the questions, the model, its template, a one-sequence session.
+struct Setup {
+    DatasetConfig cfg;
+    std::vector<Sample> samples;
+    std::unique_ptr<Model> model;
+    ChatTemplate tmpl = ChatTemplate::Auto;
+    int max_tokens = 0;
+};
+
+Setup load_setup(const std::string& model_path, const std::string& dataset, const std::string& data_dir,
+                 const std::string& chat_template, int limit, int max_tokens) {
+    Setup s;
+    s.cfg = load_dataset_config(dataset, data_dir);
+    s.samples = load_samples(s.cfg, limit);
+    if (s.samples.empty()) throw Error("dataset '" + s.cfg.name + "': no samples");
+    s.max_tokens = max_tokens > 0 ? max_tokens : s.cfg.max_tokens;
+    const ChatTemplate flag = parse_chat_template(chat_template);
+    set_verbose(false);
+    s.model = std::make_unique<Model>(ModelParams{model_path});
+    const ModelInfo& mi = s.model->info();
+    s.tmpl = flag == ChatTemplate::Auto ? detect_chat_template(mi.chat_template, mi.arch) : flag;
+    if (!has_thinking(s.tmpl))
+        throw Error(
+            "model '" + model_path + "': chat template " + to_string(s.tmpl) +
+            " has no thinking mode; fast/slow routing needs a hybrid reasoning model (qwen3, deepseek-r1)");
+    return s;
+}
+
+std::vector<ChatMessage> messages(const DatasetConfig& cfg, const Sample& s) {
+    std::vector<ChatMessage> msgs;
+    if (!cfg.system.empty()) msgs.push_back({"system", cfg.system});
+    msgs.push_back({"user", s.prompt});
+    return msgs;
+}
+
+// A session holding the longest prompt plus the generation budget and the switch text.
+std::unique_ptr<Session> make_session(const Setup& s, int n_ctx, int n_threads) {
+    size_t longest = 0;
+    for (const Sample& x : s.samples)
+        longest = std::max(longest,
+                           s.model->tokenize(render_chat_undecided(s.tmpl, messages(s.cfg, x)), true).size());
+    SessionParams sp;
+    sp.n_ctx = n_ctx > 0 ? n_ctx : (int)longest + s.max_tokens + 32;
+    sp.n_batch = std::min(sp.n_ctx, 2048);
+    sp.n_threads = n_threads;
+    return std::make_unique<Session>(*s.model, sp);
+}
+
+json model_info_json(const ModelInfo& mi) {
+    return {{"arch", mi.arch},           {"name", mi.name},         {"n_layer", mi.n_layer},
+            {"n_head_kv", mi.n_head_kv}, {"head_dim", mi.head_dim}, {"n_embd", mi.n_embd}};
+}
+
+struct ModeRun {
+    FastSlowResult r;
+    MatchResult m;
+    bool correct = false;
+    double seconds = 0;
+};
+
+ModeRun run_mode(Session& session, const Setup& s, const Sample& x, const RouterFeatures& f,
+                 const KvClassifier* clf, ThinkStart start, bool allow_switch, const RoutePolicy& policy) {
+    FastSlowParams fp;
+    fp.start = start;
+    fp.allow_switch = allow_switch;
+    fp.policy = policy;
+    fp.max_tokens = s.max_tokens;
+    ModeRun out;
+    const auto t0 = std::chrono::steady_clock::now();
+    out.r = run_fast_slow(session, s.tmpl, messages(s.cfg, x), f, clf, fp);
+    out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    session.clear();
+    out.m = match_answer(s.cfg.matcher, out.r.answer, x.reference);
+    out.correct = out.m.correct && out.r.stop == StopReason::EndOfTurn;  // cut answers count as wrong
+    return out;
+}
+
+json mode_json(const ModeRun& m) {
+    const FastSlowResult& r = m.r;
+    json j = {{"output", r.text},
+              {"extracted", m.m.extracted},
+              {"correct", m.correct},
+              {"n_generated", r.n_generated()},
+              {"n_sampled", r.n_sampled},
+              {"n_switch_tokens", r.n_switch_tokens},
+              {"n_dropped", r.n_dropped},
+              {"initial", to_string(r.initial)},
+              {"final", to_string(r.final)},
+              {"switch_at", r.switch_at},
+              {"stop", to_string(r.stop)},
+              {"seconds", m.seconds}};
+    if (!std::isnan(r.prompt_score)) j["prompt_score"] = r.prompt_score;
+    if (!r.checks.empty()) {
+        json c = json::array();
+        for (const auto& [n, d] : r.checks) c.push_back({n, d});
+        j["checks"] = c;
+    }
+    return j;
+}
+
+// Records of the samples asked for, in dataset order.
+std::vector<json> wanted_records(const ResultsFile& results, const std::vector<Sample>& samples) {
+    std::map<int, json> by_index;
+    for (const json& r : results.records()) by_index[r["index"].get<int>()] = r;
+    std::vector<json> out;
+    for (const Sample& s : samples)
+        if (by_index.count(s.index)) out.push_back(by_index[s.index]);
+    return out;
+}
+
+std::string pct(double num, double den) {
+    return den > 0 ? fmt(100.0 * num / den, 1) : "-";
+}
+
+// Groups in natural order: numbers by value, then other text.
+std::vector<std::string> group_order(const std::vector<json>& records) {
+    std::vector<std::string> g;
+    for (const json& r : records) {
+        const std::string v = r.value("group", "");
+        if (std::find(g.begin(), g.end(), v) == g.end()) g.push_back(v);
+    }
+    std::sort(g.begin(), g.end(), [](const std::string& a, const std::string& b) {
+        char* ea = nullptr;
+        char* eb = nullptr;
+        const double x = std::strtod(a.c_str(), &ea), y = std::strtod(b.c_str(), &eb);
+        const bool na = !a.empty() && *ea == 0, nb = !b.empty() && *eb == 0;
+        if (na && nb) return x < y;
+        if (na != nb) return na;
+        return a < b;
+    });
+    return g;
+}
+
+// Accuracy and mean generated tokens of each mode, per group and overall.
+std::string mode_table(const std::vector<json>& records, const std::vector<std::string>& modes,
+                       const std::string& group_name) {
+    std::vector<std::string> header = {group_name.empty() ? "group" : group_name, "n"};
+    for (const std::string& m : modes) header.push_back(m + " acc %");
+    for (const std::string& m : modes) header.push_back(m + " tokens");
+    std::vector<std::string> groups = group_order(records);
+    groups.push_back("\x01all");
+    std::vector<std::vector<std::string>> rows;
+    for (const std::string& g : groups) {
+        const bool all = g == "\x01all";
+        std::vector<double> correct(modes.size()), tokens(modes.size());
+        int n = 0;
+        for (const json& r : records) {
+            if (!all && r.value("group", "") != g) continue;
+            ++n;
+            for (size_t i = 0; i < modes.size(); ++i) {
+                correct[i] += r[modes[i]]["correct"].get<bool>();
+                tokens[i] += r[modes[i]]["n_generated"].get<double>();
+            }
+        }
+        std::vector<std::string> row = {all ? "**all**" : g, std::to_string(n)};
+        for (size_t i = 0; i < modes.size(); ++i) row.push_back(pct(correct[i], n));
+        for (size_t i = 0; i < modes.size(); ++i) row.push_back(n ? fmt(tokens[i] / n, 1) : "-");
+        rows.push_back(row);
+    }
+    return markdown_table(header, rows);
+}
+
+std::string label_table(const std::vector<json>& records) {
+    std::map<int, int> count;
+    for (const json& r : records) ++count[r["label"].get<int>()];
+    std::vector<std::vector<std::string>> rows;
+    const std::map<int, std::string> meaning = {{0, "fast correct, short"},
+                                                {25, "fast correct, long"},
+                                                {75, "fast wrong, slow correct"},
+                                                {100, "both wrong"}};
+    for (const auto& [label, what] : meaning)
+        rows.push_back({std::to_string(label), what, std::to_string(count[label]),
+                        pct(count[label], (double)records.size())});
+    return markdown_table({"label", "meaning", "n", "%"}, rows);
+}
+
+std::string versions_block(const json& run_info) {
+    std::ostringstream md;
+    md << "Command: `" << run_info.value("command", "") << "`\n\n"
+       << "kvlens " << KVLENS_VERSION << ", llama.cpp " << KVLENS_LLAMA_ORIGIN << "\n\n";
+    return md.str();
+}
+
+json read_json_file(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) throw Error("'" + path + "': cannot open");
+    try {
+        return json::parse(in);
+    } catch (const json::parse_error& e) {
+        throw Error("'" + path + "': invalid JSON: " + e.what());
+    }
+}
+
+}  // namespace
+
+// ---- label ------------------------------------------------------------------------------------------------
+
+void run_router_label(const RouterLabelParams& p) {
+    RouterFeatures features;
+    try {
+        features = parse_router_preset(p.preset);
+    } catch (const Error& e) {
+        throw Error(std::string("--preset: ") + e.what());
+    }
+    Setup s = load_setup(p.model_path, p.dataset, p.data_dir, p.chat_template, p.limit, p.max_tokens);
+    const ModelInfo& mi = s.model->info();
+    const json identity = {{"model", fs::absolute(p.model_path).string()},
+                           {"dataset", s.cfg.name},
+                           {"dataset_file", s.cfg.file},
+                           {"prompt_template", s.cfg.prompt_template},
+                           {"system", s.cfg.system},
+                           {"max_tokens", s.max_tokens},
+                           {"template", to_string(s.tmpl)},
+                           {"preset", to_string(features)},
+                           {"long_tokens", p.long_tokens}};
+    const std::string run_path = open_run_dir(p.out_dir, identity);
+    const json run_info = {
+        {"identity", identity},      {"model_info", model_info_json(mi)}, {"group_field", s.cfg.group_field},
+        {"command", p.command_line}, {"kvlens_version", KVLENS_VERSION},  {"llama_cpp", KVLENS_LLAMA_ORIGIN}};
+    write_run_info(run_path, run_info);
+    ResultsFile results((fs::path(p.out_dir) / "labels.jsonl").string(), "index");
+
+    std::vector<const Sample*> todo;
+    for (const Sample& x : s.samples)
+        if (!results.done(x.index)) todo.push_back(&x);
+    if (!todo.empty()) {
+        auto session = make_session(s, p.n_ctx, p.n_threads);
+        Progress progress("router label " + s.cfg.name, (int64_t)s.samples.size(),
+                          (int64_t)(s.samples.size() - todo.size()));
+        for (const Sample* x : todo) {
+            const ModeRun fast = run_mode(*session, s, *x, features, nullptr, ThinkStart::Fast, false, {});
+            const ModeRun slow = run_mode(*session, s, *x, features, nullptr, ThinkStart::Slow, false, {});
+            const int label =
+                difficulty_label(fast.correct, fast.r.n_generated(), slow.correct, p.long_tokens);
+            results.append({{"index", x->index},
+                            {"id", x->id},
+                            {"group", x->group},
+                            {"question", x->question},
+                            {"reference", x->reference},
+                            {"fast", mode_json(fast)},
+                            {"slow", mode_json(slow)},
+                            {"label", label},
+                            {"features", fast.r.prompt_features}});
+            progress.add(1, "label " + std::to_string(label));
+        }
+        progress.finish();
+    }
+
+    const std::vector<json> records = wanted_records(results, s.samples);
+    std::ostringstream md;
+    md << "# Router labels: " << s.cfg.name << " on " << mi.name << " (" << mi.arch << ")\n\n"
+       << versions_block(run_info) << records.size()
+       << " questions, greedy, fast mode (empty think block) and slow mode (thinking), max " << s.max_tokens
+       << " tokens each. Tokens: generated tokens per answer, end-of-turn included.\n\n"
+       << mode_table(records, {"fast", "slow"}, s.cfg.group_field) << "\n"
+       << "Labels (method.md 3; long = at least " << p.long_tokens << " tokens):\n\n"
+       << label_table(records);
+    write_text_file((fs::path(p.out_dir) / "report.md").string(), md.str());
+}
+
+// ---- train ------------------------------------------------------------------------------------------------
+
+void run_router_train(const RouterTrainCliParams& p) {
+    if (p.label_dirs.empty()) throw Error("router train: no label directory given");
+    json first_info;
+    std::vector<float> x, y;
+    int width = 0;
+    std::string sources;
+    for (const std::string& dir : p.label_dirs) {
+        const json info = read_json_file((fs::path(dir) / "run.json").string());
+        const json& id = info.at("identity");
+        if (first_info.is_null()) {
+            first_info = info;
+        } else {
+            for (const char* k : {"template", "preset"})
+                if (id.at(k) != first_info["identity"].at(k))
+                    throw Error("router train: '" + dir + "' was labelled with " + k + " " + id.at(k).dump() +
+                                ", '" + p.label_dirs[0] + "' with " + first_info["identity"].at(k).dump());
+            if (info.at("model_info") != first_info.at("model_info"))
+                throw Error("router train: '" + dir + "' was labelled on another model than '" +
+                            p.label_dirs[0] + "'");
+        }
+        ResultsFile labels((fs::path(dir) / "labels.jsonl").string(), "index");
+        for (const json& r : labels.records()) {
+            const std::vector<float> f = r.at("features").get<std::vector<float>>();
+            if (width == 0) width = (int)f.size();
+            if ((int)f.size() != width)
+                throw Error("router train: '" + dir + "' index " + r["index"].dump() + ": " +
+                            std::to_string(f.size()) + " features, expected " + std::to_string(width));
+            x.insert(x.end(), f.begin(), f.end());
+            y.push_back(r.at("label").get<float>());
+        }
+        sources += (sources.empty() ? "" : ", ") + dir + " (" + std::to_string(labels.size()) + " questions)";
+    }
+    const json& mi = first_info.at("model_info");
+    const json& id = first_info.at("identity");
+
+    TrainReport report;
+    RouterFile rf;
+    rf.arch = mi.at("arch").get<std::string>();
+    rf.n_layer = mi.at("n_layer").get<int>();
+    rf.n_head_kv = mi.at("n_head_kv").get<int>();
+    rf.head_dim = mi.at("head_dim").get<int>();
+    rf.chat_template = id.at("template").get<std::string>();
+    rf.features = parse_router_preset(id.at("preset").get<std::string>());
+    rf.pool = router_pool_spec(rf.features, rf.n_layer);
+    rf.train = p.train;
+    rf.source = sources;
+    if (width != router_feature_width(rf.n_head_kv, rf.head_dim))
+        throw Error("router train: features have " + std::to_string(width) +
+                    " floats, the model's KV gives " +
+                    std::to_string(router_feature_width(rf.n_head_kv, rf.head_dim)));
+    rf.classifier = train_kv_classifier(x, width, y, p.train, &report);
+    rf.report = report;
+    save_router(p.out_path, rf);
+
+    std::ostringstream md;
+    md << "# Router training\n\nCommand: `" << p.command_line << "`\n\nkvlens " << KVLENS_VERSION << "\n\n"
+       << "Data: " << sources << "; model " << mi.at("name").get<std::string>() << " (" << rf.arch << ", "
+       << rf.n_layer << " layers, KV " << rf.n_head_kv << " x " << rf.head_dim << "), template "
+       << rf.chat_template << ", features " << to_string(rf.features) << " (" << width << " floats).\n\n"
+       << markdown_table(
+              {"preset", "n train", "n val", "epochs", "best epoch", "train MSE", "val MSE",
+               "val MSE of the mean"},
+              {{p.train.preset, std::to_string(report.n_train), std::to_string(report.n_val),
+                std::to_string(report.epochs_run), std::to_string(report.best_epoch),
+                fmt(report.train_mse, 1), fmt(report.val_mse, 1), fmt(report.val_mse_baseline, 1)}});
+    write_text_file(p.out_path + ".md", md.str());
+    std::printf("router: %s (val MSE %.1f, baseline %.1f, %d epochs)\n", p.out_path.c_str(), report.val_mse,
+                report.val_mse_baseline, report.epochs_run);
+}
+
+// ---- eval -------------------------------------------------------------------------------------------------
+
+void run_router_eval(const RouterEvalParams& p) {
+    const RouterFile rf = load_router(p.router_path);
+    Setup s = load_setup(p.model_path, p.dataset, p.data_dir, p.chat_template, p.limit, p.max_tokens);
+    const ModelInfo& mi = s.model->info();
+    check_router_for_model(rf, mi.arch, mi.n_layer, mi.n_head_kv, mi.head_dim, to_string(s.tmpl));
+    const json identity = {{"model", fs::absolute(p.model_path).string()},
+                           {"router", fs::absolute(p.router_path).string()},
+                           {"dataset", s.cfg.name},
+                           {"dataset_file", s.cfg.file},
+                           {"prompt_template", s.cfg.prompt_template},
+                           {"system", s.cfg.system},
+                           {"max_tokens", s.max_tokens},
+                           {"template", to_string(s.tmpl)},
+                           {"route_threshold", p.policy.route_threshold},
+                           {"delta", p.policy.delta},
+                           {"check_every", p.policy.check_every}};
+    const std::string run_path = open_run_dir(p.out_dir, identity);
+    const json run_info = {{"identity", identity},
+                           {"model_info", model_info_json(mi)},
+                           {"router_features", to_string(rf.features)},
+                           {"group_field", s.cfg.group_field},
+                           {"command", p.command_line},
+                           {"kvlens_version", KVLENS_VERSION},
+                           {"llama_cpp", KVLENS_LLAMA_ORIGIN}};
+    write_run_info(run_path, run_info);
+    ResultsFile results((fs::path(p.out_dir) / "eval.jsonl").string(), "index");
+
+    static const std::vector<std::string> kModes = {"always_fast", "always_slow", "routed", "routed_switch"};
+    std::vector<const Sample*> todo;
+    for (const Sample& x : s.samples)
+        if (!results.done(x.index)) todo.push_back(&x);
+    if (!todo.empty()) {
+        auto session = make_session(s, p.n_ctx, p.n_threads);
+        Progress progress("router eval " + s.cfg.name, (int64_t)s.samples.size(),
+                          (int64_t)(s.samples.size() - todo.size()));
+        const KvClassifier* clf = &rf.classifier;
+        for (const Sample* x : todo) {
+            const ModeRun runs[4] = {
+                run_mode(*session, s, *x, rf.features, clf, ThinkStart::Fast, false, p.policy),
+                run_mode(*session, s, *x, rf.features, clf, ThinkStart::Slow, false, p.policy),
+                run_mode(*session, s, *x, rf.features, clf, ThinkStart::Auto, false, p.policy),
+                run_mode(*session, s, *x, rf.features, clf, ThinkStart::Auto, true, p.policy)};
+            json rec = {{"index", x->index},
+                        {"id", x->id},
+                        {"group", x->group},
+                        {"question", x->question},
+                        {"reference", x->reference},
+                        {"prompt_score", runs[0].r.prompt_score},
+                        {"label", difficulty_label(runs[0].correct, runs[0].r.n_generated(), runs[1].correct,
+                                                   p.long_tokens)}};
+            for (int i = 0; i < 4; ++i) rec[kModes[i]] = mode_json(runs[i]);
+            results.append(rec);
+            progress.add(1);
+        }
+        progress.finish();
+    }
+
+    const std::vector<json> records = wanted_records(results, s.samples);
+    const double n = (double)records.size();
+    // The four modes overall.
+    std::vector<std::vector<std::string>> rows;
+    std::vector<Series> series;
+    double slow_tokens = 0, slow_acc = 0;
+    for (const json& r : records) slow_tokens += r["always_slow"]["n_generated"].get<double>();
+    for (const json& r : records) slow_acc += r["always_slow"]["correct"].get<bool>();
+    for (const std::string& m : kModes) {
+        double correct = 0, tokens = 0, seconds = 0, fast_routes = 0, switches = 0;
+        for (const json& r : records) {
+            const json& j = r[m];
+            correct += j["correct"].get<bool>();
+            tokens += j["n_generated"].get<double>();
+            seconds += j["seconds"].get<double>();
+            fast_routes += j["initial"] == "fast";
+            switches += j["switch_at"].get<int>() >= 0;
+        }
+        rows.push_back({m, fmt(100 * correct / n, 1), fmt(100 * (correct - slow_acc) / n, 1),
+                        fmt(tokens / n, 1), fmt(tokens / slow_tokens, 3), fmt(seconds, 1),
+                        pct(fast_routes, n), pct(switches, n)});
+        Series sr;
+        sr.label = m;
+        sr.x = {tokens / n};
+        sr.y = {100 * correct / n};
+        sr.markers = true;
+        series.push_back(sr);
+    }
+    // The classifier on this set: labels from the always-fast and always-slow runs.
+    double se = 0;
+    int tp = 0, fp = 0, tn = 0, fn = 0;  // positive = hard (label >= 50)
+    for (const json& r : records) {
+        const double d = r["prompt_score"].get<double>(), l = r["label"].get<double>();
+        se += (d - l) * (d - l);
+        const bool pred_hard = d >= p.policy.route_threshold, hard = l >= 50;
+        tp += pred_hard && hard;
+        fp += pred_hard && !hard;
+        tn += !pred_hard && !hard;
+        fn += !pred_hard && hard;
+    }
+    PlotSpec spec;
+    spec.title = "Accuracy vs generated tokens (" + s.cfg.name + ")";
+    spec.x_label = "mean generated tokens per question";
+    spec.y_label = "accuracy (%)";
+    spec.x_min = 0;
+    write_text_file((fs::path(p.out_dir) / "accuracy-vs-tokens.svg").string(), svg_line_plot(spec, series));
+
+    std::ostringstream md;
+    md << "# Fast/slow routing: " << s.cfg.name << " on " << mi.name << " (" << mi.arch << ")\n\n"
+       << versions_block(run_info) << records.size() << " questions, greedy, max " << s.max_tokens
+       << " sampled tokens per answer. Router `" << p.router_path << "` (features " << to_string(rf.features)
+       << ", preset " << rf.train.preset << "); route to fast when d < " << fmt(p.policy.route_threshold, 0)
+       << "; switch once, checked every " << p.policy.check_every << " tokens: slow -> fast when d < "
+       << fmt(p.policy.route_threshold - p.policy.delta, 0)
+       << " inside the think block, fast -> slow when d > "
+       << fmt(p.policy.route_threshold + p.policy.delta, 0)
+       << ". Tokens count everything the model generated, before and after a switch, plus the appended "
+          "switch "
+          "text.\n\n"
+       << markdown_table({"mode", "accuracy %", "vs always-slow (points)", "mean tokens",
+                          "tokens / always-slow", "wall-clock s", "routed fast %", "switched %"},
+                         rows)
+       << "\nPer " << (s.cfg.group_field.empty() ? "group" : s.cfg.group_field) << ":\n\n"
+       << mode_table(records, kModes, s.cfg.group_field) << "\n"
+       << "Classifier on this set (labels from the always-fast and always-slow runs): MSE "
+       << fmt(n > 0 ? se / n : NAN, 1) << "; at threshold " << fmt(p.policy.route_threshold, 0)
+       << " (hard = label >= 50):\n\n"
+       << markdown_table({"", "predicted easy", "predicted hard"},
+                         {{"easy (label < 50)", std::to_string(tn), std::to_string(fp)},
+                          {"hard (label >= 50)", std::to_string(fn), std::to_string(tp)}})
+       << "\nLabels:\n\n"
+       << label_table(records) << "\n![accuracy vs tokens](accuracy-vs-tokens.svg)\n";
+    write_text_file((fs::path(p.out_dir) / "report.md").string(), md.str());
+}
+
+}  // namespace kvlens

@@ -1,0 +1,54 @@
+// The fast/slow router's experiments (method.md 3): label a training set by running both modes, train the
+// KV classifier on the prompts' features, and evaluate always-fast / always-slow / routed / routed +
+// online switching on a test set. Every step writes a resumable JSONL and a Markdown report.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "methods/router.h"
+
+namespace kvlens {
+
+struct RouterLabelParams {
+    std::string model_path;
+    std::string dataset;   // built-in name or config .json
+    std::string data_dir;  // built-in configs
+    std::string out_dir;   // labels.jsonl, run.json, report.md
+    std::string chat_template = "auto";
+    std::string preset = "32/8";  // feature window: seq_len/n_layers
+    int limit = 0;                // first N questions (0: all)
+    int max_tokens = 0;           // per mode (0: the dataset's)
+    int long_tokens = 128;        // a fast answer this long counts as slow (label 25)
+    int n_ctx = 0;                // 0: longest prompt + max_tokens + margin
+    int n_threads = 0;
+    std::string command_line;
+};
+// Runs fast and slow mode (greedy) on every question, stores both outputs, their token counts, the label
+// and the prompt's router features; the report tabulates accuracy and tokens per mode and per group.
+void run_router_label(const RouterLabelParams& p);
+
+struct RouterTrainCliParams {
+    std::vector<std::string> label_dirs;  // outputs of run_router_label for one model
+    std::string out_path;                 // the router file
+    std::string preset = "tuned";         // "paper" or "tuned"
+    RouterTrainParams train;              // overrides applied on top of the preset by the caller
+    std::string command_line;
+};
+// Trains the classifier on the labelled prompts; writes the router file and <out_path>.md (report).
+void run_router_train(const RouterTrainCliParams& p);
+
+struct RouterEvalParams {
+    std::string model_path, router_path, dataset, data_dir, out_dir;
+    std::string chat_template = "auto";
+    RoutePolicy policy;
+    int limit = 0, max_tokens = 0, n_ctx = 0, n_threads = 0;
+    int long_tokens = 128;
+    std::string command_line;
+};
+// always-fast, always-slow, routed and routed + switching on every question: eval.jsonl, report.md (table
+// per mode and per group, the classifier's MSE and confusion at 50 against the labels the two fixed modes
+// give), accuracy-vs-tokens.svg.
+void run_router_eval(const RouterEvalParams& p);
+
+}  // namespace kvlens

@@ -1,0 +1,216 @@
+// Fast/slow routing and online switching on the project's reasoning model (a real hybrid model: it opens
+// <think> by itself in slow mode) with constant classifiers that force each decision: the prompt's features
+// are the same whatever the mode and equal a pool computed directly from recorded K/V rows; a switch appends
+// to the sequence without recomputing any earlier position; every sampled token is counted.
+#include "methods/fast_slow.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "capture/observers.h"
+#include "util/error.h"
+
+using namespace kvlens;
+
+namespace {
+
+const std::string kReasoner = KVLENS_REASONER_MODEL;
+
+// Forward passes per (sequence, position), from the layer-0 K rows the capture sees.
+struct RowCounter : KvObserver {
+    std::map<llama_pos, int> rows;
+    bool wants(Tap tap, int layer) const override { return tap == Tap::K && layer == 0; }
+    void on_rows(const TapRows& r) override {
+        for (int i = 0; i < r.n_rows; ++i) ++rows[r.pos(i)];
+    }
+};
+
+// A classifier whose prediction is d for every input.
+KvClassifier constant_classifier(int n_features, float d) {
+    KvClassifier c;
+    c.net = mlp_init(n_features, 1, 0);
+    std::fill(c.net.w1.begin(), c.net.w1.end(), 0.0f);
+    std::fill(c.net.b1.begin(), c.net.b1.end(), 0.0f);
+    std::fill(c.net.w2.begin(), c.net.w2.end(), 0.0f);
+    c.net.b2 = d;
+    return c;
+}
+
+struct FastSlow : testing::Test {
+    static void SetUpTestSuite() {
+        set_verbose(false);
+        model = std::make_unique<Model>(ModelParams{kReasoner});
+    }
+    static void TearDownTestSuite() { model.reset(); }
+    static std::unique_ptr<Model> model;
+
+    std::unique_ptr<Session> session() const {
+        SessionParams sp;
+        sp.n_ctx = 512;
+        sp.n_threads = 2;
+        return std::make_unique<Session>(*model, sp);
+    }
+    int width() const { return 2 * model->info().kv_width(); }
+    static std::vector<ChatMessage> question(const std::string& q) { return {{"user", q}}; }
+    static FastSlowParams params(ThinkStart start, bool allow_switch, int check_every) {
+        FastSlowParams p;
+        p.start = start;
+        p.allow_switch = allow_switch;
+        p.policy.check_every = check_every;
+        p.max_tokens = 300;
+        return p;
+    }
+};
+std::unique_ptr<Model> FastSlow::model;
+
+TEST_F(FastSlow, TheFixtureIsAHybridQwen3Model) {
+    const ModelInfo& mi = model->info();
+    EXPECT_EQ(mi.arch, "qwen3");
+    EXPECT_EQ(detect_chat_template(mi.chat_template, mi.arch), ChatTemplate::Qwen3);
+    // The special tokens are single tokens.
+    for (const char* s : {"<|im_start|>", "<|im_end|>", "<think>", "</think>"})
+        EXPECT_EQ(model->tokenize(s, false, true).size(), 1u) << s;
+}
+
+TEST_F(FastSlow, PromptFeaturesAreTheSameInEveryModeAndEqualADirectPool) {
+    const RouterFeatures f{32, 8};
+    const auto msgs = question("What is 347+285-196?");
+    const KvClassifier easy = constant_classifier(width(), 10), hard = constant_classifier(width(), 90);
+    std::vector<std::vector<float>> feats;
+    for (auto [start, clf] : {std::pair{ThinkStart::Fast, (const KvClassifier*)nullptr},
+                              std::pair{ThinkStart::Slow, (const KvClassifier*)nullptr},
+                              std::pair{ThinkStart::Auto, &easy}, std::pair{ThinkStart::Auto, &hard}}) {
+        auto s = session();
+        feats.push_back(
+            run_fast_slow(*s, ChatTemplate::Qwen3, msgs, f, clf, params(start, false, 16)).prompt_features);
+    }
+    for (size_t i = 1; i < feats.size(); ++i) EXPECT_EQ(feats[i], feats[0]) << i;
+
+    // Independently: record every K/V row of the prompt, then sum the last 32 positions of the mean over the
+    // last min(8, n_layer) layers of [K;V].
+    const ModelInfo& mi = model->info();
+    const std::vector<llama_token> prompt =
+        model->tokenize(render_chat_undecided(ChatTemplate::Qwen3, msgs), true, true);
+    auto s = session();
+    RowRecorder rec({Tap::K, Tap::V}, 0);
+    s->capture().subscribe(&rec);
+    std::vector<BatchToken> batch;
+    for (size_t i = 0; i < prompt.size(); ++i) batch.push_back({prompt[i], (llama_pos)i, 0, false});
+    s->decode(batch, false);
+    s->capture().unsubscribe(&rec);
+    const int n = (int)prompt.size(), kv = mi.kv_width(), nl = std::min(8, mi.n_layer);
+    std::vector<double> want(2 * kv, 0.0);
+    for (int pos = std::max(0, n - 32); pos < n; ++pos)
+        for (int l = mi.n_layer - nl; l < mi.n_layer; ++l)
+            for (int part = 0; part < 2; ++part) {
+                const std::vector<float>* row = rec.get(part ? Tap::V : Tap::K, l, 0, pos);
+                ASSERT_NE(row, nullptr);
+                for (int j = 0; j < kv; ++j) want[part * kv + j] += (*row)[j] / nl;
+            }
+    ASSERT_EQ((int)feats[0].size(), 2 * kv);
+    for (int j = 0; j < 2 * kv; ++j) EXPECT_NEAR(feats[0][j], want[j], 1e-4 * (1 + std::abs(want[j]))) << j;
+}
+
+TEST_F(FastSlow, RoutingFollowsThePromptScore) {
+    const auto msgs = question("What is 47+8?");
+    for (float d : {10.0f, 90.0f}) {
+        const KvClassifier c = constant_classifier(width(), d);
+        auto s = session();
+        const FastSlowResult r =
+            run_fast_slow(*s, ChatTemplate::Qwen3, msgs, {32, 8}, &c, params(ThinkStart::Auto, false, 16));
+        EXPECT_FLOAT_EQ(r.prompt_score, d);
+        EXPECT_EQ(r.initial, d < 50 ? ThinkChoice::Fast : ThinkChoice::Slow);
+        EXPECT_EQ(r.final, r.initial);
+        EXPECT_EQ(r.switch_at, -1);
+        EXPECT_TRUE(r.checks.empty());
+        // Fast: the empty think block is in the sequence (prompt side, not counted); slow: the model opens
+        // it.
+        const std::string text = model->detokenize(r.tokens, true);
+        if (d < 50) {
+            EXPECT_EQ(text.rfind("<think>\n\n</think>\n\n", 0), 0u) << text;
+            EXPECT_EQ(r.n_sampled, (int)r.tokens.size() -
+                                       (int)model->tokenize("<think>\n\n</think>\n\n", false, true).size());
+        } else {
+            EXPECT_EQ(text.rfind("<think>\n", 0), 0u) << text;
+            EXPECT_EQ(r.n_sampled, (int)r.tokens.size());
+        }
+        EXPECT_EQ(r.stop, StopReason::EndOfTurn);
+    }
+}
+
+TEST_F(FastSlow, SlowToFastAppendsTheCloseTagWithoutRecomputingThePrefix) {
+    const KvClassifier c = constant_classifier(width(), 10);  // below 30: leave the think block at once
+    auto s = session();
+    RowCounter counter;
+    s->capture().subscribe(&counter);
+    const int64_t calls0 = s->n_decode_calls();
+    const FastSlowResult r = run_fast_slow(*s, ChatTemplate::Qwen3, question("What is 503-278+916?"), {32, 8},
+                                           &c, params(ThinkStart::Slow, true, 8));
+    s->capture().unsubscribe(&counter);
+    ASSERT_EQ(r.switch_at, 8);
+    EXPECT_EQ(r.initial, ThinkChoice::Slow);
+    EXPECT_EQ(r.final, ThinkChoice::Fast);
+    const int n_close = (int)model->tokenize("\n</think>\n\n", false, true).size();
+    EXPECT_EQ(r.n_switch_tokens, n_close);
+    EXPECT_EQ(r.n_generated(), r.n_sampled + n_close);
+    ASSERT_EQ(r.stop, StopReason::EndOfTurn);
+    // The first 8 sampled tokens, then the close tag, then the answer.
+    const std::string first8 =
+        model->detokenize(std::vector<llama_token>(r.tokens.begin(), r.tokens.begin() + 8), true);
+    // (What the model writes after the forced close is its own business; this one sometimes goes on working
+    // and closes the block again. The answer is what follows the last close tag.)
+    EXPECT_EQ(r.text.rfind(first8 + "\n</think>\n\n", 0), 0u) << r.text;
+    EXPECT_EQ(r.answer, r.text.substr(r.text.rfind("</think>") + 8));
+    // One decode for the prompt, one per fed sampled token (all but the end-of-turn), one for the close tag;
+    // every position computed exactly once.
+    const int n_fed = r.n_sampled - 1;
+    EXPECT_EQ(s->n_decode_calls() - calls0, 1 + n_fed + 1);
+    const int n_pos = (int)r.prompt.size() + n_fed + n_close;
+    ASSERT_EQ((int)counter.rows.size(), n_pos);
+    for (const auto& [pos, count] : counter.rows) {
+        EXPECT_LT(pos, n_pos);
+        EXPECT_EQ(count, 1) << "position " << pos;
+    }
+    ASSERT_EQ(r.checks.size(), 1u);
+    EXPECT_EQ(r.checks[0].first, 8);
+}
+
+TEST_F(FastSlow, FastToSlowKeepsThePromptAndCountsTheDroppedTokens) {
+    const KvClassifier c = constant_classifier(width(), 90);  // above 70: think after all
+    auto s = session();
+    RowCounter counter;
+    s->capture().subscribe(&counter);
+    const FastSlowResult r = run_fast_slow(*s, ChatTemplate::Qwen3, question("What is 171+800+765?"), {32, 8},
+                                           &c, params(ThinkStart::Fast, true, 4));
+    s->capture().unsubscribe(&counter);
+    ASSERT_EQ(r.switch_at, 4);
+    EXPECT_EQ(r.n_dropped, 4);
+    EXPECT_EQ(r.final, ThinkChoice::Slow);
+    EXPECT_EQ(r.text.rfind("<think>\n", 0), 0u) << r.text;  // the sequence now holds the slow answer only
+    EXPECT_EQ(r.n_sampled, 4 + (int)r.tokens.size());
+    // Prompt positions were computed once; the dropped fast positions were computed again for the slow
+    // answer.
+    for (int pos = 0; pos < (int)r.prompt.size(); ++pos) EXPECT_EQ(counter.rows[pos], 1) << pos;
+    EXPECT_EQ(counter.rows[(int)r.prompt.size()], 2);
+}
+
+TEST_F(FastSlow, BadUseIsAnError) {
+    auto s = session();
+    const auto msgs = question("What is 1+1?");
+    EXPECT_THROW(
+        run_fast_slow(*s, ChatTemplate::Qwen3, msgs, {32, 8}, nullptr, params(ThinkStart::Auto, false, 16)),
+        Error);
+    EXPECT_THROW(
+        run_fast_slow(*s, ChatTemplate::Qwen3, msgs, {32, 8}, nullptr, params(ThinkStart::Slow, true, 16)),
+        Error);
+    const KvClassifier wrong = constant_classifier(width() + 2, 10);
+    EXPECT_THROW(
+        run_fast_slow(*s, ChatTemplate::Qwen3, msgs, {32, 8}, &wrong, params(ThinkStart::Auto, true, 16)),
+        Error);
+    EXPECT_THROW(
+        run_fast_slow(*s, ChatTemplate::Llama3, msgs, {32, 8}, nullptr, params(ThinkStart::Fast, false, 16)),
+        Error);
+}
+
+}  // namespace

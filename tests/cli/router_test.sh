@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# kvlens router label -> train -> eval and generate --think auto, end to end on the tiny random qwen3 model
+# (the commands a user runs on Qwen3-8B, unchanged), resuming, and the refusals: a router for another model,
+# a missing or malformed router file, --think auto without a router.
+# Usage: router_test.sh KVLENS TEST_MODELS_DIR REASONER_GGUF
+set -u
+KVLENS=$1
+QWEN3=$2/tiny-qwen3.gguf
+LLAMA=$2/tiny-llama.gguf
+REASONER=$3
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+one_line_error() {  # exit status != 0, one line on stderr that contains $2
+    local rc=$1 want=$2
+    [ "$rc" != 0 ] || fail "expected a failure for: $want"
+    [ "$(wc -l < "$T/err")" = 1 ] || { cat "$T/err"; fail "expected one line of error for: $want"; }
+    grep -q -- "$want" "$T/err" || { cat "$T/err"; fail "error does not say: $want"; }
+}
+
+for i in 1 2 3 4 5 6 7 8; do
+    echo "{\"question\": \"What is $i+$((i * 7))?\", \"answer\": \"$((i + i * 7))\", \"level\": $(( (i - 1) / 4 + 1 ))}"
+done > "$T/q.jsonl"
+cat > "$T/q.json" <<JSON
+{"name": "tiny-q", "file": "q.jsonl", "question_field": "question", "answer_field": "answer",
+ "group_field": "level", "prompt_template": "{question}", "matcher": "number_after_answer", "max_tokens": 12}
+JSON
+
+# label: both modes for every question, features of 2 x KV width (2 KV heads x 16) = 64 floats.
+"$KVLENS" router label -m "$QWEN3" --dataset "$T/q.json" -o "$T/labels" -t 2 2> "$T/err" \
+    || { cat "$T/err"; fail "router label"; }
+[ "$(wc -l < "$T/labels/labels.jsonl")" = 8 ] || fail "expected 8 labelled questions"
+python3 - "$T/labels/labels.jsonl" <<'PY' || fail "labels.jsonl content"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+for r in rows:
+    assert len(r["features"]) == 64, len(r["features"])
+    assert r["label"] in (0, 25, 75, 100)
+    want = 0 if r["fast"]["correct"] else (75 if r["slow"]["correct"] else 100)  # answers here are short
+    assert r["label"] == want, r
+    assert r["fast"]["n_generated"] <= 12 and r["slow"]["n_generated"] <= 12
+    assert r["group"] in ("1", "2")
+PY
+grep -qE "\| \*\*all\*\* +\| +8 \|" "$T/labels/report.md" || { cat "$T/labels/report.md"; fail "label report"; }
+# Resume: nothing to do; other settings: refused.
+"$KVLENS" router label -m "$QWEN3" --dataset "$T/q.json" -o "$T/labels" -t 2 2> "$T/err" || fail "resume"
+[ "$(wc -l < "$T/labels/labels.jsonl")" = 8 ] || fail "resume added lines"
+"$KVLENS" router label -m "$QWEN3" --dataset "$T/q.json" -o "$T/labels" --preset 64/4 2> "$T/err"
+one_line_error $? "run.json"
+
+# train
+"$KVLENS" router train --labels "$T/labels" -o "$T/router.json" --epochs 20 > "$T/out" 2> "$T/err" \
+    || { cat "$T/err"; fail "router train"; }
+grep -q '"format": *"kvlens-router"' "$T/router.json" || fail "router file format"
+[ -s "$T/router.json.md" ] || fail "no training report"
+
+# eval: four modes per question.
+"$KVLENS" router eval -m "$QWEN3" --router "$T/router.json" --dataset "$T/q.json" -o "$T/eval" -t 2 \
+    --check-every 4 2> "$T/err" || { cat "$T/err"; fail "router eval"; }
+[ "$(wc -l < "$T/eval/eval.jsonl")" = 8 ] || fail "expected 8 evaluated questions"
+for m in always_fast always_slow routed routed_switch; do
+    grep -qE "\| $m +\|" "$T/eval/report.md" || { cat "$T/eval/report.md"; fail "no row for $m"; }
+done
+grep -q "<svg" "$T/eval/accuracy-vs-tokens.svg" || fail "no SVG"
+
+# generate --think auto reports the route.
+"$KVLENS" generate -m "$QWEN3" -p "What is 2+2?" --think auto --router "$T/router.json" -n 8 -t 2 \
+    --route-log "$T/route.jsonl" > "$T/out" 2> "$T/err" || { cat "$T/err"; fail "generate --think auto"; }
+grep -q "router d=.* -> \(fast\|slow\)" "$T/err" || { cat "$T/err"; fail "no route report"; }
+grep -q '"n_generated"' "$T/route.jsonl" || fail "no route log"
+
+# Refusals.
+"$KVLENS" generate -m "$LLAMA" --template qwen3 -p "hi" --think auto --router "$T/router.json" 2> "$T/err"
+one_line_error $? "was trained for qwen3"
+"$KVLENS" router eval -m "$REASONER" --router "$T/router.json" --dataset "$T/q.json" -o "$T/e2" 2> "$T/err"
+one_line_error $? "was trained for qwen3"
+"$KVLENS" generate -m "$QWEN3" -p "hi" --think auto 2> "$T/err"
+one_line_error $? "needs --router"
+"$KVLENS" generate -m "$QWEN3" -p "hi" --think auto --router "$T/missing.json" 2> "$T/err"
+one_line_error $? "missing.json"
+echo "not json" > "$T/bad.json"
+"$KVLENS" generate -m "$QWEN3" -p "hi" --think auto --router "$T/bad.json" 2> "$T/err"
+one_line_error $? "bad.json"
+"$KVLENS" router train --labels "$T/nowhere" -o "$T/r2.json" 2> "$T/err"
+one_line_error $? "nowhere"
+echo "PASS"

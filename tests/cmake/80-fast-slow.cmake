@@ -1,0 +1,17 @@
+# Fast/slow thinking (src/methods/fast_slow.*, src/eval/router_eval.*, `kvlens router`, `generate --think
+# auto`) and the project's reasoning model (tools/reasoner, the committed GGUF fixture).
+set(KVLENS_REASONER_MODEL ${PROJECT_SOURCE_DIR}/tools/reasoner/arith-reasoner.gguf)
+kvlens_add_gtest(fast_slow_test ${PROJECT_SOURCE_DIR}/src/methods/fast_slow_test.cpp)
+target_compile_definitions(fast_slow_test PRIVATE KVLENS_REASONER_MODEL="${KVLENS_REASONER_MODEL}")
+kvlens_add_gtest(reasoner_fixture_test ${PROJECT_SOURCE_DIR}/tools/reasoner/reasoner_fixture_test.cpp)
+target_compile_definitions(reasoner_fixture_test PRIVATE KVLENS_REASONER_MODEL="${KVLENS_REASONER_MODEL}")
+
+# label -> train -> eval -> generate --think auto end to end, on the tiny random qwen3 model (the same
+# commands a user runs on Qwen3-8B) and on the reasoning model; a router for another model is refused.
+add_test(NAME router_cli
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/router_test.sh $<TARGET_FILE:kvlens-cli>
+                 ${KVLENS_TEST_MODELS_DIR} ${KVLENS_REASONER_MODEL})
+set_tests_properties(router_cli PROPERTIES LABELS cli TIMEOUT 600)
+if(TARGET tiny-models)
+  add_dependencies(fast_slow_test tiny-models)
+endif()
