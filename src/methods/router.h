@@ -79,7 +79,7 @@ struct TrainReport {
 // ---- the MLP --------------------------------------------------------------------------------------------
 
 // w1 is stored input-major (row k: feature k's weight to every hidden unit, i.e. torch's weight transposed)
-// so that the forward and backward passes are contiguous axpy loops that vectorise without -ffast-math.
+// so that the kernels read contiguous hidden units (vectorised blocks of 16) for one input.
 struct MlpWeights {
     int n_in = 0, n_hidden = 0;
     std::vector<float> w1;  // n_in x n_hidden
