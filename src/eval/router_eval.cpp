@@ -217,6 +217,41 @@ json read_json_file(const std::string& path) {
     }
 }
 
+// The output directory of a label or eval run: run.json (identity = what the dataset and model fix, plus
+// `extra`; a rerun must match it), the resumable results file and the samples still to do.
+struct RouterRun {
+    json info;
+    std::unique_ptr<ResultsFile> results;
+    std::vector<const Sample*> todo;
+};
+
+RouterRun open_router_run(const Setup& s, const std::string& model_path, const std::string& out_dir,
+                          const std::string& results_name, const json& extra_identity, const json& extra_info,
+                          const std::string& command_line) {
+    json identity = {{"model", fs::absolute(model_path).string()},
+                     {"dataset", s.cfg.name},
+                     {"dataset_file", s.cfg.file},
+                     {"prompt_template", s.cfg.prompt_template},
+                     {"system", s.cfg.system},
+                     {"max_tokens", s.max_tokens},
+                     {"template", to_string(s.tmpl)}};
+    identity.update(extra_identity);
+    const std::string run_path = open_run_dir(out_dir, identity);
+    RouterRun run;
+    run.info = {{"identity", identity},
+                {"model_info", model_info_json(s.model->info())},
+                {"group_field", s.cfg.group_field},
+                {"command", command_line},
+                {"kvlens_version", KVLENS_VERSION},
+                {"llama_cpp", KVLENS_LLAMA_ORIGIN}};
+    run.info.update(extra_info);
+    write_run_info(run_path, run.info);
+    run.results = std::make_unique<ResultsFile>((fs::path(out_dir) / results_name).string(), "index");
+    for (const Sample& x : s.samples)
+        if (!run.results->done(x.index)) run.todo.push_back(&x);
+    return run;
+}
+
 }  // namespace
 
 // ---- label ------------------------------------------------------------------------------------------------
@@ -230,25 +265,12 @@ void run_router_label(const RouterLabelParams& p) {
     }
     Setup s = load_setup(p.model_path, p.dataset, p.data_dir, p.chat_template, p.limit, p.max_tokens);
     const ModelInfo& mi = s.model->info();
-    const json identity = {{"model", fs::absolute(p.model_path).string()},
-                           {"dataset", s.cfg.name},
-                           {"dataset_file", s.cfg.file},
-                           {"prompt_template", s.cfg.prompt_template},
-                           {"system", s.cfg.system},
-                           {"max_tokens", s.max_tokens},
-                           {"template", to_string(s.tmpl)},
-                           {"preset", to_string(features)},
-                           {"long_tokens", p.long_tokens}};
-    const std::string run_path = open_run_dir(p.out_dir, identity);
-    const json run_info = {
-        {"identity", identity},      {"model_info", model_info_json(mi)}, {"group_field", s.cfg.group_field},
-        {"command", p.command_line}, {"kvlens_version", KVLENS_VERSION},  {"llama_cpp", KVLENS_LLAMA_ORIGIN}};
-    write_run_info(run_path, run_info);
-    ResultsFile results((fs::path(p.out_dir) / "labels.jsonl").string(), "index");
-
-    std::vector<const Sample*> todo;
-    for (const Sample& x : s.samples)
-        if (!results.done(x.index)) todo.push_back(&x);
+    RouterRun run = open_router_run(s, p.model_path, p.out_dir, "labels.jsonl",
+                                    {{"preset", to_string(features)}, {"long_tokens", p.long_tokens}},
+                                    json::object(), p.command_line);
+    const json& run_info = run.info;
+    ResultsFile& results = *run.results;
+    const std::vector<const Sample*>& todo = run.todo;
     if (!todo.empty()) {
         auto session = make_session(s, p.n_ctx, p.n_threads);
         Progress progress("router label " + s.cfg.name, (int64_t)s.samples.size(),
@@ -363,32 +385,16 @@ void run_router_eval(const RouterEvalParams& p) {
     Setup s = load_setup(p.model_path, p.dataset, p.data_dir, p.chat_template, p.limit, p.max_tokens);
     const ModelInfo& mi = s.model->info();
     check_router_for_model(rf, mi.arch, mi.n_layer, mi.n_head_kv, mi.head_dim, to_string(s.tmpl));
-    const json identity = {{"model", fs::absolute(p.model_path).string()},
-                           {"router", fs::absolute(p.router_path).string()},
-                           {"dataset", s.cfg.name},
-                           {"dataset_file", s.cfg.file},
-                           {"prompt_template", s.cfg.prompt_template},
-                           {"system", s.cfg.system},
-                           {"max_tokens", s.max_tokens},
-                           {"template", to_string(s.tmpl)},
-                           {"route_threshold", p.policy.route_threshold},
-                           {"delta", p.policy.delta},
-                           {"check_every", p.policy.check_every}};
-    const std::string run_path = open_run_dir(p.out_dir, identity);
-    const json run_info = {{"identity", identity},
-                           {"model_info", model_info_json(mi)},
-                           {"router_features", to_string(rf.features)},
-                           {"group_field", s.cfg.group_field},
-                           {"command", p.command_line},
-                           {"kvlens_version", KVLENS_VERSION},
-                           {"llama_cpp", KVLENS_LLAMA_ORIGIN}};
-    write_run_info(run_path, run_info);
-    ResultsFile results((fs::path(p.out_dir) / "eval.jsonl").string(), "index");
-
     static const std::vector<std::string> kModes = {"always_fast", "always_slow", "routed", "routed_switch"};
-    std::vector<const Sample*> todo;
-    for (const Sample& x : s.samples)
-        if (!results.done(x.index)) todo.push_back(&x);
+    RouterRun run = open_router_run(s, p.model_path, p.out_dir, "eval.jsonl",
+                                    {{"router", fs::absolute(p.router_path).string()},
+                                     {"route_threshold", p.policy.route_threshold},
+                                     {"delta", p.policy.delta},
+                                     {"check_every", p.policy.check_every}},
+                                    {{"router_features", to_string(rf.features)}}, p.command_line);
+    const json& run_info = run.info;
+    ResultsFile& results = *run.results;
+    const std::vector<const Sample*>& todo = run.todo;
     if (!todo.empty()) {
         auto session = make_session(s, p.n_ctx, p.n_threads);
         Progress progress("router eval " + s.cfg.name, (int64_t)s.samples.size(),
