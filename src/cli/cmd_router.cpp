@@ -57,6 +57,15 @@ CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
     label->add_option("--long-tokens", lp->long_tokens, "a correct fast answer this long is labelled 25")
         ->check(CLI::Range(1, 1 << 20))
         ->capture_default_str();
+    label
+        ->add_option("--windows", lp->windows,
+                     "also label windows every N sampled tokens along both answers; inside the think block "
+                     "the cut probe closes it there and answers (0: prompts only)")
+        ->check(CLI::Range(0, 1 << 20))
+        ->capture_default_str();
+    label->add_option("--cut-tokens", lp->cut_max_tokens, "answer budget of the cut probe")
+        ->check(CLI::Range(1, 1 << 20))
+        ->capture_default_str();
     label->callback([lp] { run_router_label(*lp); });
 
     auto tp = std::make_shared<RouterTrainCliParams>();
@@ -72,6 +81,12 @@ CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
     train->add_option("-o,--out", tp->out_path, "router file to write (JSON; a report goes to <out>.md)")
         ->required();
     train->add_option("--preset", tp->preset, "paper (lr 1e-5, batch 1024, raw features) or tuned")
+        ->capture_default_str();
+    train
+        ->add_option("--windows", tp->windows,
+                     "prompt: train on the prompts (method.md); all: also on the windows along the answers "
+                     "(label --windows), which is what switching reads")
+        ->check(CLI::IsMember({"prompt", "all"}))
         ->capture_default_str();
     train->add_option("--epochs", *epochs, "epochs at most (0: the preset's)")->check(CLI::Range(0, 1 << 20));
     train->add_option("--lr", *lr, "learning rate (0: the preset's)")->check(CLI::Range(0.0, 1.0));

@@ -60,15 +60,17 @@ std::vector<ChatMessage> messages(const DatasetConfig& cfg, const Sample& s) {
 }
 
 // A session holding the longest prompt plus the generation budget and the switch text.
-std::unique_ptr<Session> make_session(const Setup& s, int n_ctx, int n_threads) {
+std::unique_ptr<Session> make_session(const Setup& s, int n_ctx, int n_threads, int n_seq = 1,
+                                      int extra_tokens = 0) {
     size_t longest = 0;
     for (const Sample& x : s.samples)
         longest = std::max(longest,
                            s.model->tokenize(render_chat_undecided(s.tmpl, messages(s.cfg, x)), true).size());
     SessionParams sp;
-    sp.n_ctx = n_ctx > 0 ? n_ctx : (int)longest + s.max_tokens + 32;
+    sp.n_ctx = n_ctx > 0 ? n_ctx : (int)longest + s.max_tokens + 32 + extra_tokens;
     sp.n_batch = std::min(sp.n_ctx, 2048);
     sp.n_threads = n_threads;
+    sp.n_seq_max = n_seq;
     return std::make_unique<Session>(*s.model, sp);
 }
 
@@ -85,12 +87,15 @@ struct ModeRun {
 };
 
 ModeRun run_mode(Session& session, const Setup& s, const Sample& x, const RouterFeatures& f,
-                 const KvClassifier* clf, ThinkStart start, bool allow_switch, const RoutePolicy& policy) {
+                 const KvClassifier* clf, ThinkStart start, bool allow_switch, const RoutePolicy& policy,
+                 int trace_every = 0, int cut_max_tokens = 0) {
     FastSlowParams fp;
     fp.start = start;
     fp.allow_switch = allow_switch;
     fp.policy = policy;
     fp.max_tokens = s.max_tokens;
+    fp.trace_every = trace_every;
+    fp.cut_max_tokens = cut_max_tokens;
     ModeRun out;
     const auto t0 = std::chrono::steady_clock::now();
     out.r = run_fast_slow(session, s.tmpl, messages(s.cfg, x), f, clf, fp);
@@ -200,6 +205,80 @@ std::string label_table(const std::vector<json>& records) {
     return markdown_table({"label", "meaning", "n", "%"}, rows);
 }
 
+// Windows along the answers (label --windows): how many of each label per mode, and how often closing the
+// think block gives the right answer, by how far into the slow answer the window is.
+std::string window_tables(const std::vector<json>& records, int every) {
+    std::map<std::string, std::map<int, int>> count;
+    const int kBins = 4;
+    std::vector<int> cut_n(kBins), cut_ok(kBins);
+    for (const json& r : records) {
+        const double slow_len = r["slow"]["n_sampled"].get<double>();
+        for (const json& w : r.value("windows", json::array())) {
+            ++count[w["mode"].get<std::string>()][w["label"].get<int>()];
+            if (!w.contains("cut")) continue;
+            const int b = std::min(kBins - 1, (int)(kBins * w["at"].get<double>() / std::max(1.0, slow_len)));
+            ++cut_n[b];
+            cut_ok[b] += w["cut"]["correct"].get<bool>();
+        }
+    }
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& [mode, by_label] : count) {
+        std::vector<std::string> row = {mode};
+        int total = 0;
+        for (int l : {0, 25, 75, 100}) {
+            row.push_back(std::to_string(by_label.count(l) ? by_label.at(l) : 0));
+            total += by_label.count(l) ? by_label.at(l) : 0;
+        }
+        row.push_back(std::to_string(total));
+        rows.push_back(row);
+    }
+    std::vector<std::vector<std::string>> cut_rows;
+    for (int b = 0; b < kBins; ++b)
+        cut_rows.push_back(
+            {std::to_string(100 * b / kBins) + "-" + std::to_string(100 * (b + 1) / kBins) + " %",
+             std::to_string(cut_n[b]), pct(cut_ok[b], cut_n[b])});
+    // The oracle: every question answered the cheapest correct way that routing plus one slow -> fast switch
+    // at a window can reach (fast answer, think block closed at a window, or the whole slow answer), by
+    // tokens generated; a question no way answers right costs its fast answer. No router does better
+    // with checks this far apart.
+    double oracle_tokens = 0, oracle_correct = 0, slow_tokens = 0, slow_correct = 0, route_tokens = 0,
+           route_correct = 0;
+    for (const json& r : records) {
+        const json &fast = r["fast"], &slow = r["slow"];
+        double best = INFINITY;
+        if (fast["correct"].get<bool>()) best = fast["n_generated"].get<double>();
+        for (const json& w : r.value("windows", json::array()))
+            if (w.contains("cut") && w["cut"]["correct"].get<bool>())
+                best = std::min(best, w["at"].get<double>() + w["cut"]["switch_tokens"].get<double>() +
+                                          w["cut"]["tokens"].get<double>());
+        if (slow["correct"].get<bool>()) best = std::min(best, slow["n_generated"].get<double>());
+        oracle_correct += std::isfinite(best);
+        oracle_tokens += std::isfinite(best) ? best : fast["n_generated"].get<double>();
+        route_tokens += (fast["correct"].get<bool>() ? fast : slow)["n_generated"].get<double>();
+        route_correct += fast["correct"].get<bool>() || slow["correct"].get<bool>();
+        slow_tokens += slow["n_generated"].get<double>();
+        slow_correct += slow["correct"].get<bool>();
+    }
+    const double n = (double)records.size();
+    const std::string oracle =
+        markdown_table({"policy", "accuracy %", "mean tokens", "tokens / always-slow"},
+                       {{"always slow", pct(slow_correct, n), fmt(slow_tokens / n, 1), "1.000"},
+                        {"oracle routing (fast when fast is right)", pct(route_correct, n),
+                         fmt(route_tokens / n, 1), fmt(route_tokens / slow_tokens, 3)},
+                        {"oracle routing + switching at the windows", pct(oracle_correct, n),
+                         fmt(oracle_tokens / n, 1), fmt(oracle_tokens / slow_tokens, 3)}});
+    return "Windows every " + std::to_string(every) +
+           " sampled tokens (labels: fast-mode windows carry the question's; inside the think block, what "
+           "closing it there gives):\n\n" +
+           markdown_table({"mode", "label 0", "label 25", "label 75", "label 100", "windows"}, rows) +
+           "\nClosing the think block at a window (the cut probe), by position in the slow answer:\n\n" +
+           markdown_table({"position", "windows", "cut answer correct %"}, cut_rows) +
+           "\nWhat a perfect router could reach on this set (each question answered the cheapest correct way "
+           "open to routing plus one slow -> fast switch at these windows; tokens include the switch "
+           "text):\n\n" +
+           oracle;
+}
+
 std::string versions_block(const json& run_info) {
     std::ostringstream md;
     md << "Command: `" << run_info.value("command", "") << "`\n\n"
@@ -265,30 +344,61 @@ void run_router_label(const RouterLabelParams& p) {
     }
     Setup s = load_setup(p.model_path, p.dataset, p.data_dir, p.chat_template, p.limit, p.max_tokens);
     const ModelInfo& mi = s.model->info();
-    RouterRun run = open_router_run(s, p.model_path, p.out_dir, "labels.jsonl",
-                                    {{"preset", to_string(features)}, {"long_tokens", p.long_tokens}},
-                                    json::object(), p.command_line);
+    json extra = {{"preset", to_string(features)}, {"long_tokens", p.long_tokens}};
+    if (p.windows > 0) extra.update({{"windows", p.windows}, {"cut_max_tokens", p.cut_max_tokens}});
+    RouterRun run =
+        open_router_run(s, p.model_path, p.out_dir, "labels.jsonl", extra, json::object(), p.command_line);
     const json& run_info = run.info;
     ResultsFile& results = *run.results;
     const std::vector<const Sample*>& todo = run.todo;
     if (!todo.empty()) {
-        auto session = make_session(s, p.n_ctx, p.n_threads);
+        const int n_close = (int)s.model->tokenize(think_close_text(s.tmpl), false, true).size();
+        auto session = make_session(s, p.n_ctx, p.n_threads, p.windows > 0 ? 2 : 1,
+                                    p.windows > 0 ? p.cut_max_tokens : 0);
         Progress progress("router label " + s.cfg.name, (int64_t)s.samples.size(),
                           (int64_t)(s.samples.size() - todo.size()));
         for (const Sample* x : todo) {
-            const ModeRun fast = run_mode(*session, s, *x, features, nullptr, ThinkStart::Fast, false, {});
-            const ModeRun slow = run_mode(*session, s, *x, features, nullptr, ThinkStart::Slow, false, {});
+            const ModeRun fast = run_mode(*session, s, *x, features, nullptr, ThinkStart::Fast, false, {},
+                                          p.windows, p.cut_max_tokens);
+            const ModeRun slow = run_mode(*session, s, *x, features, nullptr, ThinkStart::Slow, false, {},
+                                          p.windows, p.cut_max_tokens);
             const int label =
                 difficulty_label(fast.correct, fast.r.n_generated(), slow.correct, p.long_tokens);
-            results.append({{"index", x->index},
-                            {"id", x->id},
-                            {"group", x->group},
-                            {"question", x->question},
-                            {"reference", x->reference},
-                            {"fast", mode_json(fast)},
-                            {"slow", mode_json(slow)},
-                            {"label", label},
-                            {"features", fast.r.prompt_features}});
+            json rec = {{"index", x->index},
+                        {"id", x->id},
+                        {"group", x->group},
+                        {"question", x->question},
+                        {"reference", x->reference},
+                        {"fast", mode_json(fast)},
+                        {"slow", mode_json(slow)},
+                        {"label", label},
+                        {"features", fast.r.prompt_features}};
+            if (p.windows > 0) {
+                // Windows along both answers: a fast answer's carry the question's label; inside the think
+                // block the label says what closing it there gives (router.h, difficulty_label).
+                json windows = json::array();
+                for (const ModeRun* m : {&fast, &slow})
+                    for (const TraceWindow& w : m->r.trace) {
+                        json j = {{"mode", to_string(w.mode)}, {"at", w.at}, {"in_think", w.in_think}};
+                        if (w.mode == ThinkChoice::Fast) {
+                            j["label"] = label;
+                        } else if (w.cut) {
+                            const MatchResult cm = match_answer(s.cfg.matcher, w.cut_answer, x->reference);
+                            const bool ok = cm.correct && w.cut_stop == StopReason::EndOfTurn;
+                            j["cut"] = {{"extracted", cm.extracted},
+                                        {"correct", ok},
+                                        {"tokens", w.cut_tokens},
+                                        {"switch_tokens", n_close}};
+                            j["label"] = difficulty_label(ok, w.cut_tokens, slow.correct, p.long_tokens);
+                        } else {
+                            continue;  // after the think block closed: switching does not act there
+                        }
+                        j["features"] = w.features;
+                        windows.push_back(std::move(j));
+                    }
+                rec["windows"] = std::move(windows);
+            }
+            results.append(rec);
             progress.add(1, "label " + std::to_string(label));
         }
         progress.finish();
@@ -303,6 +413,7 @@ void run_router_label(const RouterLabelParams& p) {
        << mode_table(records, {"fast", "slow"}, s.cfg.group_field) << "\n"
        << "Labels (method.md 3; long = at least " << p.long_tokens << " tokens):\n\n"
        << label_table(records);
+    if (p.windows > 0) md << "\n" << window_tables(records, p.windows);
     write_text_file((fs::path(p.out_dir) / "report.md").string(), md.str());
 }
 
@@ -310,8 +421,13 @@ void run_router_label(const RouterLabelParams& p) {
 
 void run_router_train(const RouterTrainCliParams& p) {
     if (p.label_dirs.empty()) throw Error("router train: no label directory given");
+    if (p.windows != "prompt" && p.windows != "all")
+        throw Error("--windows '" + p.windows + "': expected prompt or all");
     json first_info;
     std::vector<float> x, y;
+    std::vector<int> groups;  // one id per question: its windows stay on one side of the split
+    int n_questions = 0;
+    std::vector<char> is_window;  // row kinds, for the report
     int width = 0;
     std::string sources;
     for (const std::string& dir : p.label_dirs) {
@@ -328,17 +444,33 @@ void run_router_train(const RouterTrainCliParams& p) {
                 throw Error("router train: '" + dir + "' was labelled on another model than '" +
                             p.label_dirs[0] + "'");
         }
+        if (p.windows == "all" && !id.contains("windows"))
+            throw Error("router train --windows all: '" + dir +
+                        "' has no windows (label it with kvlens router label --windows N)");
         ResultsFile labels((fs::path(dir) / "labels.jsonl").string(), "index");
-        for (const json& r : labels.records()) {
-            const std::vector<float> f = r.at("features").get<std::vector<float>>();
-            if (width == 0) width = (int)f.size();
-            if ((int)f.size() != width)
+        int n_windows = 0;
+        auto add = [&](const json& r, const json& f, float label, bool window) {
+            const std::vector<float> v = f.get<std::vector<float>>();
+            if (width == 0) width = (int)v.size();
+            if ((int)v.size() != width)
                 throw Error("router train: '" + dir + "' index " + r["index"].dump() + ": " +
-                            std::to_string(f.size()) + " features, expected " + std::to_string(width));
-            x.insert(x.end(), f.begin(), f.end());
-            y.push_back(r.at("label").get<float>());
+                            std::to_string(v.size()) + " features, expected " + std::to_string(width));
+            x.insert(x.end(), v.begin(), v.end());
+            y.push_back(label);
+            groups.push_back(n_questions);
+            is_window.push_back(window);
+        };
+        for (const json& r : labels.records()) {
+            add(r, r.at("features"), r.at("label").get<float>(), false);
+            if (p.windows == "all")
+                for (const json& w : r.at("windows")) {
+                    add(r, w.at("features"), w.at("label").get<float>(), true);
+                    ++n_windows;
+                }
+            ++n_questions;
         }
-        sources += (sources.empty() ? "" : ", ") + dir + " (" + std::to_string(labels.size()) + " questions)";
+        sources += (sources.empty() ? "" : ", ") + dir + " (" + std::to_string(labels.size()) + " questions" +
+                   (p.windows == "all" ? ", " + std::to_string(n_windows) + " windows" : "") + ")";
     }
     const json& mi = first_info.at("model_info");
     const json& id = first_info.at("identity");
@@ -358,9 +490,17 @@ void run_router_train(const RouterTrainCliParams& p) {
         throw Error("router train: features have " + std::to_string(width) +
                     " floats, the model's KV gives " +
                     std::to_string(router_feature_width(rf.n_head_kv, rf.head_dim)));
-    rf.classifier = train_kv_classifier(x, width, y, p.train, &report);
+    rf.classifier = train_kv_classifier(x, width, y, p.train, &report, &groups);
     rf.report = report;
     save_router(p.out_path, rf);
+    // Held-out MSE by row kind: prompts (what routing reads) and windows (what switching reads).
+    double se[2] = {0, 0};
+    int nk[2] = {0, 0};
+    for (int i : report.val_rows) {
+        const double d = rf.classifier.predict(x.data() + (size_t)i * width) - y[i];
+        se[(int)is_window[i]] += d * d;
+        ++nk[(int)is_window[i]];
+    }
 
     std::ostringstream md;
     md << "# Router training\n\nCommand: `" << p.command_line << "`\n\nkvlens " << KVLENS_VERSION << "\n\n"
@@ -372,7 +512,12 @@ void run_router_train(const RouterTrainCliParams& p) {
                "val MSE of the mean"},
               {{p.train.preset, std::to_string(report.n_train), std::to_string(report.n_val),
                 std::to_string(report.epochs_run), std::to_string(report.best_epoch),
-                fmt(report.train_mse, 1), fmt(report.val_mse, 1), fmt(report.val_mse_baseline, 1)}});
+                fmt(report.train_mse, 1), fmt(report.val_mse, 1), fmt(report.val_mse_baseline, 1)}})
+       << "\nHeld-out rows by kind (the split keeps each question's rows together):\n\n"
+       << markdown_table(
+              {"rows", "n val", "val MSE"},
+              {{"prompts", std::to_string(nk[0]), fmt(nk[0] ? se[0] / nk[0] : NAN, 1)},
+               {"windows along answers", std::to_string(nk[1]), fmt(nk[1] ? se[1] / nk[1] : NAN, 1)}});
     write_text_file(p.out_path + ".md", md.str());
     std::printf("router: %s (val MSE %.1f, baseline %.1f, %d epochs)\n", p.out_path.c_str(), report.val_mse,
                 report.val_mse_baseline, report.epochs_run);
@@ -461,6 +606,27 @@ void run_router_eval(const RouterEvalParams& p) {
         tn += !pred_hard && !hard;
         fn += !pred_hard && hard;
     }
+    // Routing on the prompt alone at other thresholds, from the same runs: a question routed to fast mode
+    // gets exactly the always-fast answer (same sequence, greedy), otherwise the always-slow one.
+    Series sweep;
+    sweep.label = "routed, threshold 0..100";
+    sweep.dashed = true;
+    std::vector<std::vector<std::string>> sweep_rows;
+    for (int t = 0; t <= 100; t += 5) {
+        double correct = 0, tokens = 0;
+        for (const json& r : records) {
+            const json& j = r["prompt_score"].get<double>() < t ? r["always_fast"] : r["always_slow"];
+            correct += j["correct"].get<bool>();
+            tokens += j["n_generated"].get<double>();
+        }
+        sweep.x.push_back(tokens / n);
+        sweep.y.push_back(100 * correct / n);
+        if (t % 10 == 0)
+            sweep_rows.push_back({std::to_string(t), fmt(100 * correct / n, 1),
+                                  fmt(100 * (correct - slow_acc) / n, 1), fmt(tokens / n, 1),
+                                  fmt(tokens / slow_tokens, 3)});
+    }
+    series.insert(series.begin(), sweep);
     PlotSpec spec;
     spec.title = "Accuracy vs generated tokens (" + s.cfg.name + ")";
     spec.x_label = "mean generated tokens per question";
@@ -483,6 +649,11 @@ void run_router_eval(const RouterEvalParams& p) {
        << markdown_table({"mode", "accuracy %", "vs always-slow (points)", "mean tokens",
                           "tokens / always-slow", "wall-clock s", "routed fast %", "switched %"},
                          rows)
+       << "\nRouting on the prompt at other thresholds (computed from the always-fast and always-slow runs: "
+          "a question routed to fast gets exactly the always-fast answer):\n\n"
+       << markdown_table({"route threshold", "accuracy %", "vs always-slow (points)", "mean tokens",
+                          "tokens / always-slow"},
+                         sweep_rows)
        << "\nPer " << (s.cfg.group_field.empty() ? "group" : s.cfg.group_field) << ":\n\n"
        << mode_table(records, kModes, s.cfg.group_field) << "\n"
        << "Classifier on this set (labels from the always-fast and always-slow runs): MSE "

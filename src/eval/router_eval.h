@@ -20,6 +20,8 @@ struct RouterLabelParams {
     int limit = 0;                // first N questions (0: all)
     int max_tokens = 0;           // per mode (0: the dataset's)
     int long_tokens = 128;        // a fast answer this long counts as slow (label 25)
+    int windows = 0;              // also label windows every N sampled tokens along both answers (0: off)
+    int cut_max_tokens = 64;      // answer budget of the cut probe (windows inside the think block)
     int n_ctx = 0;                // 0: longest prompt + max_tokens + margin
     int n_threads = 0;
     std::string command_line;
@@ -32,6 +34,7 @@ struct RouterTrainCliParams {
     std::vector<std::string> label_dirs;  // outputs of run_router_label for one model
     std::string out_path;                 // the router file
     std::string preset = "tuned";         // "paper" or "tuned"
+    std::string windows = "prompt";       // train on: "prompt" (method.md) or "all" (prompts + windows)
     RouterTrainParams train;              // overrides applied on top of the preset by the caller
     std::string command_line;
 };

@@ -1,5 +1,7 @@
 #include "methods/fast_slow.h"
 
+#include <algorithm>
+
 #include "capture/observers.h"
 #include "capture/pooling.h"
 #include "util/error.h"
@@ -55,6 +57,8 @@ FastSlowResult run_fast_slow(Session& session, ChatTemplate tmpl, const std::vec
     if (!clf && (params.start == ThinkStart::Auto || params.allow_switch))
         throw Error("fast/slow: routing and switching need a router (KV classifier)");
     if (params.policy.check_every < 1) throw Error("check_every: must be >= 1");
+    if (params.trace_every < 0) throw Error("trace_every: must be >= 0");
+    if (params.cut_max_tokens < 0) throw Error("cut_max_tokens: must be >= 0");
     const Model& model = session.model();
     const ModelInfo& mi = model.info();
     if (clf && clf->n_features() != 2 * mi.kv_width())
@@ -84,6 +88,49 @@ FastSlowResult run_fast_slow(Session& session, ChatTemplate tmpl, const std::vec
         logits.assign(l, l + n_vocab);
     };
     auto predict = [&] { return clf->predict(pool.result().data.data()); };
+    // Inside an open think block: the sampled text opened one and has not closed it yet.
+    auto in_think = [&] {
+        const std::string so_far = model.detokenize(r.tokens, true);
+        return so_far.find("<think>") != std::string::npos && so_far.find("</think>") == std::string::npos;
+    };
+    const std::vector<llama_token> close = model.tokenize(think_close_text(tmpl), false, true);
+    // The cut probe: on a copy of the sequence (the cache cells are shared, nothing is recomputed), close
+    // the think block and answer greedily; the sequence itself and `logits` are left as they were.
+    auto cut_probe = [&](TraceWindow& w) {
+        const llama_seq_id fork = seq + 1;
+        if (fork >= session.n_seq_max())
+            throw Error("fast/slow: the cut probe needs a session with " + std::to_string(fork + 1) +
+                        " sequences, this one has " + std::to_string(session.n_seq_max()));
+        const int budget = std::min(params.cut_max_tokens, n_ctx - (int)pos - (int)close.size() - 1);
+        if (budget < 1) return;
+        session.seq_cp(seq, fork);
+        llama_pos fpos = pos;
+        std::vector<float> flog(n_vocab);
+        auto ffeed = [&](const std::vector<llama_token>& toks) {
+            std::vector<BatchToken> batch;
+            for (size_t i = 0; i < toks.size(); ++i)
+                batch.push_back({toks[i], fpos++, fork, i + 1 == toks.size()});
+            session.decode(batch);
+            const float* l = session.logits((int)toks.size() - 1);
+            flog.assign(l, l + n_vocab);
+        };
+        ffeed(close);
+        std::vector<llama_token> out = close;
+        w.cut_stop = StopReason::MaxTokens;
+        while (w.cut_tokens < budget) {
+            const llama_token t = (llama_token)(std::max_element(flog.begin(), flog.end()) - flog.begin());
+            ++w.cut_tokens;
+            if (model.is_eog(t)) {
+                w.cut_stop = StopReason::EndOfTurn;
+                break;
+            }
+            out.push_back(t);
+            if (w.cut_tokens < budget) ffeed({t});
+        }
+        session.seq_rm(fork);
+        w.cut = true;
+        w.cut_answer = after_last_think_close(model.detokenize(out));
+    };
 
     feed(r.prompt);
     const std::vector<float> prompt_logits = logits;
@@ -120,16 +167,22 @@ FastSlowResult run_fast_slow(Session& session, ChatTemplate tmpl, const std::vec
             break;
         }
         feed({t});
+        if (params.trace_every > 0 && r.n_sampled % params.trace_every == 0) {
+            TraceWindow w;
+            w.at = r.n_sampled;
+            w.mode = mode;
+            w.in_think = mode == ThinkChoice::Slow && in_think();
+            w.features = pool.result().data;
+            if (w.in_think && params.cut_max_tokens > 0) cut_probe(w);
+            r.trace.push_back(std::move(w));
+        }
         if (!params.allow_switch || switched || r.n_sampled % params.policy.check_every != 0) continue;
         const float d = predict();
         r.checks.emplace_back(r.n_sampled, d);
         if (!should_switch(mode, d, params.policy)) continue;
         if (mode == ThinkChoice::Slow) {
             // Only inside an open think block: close it and answer.
-            const std::string so_far = model.detokenize(r.tokens, true);
-            if (so_far.find("<think>") == std::string::npos || so_far.find("</think>") != std::string::npos)
-                continue;
-            const std::vector<llama_token> close = model.tokenize(think_close_text(tmpl), false, true);
+            if (!in_think()) continue;
             if (pos + (int)close.size() >= n_ctx) continue;
             feed(close);
             r.tokens.insert(r.tokens.end(), close.begin(), close.end());

@@ -32,6 +32,25 @@ struct FastSlowParams {
     RoutePolicy policy;
     int max_tokens = 512;  // sampled tokens, all modes together
     SamplingParams sampling;
+    // Labelling along the answer (`router label --windows`): every trace_every sampled tokens (0: never)
+    // record the window's features, at the positions where switching checks them; inside an open think
+    // block also close it on a copy of the sequence (seq + 1, so the session needs two sequences) and let
+    // the model answer greedily for up to cut_max_tokens: is the answer already settled at this point?
+    int trace_every = 0;
+    int cut_max_tokens = 64;
+};
+
+// One recorded window along an answer.
+struct TraceWindow {
+    int at = 0;  // sampled tokens so far
+    ThinkChoice mode = ThinkChoice::Slow;
+    bool in_think = false;        // inside an open think block (where slow -> fast can act)
+    std::vector<float> features;  // the router features of the last seq_len rows
+    // The cut probe (only when in_think): the text after the appended close, greedy.
+    bool cut = false;
+    std::string cut_answer;
+    int cut_tokens = 0;  // sampled after the close, end-of-turn included
+    StopReason cut_stop = StopReason::MaxTokens;
 };
 
 struct FastSlowResult {
@@ -48,6 +67,7 @@ struct FastSlowResult {
     int n_dropped = 0;                          // sampled fast tokens dropped by a fast -> slow switch
     std::vector<std::pair<int, float>> checks;  // (sampled tokens so far, prediction) at every check
     StopReason stop = StopReason::MaxTokens;
+    std::vector<TraceWindow> trace;  // params.trace_every > 0
     int n_generated() const { return n_sampled + n_switch_tokens; }
 };
 

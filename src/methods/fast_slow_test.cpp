@@ -195,6 +195,81 @@ TEST_F(FastSlow, FastToSlowKeepsThePromptAndCountsTheDroppedTokens) {
     EXPECT_EQ(counter.rows[(int)r.prompt.size()], 2);
 }
 
+TEST_F(FastSlow, TracingRecordsTheWindowsSwitchingReadsAndTheCutProbeIsWhatASwitchGives) {
+    const auto msgs = question("What is 503-278+916?");
+    const RouterFeatures f{32, 8};
+    auto two = [&] {
+        SessionParams sp;
+        sp.n_ctx = 512;
+        sp.n_threads = 2;
+        sp.n_seq_max = 2;
+        return std::make_unique<Session>(*model, sp);
+    };
+    FastSlowParams plain = params(ThinkStart::Slow, false, 8);
+    FastSlowParams traced = plain;
+    traced.trace_every = 8;
+    traced.cut_max_tokens = 64;
+    auto s = two();
+    const FastSlowResult a = run_fast_slow(*s, ChatTemplate::Qwen3, msgs, f, nullptr, plain);
+    s->clear();
+    const FastSlowResult b = run_fast_slow(*s, ChatTemplate::Qwen3, msgs, f, nullptr, traced);
+    // The probes run on a copy: the answer is the same token for token.
+    EXPECT_EQ(a.tokens, b.tokens);
+    ASSERT_EQ(b.stop, StopReason::EndOfTurn);
+    ASSERT_EQ((int)b.trace.size(), (b.n_sampled - 1) / 8);  // the end-of-turn token is not fed
+    int n_cut = 0;
+    for (size_t i = 0; i < b.trace.size(); ++i) {
+        const TraceWindow& w = b.trace[i];
+        EXPECT_EQ(w.at, 8 * (int)(i + 1));
+        EXPECT_EQ(w.mode, ThinkChoice::Slow);
+        EXPECT_EQ((int)w.features.size(), width());
+        const std::string so_far =
+            model->detokenize(std::vector<llama_token>(b.tokens.begin(), b.tokens.begin() + w.at), true);
+        EXPECT_EQ(w.in_think, so_far.find("</think>") == std::string::npos) << w.at;
+        EXPECT_EQ(w.cut, w.in_think);
+        n_cut += w.cut;
+    }
+    ASSERT_GE(n_cut, 2);
+
+    // The same windows are what switching reads: a random classifier that never switches (thresholds out of
+    // reach) records its prediction at every check.
+    KvClassifier rnd;
+    rnd.net = mlp_init(width(), 8, 5);
+    FastSlowParams checking = params(ThinkStart::Slow, true, 8);
+    checking.policy.delta = 200;
+    s->clear();
+    const FastSlowResult c = run_fast_slow(*s, ChatTemplate::Qwen3, msgs, f, &rnd, checking);
+    EXPECT_EQ(c.tokens, a.tokens);
+    ASSERT_EQ(c.checks.size(), b.trace.size());
+    for (size_t i = 0; i < c.checks.size(); ++i) {
+        EXPECT_EQ(c.checks[i].first, b.trace[i].at);
+        EXPECT_EQ(c.checks[i].second, rnd.predict(b.trace[i].features.data())) << i;
+    }
+
+    // A cut probe gives what a real switch at that position gives (a classifier below 30 switches at the
+    // first check), as long as the switched answer ends within the probe's budget.
+    int compared = 0;
+    for (int k : {0, 1}) {
+        const TraceWindow& w = b.trace[k];
+        ASSERT_TRUE(w.cut);
+        const KvClassifier leave = constant_classifier(width(), 10);
+        s->clear();
+        const FastSlowResult sw =
+            run_fast_slow(*s, ChatTemplate::Qwen3, msgs, f, &leave, params(ThinkStart::Slow, true, w.at));
+        ASSERT_EQ(sw.switch_at, w.at);
+        if (sw.n_sampled - w.at > traced.cut_max_tokens) continue;
+        EXPECT_EQ(w.cut_answer, sw.answer) << w.at;
+        EXPECT_EQ(w.cut_tokens, sw.n_sampled - w.at);
+        EXPECT_EQ(w.cut_stop, sw.stop);
+        ++compared;
+    }
+    EXPECT_GE(compared, 1);
+
+    // The probe needs a second sequence.
+    auto one = session();
+    EXPECT_THROW(run_fast_slow(*one, ChatTemplate::Qwen3, msgs, f, nullptr, traced), Error);
+}
+
 TEST_F(FastSlow, BadUseIsAnError) {
     auto s = session();
     const auto msgs = question("What is 1+1?");

@@ -528,7 +528,8 @@ double mse_of(const MlpWeights& w, float out_scale, const std::vector<float>& xs
 }  // namespace
 
 KvClassifier train_kv_classifier(const std::vector<float>& x, int n_features, const std::vector<float>& y,
-                                 const RouterTrainParams& p, TrainReport* report) {
+                                 const RouterTrainParams& p, TrainReport* report,
+                                 const std::vector<int>* groups) {
     check_params(p);
     const int F = n_features;
     const int n = (int)y.size();
@@ -547,7 +548,30 @@ KvClassifier train_kv_classifier(const std::vector<float>& x, int n_features, co
 
     const int threads = resolve_threads(p.threads);
     std::vector<int> tr, va;
-    split(y, p.val_fraction, p.seed, tr, va);
+    if (!groups) {
+        split(y, p.val_fraction, p.seed, tr, va);
+    } else {
+        // Whole groups go to one side, stratified by the label of each group's first row.
+        if (groups->size() != (size_t)n)
+            throw Error("router training: " + std::to_string(groups->size()) + " group ids for " +
+                        std::to_string(n) + " examples");
+        std::map<int, std::vector<int>> rows;
+        std::vector<int> ids;
+        for (int i = 0; i < n; ++i) {
+            auto& g = rows[(*groups)[i]];
+            if (g.empty()) ids.push_back((*groups)[i]);
+            g.push_back(i);
+        }
+        if (ids.size() < 2)
+            throw Error("router training: need at least 2 groups (questions), have " +
+                        std::to_string(ids.size()));
+        std::vector<float> yg;
+        for (int id : ids) yg.push_back(y[rows[id][0]]);
+        std::vector<int> trg, vag;
+        split(yg, p.val_fraction, p.seed, trg, vag);
+        for (int g : trg) tr.insert(tr.end(), rows[ids[g]].begin(), rows[ids[g]].end());
+        for (int g : vag) va.insert(va.end(), rows[ids[g]].begin(), rows[ids[g]].end());
+    }
 
     KvClassifier c;
     c.out_scale = (float)p.target_scale;
@@ -594,6 +618,7 @@ KvClassifier train_kv_classifier(const std::vector<float>& x, int n_features, co
     TrainReport rep;
     rep.n_train = (int)tr.size();
     rep.n_val = (int)va.size();
+    rep.val_rows = va;
     double best_val = INFINITY;
     int since_best = 0;
     for (int epoch = 1; epoch <= p.epochs; ++epoch) {

@@ -27,6 +27,9 @@ namespace kvlens {
 
 // 0: fast correct and fast output < long_tokens tokens; 25: fast correct but >= long_tokens; 75: fast wrong
 // and slow correct; 100: both wrong. Throws Error on negative fast_tokens or long_tokens < 1.
+// Windows along an answer (router label --windows) use the same rule: inside a think block the "fast"
+// answer is the one given when the block is closed there (the cut probe), so 0 means "the answer is settled,
+// switching to fast now is safe"; windows of a fast answer get the question's label.
 int difficulty_label(bool fast_correct, int fast_tokens, bool slow_correct, int long_tokens = 128);
 
 // ---- features -------------------------------------------------------------------------------------------
@@ -74,6 +77,7 @@ struct TrainReport {
     int epochs_run = 0, best_epoch = 0;  // epochs are counted from 1
     std::vector<double> val_curve;       // validation MSE after each epoch
     int n_train = 0, n_val = 0;
+    std::vector<int> val_rows;  // which examples were held out (not saved in the router file)
 };
 
 // ---- the MLP --------------------------------------------------------------------------------------------
@@ -117,10 +121,13 @@ public:
     void predict(const float* x, int n, float* out) const;
 };
 
-// x: n rows of n_features floats, row-major; y: n labels in [0, 100]. Throws Error on mismatched sizes,
-// fewer than 2 examples, non-finite values, labels outside [0, 100] or bad parameters.
+// x: n rows of n_features floats, row-major; y: n labels in [0, 100]. `groups` (n ids) keeps rows of one
+// group, e.g. the windows along one question's answers, on the same side of the held-out split, which is
+// then stratified by the label of each group's first row. Throws Error on mismatched sizes, fewer than 2
+// examples (groups), non-finite values, labels outside [0, 100] or bad parameters.
 KvClassifier train_kv_classifier(const std::vector<float>& x, int n_features, const std::vector<float>& y,
-                                 const RouterTrainParams& p, TrainReport* report = nullptr);
+                                 const RouterTrainParams& p, TrainReport* report = nullptr,
+                                 const std::vector<int>* groups = nullptr);
 
 // ---- the router file ------------------------------------------------------------------------------------
 

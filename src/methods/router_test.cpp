@@ -15,6 +15,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -516,6 +517,40 @@ TEST(RouterTrain, DeterministicForASeed) {
     const KvClassifier s = train_kv_classifier(d.x, d.F, d.y, p, &r4);
     EXPECT_FALSE(same_weights(a.net, s.net));
     EXPECT_NE(r1.val_curve, r4.val_curve);
+}
+
+TEST(RouterTrain, GroupsStayOnOneSideOfTheSplit) {
+    // 60 questions with 1 + (q % 5) rows each (a prompt and windows along its answers).
+    const Data d0 = synthetic(60 * 5, 16, 11);
+    Data d;
+    d.F = d0.F;
+    std::vector<int> groups;
+    for (int q = 0, row = 0; q < 60; ++q)
+        for (int k = 0; k <= q % 5; ++k, ++row) {
+            d.x.insert(d.x.end(), d0.x.begin() + (size_t)row * d.F, d0.x.begin() + (size_t)(row + 1) * d.F);
+            d.y.push_back(d0.y[row]);
+            groups.push_back(1000 + 7 * q);  // ids need not be dense
+        }
+    d.n = (int)d.y.size();
+    TrainReport r;
+    train_kv_classifier(d.x, d.F, d.y, quick_params(2), &r, &groups);
+    EXPECT_EQ(r.n_train + r.n_val, d.n);
+    EXPECT_EQ((int)r.val_rows.size(), r.n_val);
+    std::set<int> val_groups, val_rows(r.val_rows.begin(), r.val_rows.end());
+    for (int i : r.val_rows) val_groups.insert(groups[i]);
+    EXPECT_EQ(val_groups.size(), 12u);  // 20% of the 60 questions
+    for (int i = 0; i < d.n; ++i) EXPECT_EQ(val_rows.count(i) == 1, val_groups.count(groups[i]) == 1) << i;
+    // Without groups, the split is by row.
+    TrainReport r2;
+    train_kv_classifier(d.x, d.F, d.y, quick_params(2), &r2);
+    EXPECT_NEAR(r2.n_val, 0.2 * d.n, 4);
+
+    std::vector<int> short_groups(groups.begin(), groups.end() - 1);
+    expect_error([&] { train_kv_classifier(d.x, d.F, d.y, quick_params(2), nullptr, &short_groups); },
+                 {"group ids for"});
+    std::vector<int> one_group(groups.size(), 3);
+    expect_error([&] { train_kv_classifier(d.x, d.F, d.y, quick_params(2), nullptr, &one_group); },
+                 {"at least 2 groups"});
 }
 
 TEST(RouterTrain, Errors) {

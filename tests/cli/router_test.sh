@@ -54,6 +54,55 @@ one_line_error $? "run.json"
 grep -q '"format": *"kvlens-router"' "$T/router.json" || fail "router file format"
 [ -s "$T/router.json.md" ] || fail "no training report"
 
+# Windows along the answers (label --windows 4), and training on them (train --windows all).
+"$KVLENS" router label -m "$QWEN3" --dataset "$T/q.json" -o "$T/labels-w" --windows 4 -t 2 2> "$T/err" \
+    || { cat "$T/err"; fail "router label --windows"; }
+python3 - "$T/labels-w/labels.jsonl" "$T/labels/labels.jsonl" <<'PY' || fail "windows in labels.jsonl"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+plain = {r["index"]: r for r in map(json.loads, open(sys.argv[2]))}
+assert len(rows) == 8
+for r in rows:
+    # The probes do not change the answers or the prompt's features.
+    p = plain[r["index"]]
+    assert r["fast"]["output"] == p["fast"]["output"] and r["slow"]["output"] == p["slow"]["output"]
+    assert r["features"] == p["features"]
+    fed = {m: r[m]["n_sampled"] - (1 if r[m]["stop"] == "end_of_turn" else 0) for m in ("fast", "slow")}
+    fast = [w for w in r["windows"] if w["mode"] == "fast"]
+    slow = [w for w in r["windows"] if w["mode"] == "slow"]
+    assert [w["at"] for w in fast] == list(range(4, fed["fast"] + 1, 4)), (fast, r["fast"])
+    assert all(w["label"] == r["label"] and len(w["features"]) == 64 for w in fast)
+    for w in slow:
+        assert w["in_think"] and "cut" in w, w
+        want = 0 if w["cut"]["correct"] and w["cut"]["tokens"] < 128 else (75 if r["slow"]["correct"] else 100)
+        assert w["label"] == want, w
+PY
+grep -q "Windows every 4" "$T/labels-w/report.md" || { cat "$T/labels-w/report.md"; fail "window report"; }
+# The oracle rows of the report, recomputed from labels.jsonl.
+python3 - "$T/labels-w/labels.jsonl" "$T/labels-w/report.md" <<'PY' || fail "oracle rows"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+n = len(rows)
+route = sum((r["fast"] if r["fast"]["correct"] else r["slow"])["n_generated"] for r in rows) / n
+best = []
+for r in rows:
+    opts = [r[m]["n_generated"] for m in ("fast", "slow") if r[m]["correct"]]
+    opts += [w["at"] + w["cut"]["switch_tokens"] + w["cut"]["tokens"] for w in r["windows"]
+             if "cut" in w and w["cut"]["correct"]]
+    best.append(min(opts) if opts else r["fast"]["n_generated"])
+report = open(sys.argv[2]).read()
+def row(name):
+    line = next(l for l in report.splitlines() if l.startswith("| " + name))
+    return [c.strip() for c in line.strip("|").split("|")]
+assert abs(float(row("oracle routing (fast")[2]) - route) < 0.051, (row("oracle routing (fast"), route)
+assert abs(float(row("oracle routing + switching")[2]) - sum(best) / n) < 0.051
+PY
+"$KVLENS" router train --labels "$T/labels-w" -o "$T/router-w.json" --windows all --epochs 5 > "$T/out" \
+    2> "$T/err" || { cat "$T/err"; fail "router train --windows all"; }
+grep -q "windows along answers" "$T/router-w.json.md" || fail "no window rows in the training report"
+"$KVLENS" router train --labels "$T/labels" -o "$T/r.json" --windows all 2> "$T/err"
+one_line_error $? "has no windows"
+
 # eval: four modes per question.
 "$KVLENS" router eval -m "$QWEN3" --router "$T/router.json" --dataset "$T/q.json" -o "$T/eval" -t 2 \
     --check-every 4 2> "$T/err" || { cat "$T/err"; fail "router eval"; }
