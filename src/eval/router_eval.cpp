@@ -335,7 +335,7 @@ RouterRun open_router_run(const Setup& s, const std::string& model_path, const s
 
 // ---- label ------------------------------------------------------------------------------------------------
 
-void run_router_label(const RouterLabelParams& p) {
+static void router_label(const RouterLabelParams& p) {
     RouterFeatures features;
     try {
         features = parse_router_preset(p.preset);
@@ -419,7 +419,7 @@ void run_router_label(const RouterLabelParams& p) {
 
 // ---- train ------------------------------------------------------------------------------------------------
 
-void run_router_train(const RouterTrainCliParams& p) {
+static void router_train(const RouterTrainCliParams& p) {
     if (p.label_dirs.empty()) throw Error("router train: no label directory given");
     if (p.windows != "prompt" && p.windows != "all")
         throw Error("--windows '" + p.windows + "': expected prompt or all");
@@ -525,7 +525,7 @@ void run_router_train(const RouterTrainCliParams& p) {
 
 // ---- eval -------------------------------------------------------------------------------------------------
 
-void run_router_eval(const RouterEvalParams& p) {
+static void router_eval(const RouterEvalParams& p) {
     const RouterFile rf = load_router(p.router_path);
     Setup s = load_setup(p.model_path, p.dataset, p.data_dir, p.chat_template, p.limit, p.max_tokens);
     const ModelInfo& mi = s.model->info();
@@ -665,6 +665,36 @@ void run_router_eval(const RouterEvalParams& p) {
        << "\nLabels:\n\n"
        << label_table(records) << "\n![accuracy vs tokens](accuracy-vs-tokens.svg)\n";
     write_text_file((fs::path(p.out_dir) / "report.md").string(), md.str());
+}
+
+// ---- entry points -----------------------------------------------------------------------------------------
+
+// The records are our own files read back; a field missing or of the wrong type means another kvlens version
+// (or a hand edit) wrote them. Name the files instead of failing with a bare JSON message.
+namespace {
+template <class F>
+void naming_records(const std::string& where, F&& f) {
+    try {
+        f();
+    } catch (const json::exception& e) {
+        throw Error(where + ": a record lacks a field or has another type than expected (" + e.what() +
+                    "); was it written by another kvlens version? Run again into a new directory");
+    }
+}
+}  // namespace
+
+void run_router_label(const RouterLabelParams& p) {
+    naming_records("'" + (fs::path(p.out_dir) / "labels.jsonl").string() + "'", [&] { router_label(p); });
+}
+
+void run_router_train(const RouterTrainCliParams& p) {
+    std::string dirs;
+    for (const std::string& d : p.label_dirs) dirs += (dirs.empty() ? "'" : ", '") + d + "/labels.jsonl'";
+    naming_records(dirs, [&] { router_train(p); });
+}
+
+void run_router_eval(const RouterEvalParams& p) {
+    naming_records("'" + (fs::path(p.out_dir) / "eval.jsonl").string() + "'", [&] { router_eval(p); });
 }
 
 }  // namespace kvlens

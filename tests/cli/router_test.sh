@@ -78,6 +78,16 @@ for r in rows:
         assert w["label"] == want, w
 PY
 grep -q "Windows every 4" "$T/labels-w/report.md" || { cat "$T/labels-w/report.md"; fail "window report"; }
+# A record with a field missing (another version, a hand edit): a one-line error naming the file.
+cp -r "$T/labels-w" "$T/labels-bad"
+python3 - "$T/labels-bad/labels.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+del rows[3]["slow"]["n_sampled"]
+open(sys.argv[1], "w").write("".join(json.dumps(r) + "\n" for r in rows))
+PY
+"$KVLENS" router label -m "$QWEN3" --dataset "$T/q.json" -o "$T/labels-bad" --windows 4 -t 2 2> "$T/err"
+one_line_error $? "labels-bad/labels.jsonl': a record lacks a field"
 # The oracle rows of the report, recomputed from labels.jsonl.
 python3 - "$T/labels-w/labels.jsonl" "$T/labels-w/report.md" <<'PY' || fail "oracle rows"
 import json, sys
