@@ -54,5 +54,6 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line);
 CLI::App* add_embed_command(CLI::App& app);
 CLI::App* add_sample_command(CLI::App& app);
 CLI::App* add_router_command(CLI::App& app, const std::string& command_line);
+CLI::App* add_serve_command(CLI::App& app);
 
 }  // namespace kvlens::cli

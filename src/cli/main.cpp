@@ -92,6 +92,7 @@ int main(int argc, char** argv) {
     kvlens::cli::add_embed_command(app);
     kvlens::cli::add_sample_command(app);
     kvlens::cli::add_router_command(app, command_line);
+    kvlens::cli::add_serve_command(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

@@ -1,0 +1,79 @@
+// kvlens serve: the OpenAI-compatible HTTP server (chat completions with KV-CoE scores and fast/slow
+// routing, KV embeddings) and its web page.
+#include <csignal>
+#include <cstdio>
+
+#include "cli/common.h"
+#include "server/server.h"
+
+namespace kvlens::cli {
+
+namespace {
+
+struct ServeOptions {
+    ModelOptions model;
+    ServerParams server;
+    ApiParams api;
+    std::string calibration, score = "hs_coe_c";
+};
+
+extern "C" void on_signal(int) {
+    stop_server();
+}
+
+void run_serve(const ServeOptions& o) {
+    ApiParams ap = o.api;
+    ap.session = session_params(o.model);
+    if (!o.calibration.empty())
+        ap.calibration_path =
+            o.calibration == "auto" ? default_calibration_path(o.model.model, o.score) : o.calibration;
+    std::unique_ptr<Model> model = load_model(o.model);
+    const Api api(*model, ap);
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    run_server(api, o.server, [&](int port) {
+        fprintf(stderr, "kvlens: serving %s on http://%s:%d (parallel %d)\n", api.model_id().c_str(),
+                o.server.host.c_str(), port, ap.parallel);
+        fflush(stderr);
+    });
+    fprintf(stderr, "kvlens: server stopped\n");
+}
+
+}  // namespace
+
+CLI::App* add_serve_command(CLI::App& app) {
+    auto o = std::make_shared<ServeOptions>();
+    o->model.ctx = 0;
+    CLI::App* cmd = app.add_subcommand(
+        "serve",
+        "OpenAI-compatible HTTP server: chat completions with KV-CoE scores and routing, embeddings");
+    add_model_options(cmd, o->model);
+    cmd->get_option("--ctx")
+        ->description("most tokens one request may use, prompt + answer (0: min(training context, 4096))")
+        ->check(CLI::Range(0, 1 << 20));
+    cmd->add_option("--host", o->server.host, "address to listen on")->capture_default_str();
+    cmd->add_option("--port", o->server.port, "port (0: any free one; the chosen port is printed)")
+        ->check(CLI::Range(0, 65535))
+        ->capture_default_str();
+    cmd->add_option("--parallel", o->api.parallel, "requests computed at once; more wait in line")
+        ->check(CLI::Range(1, 256))
+        ->capture_default_str();
+    cmd->add_option("--http-threads", o->server.http_threads, "connections served at once")
+        ->check(CLI::Range(2, 1024))
+        ->capture_default_str();
+    cmd->add_option("--alias", o->api.model_id, "model id in responses (default: the file name)");
+    cmd->add_option("--max-tokens", o->api.default_max_tokens, "answer length when a request sets none")
+        ->check(CLI::Range(1, 1 << 24))
+        ->capture_default_str();
+    cmd->add_option("--template", o->api.chat_template, "chat template: auto, chatml, qwen2, qwen3, ...")
+        ->capture_default_str();
+    cmd->add_option("--router", o->api.router_path, "router file (kvlens router train): enables think auto");
+    cmd->add_option("--calibration", o->calibration,
+                    "calibration file (kvlens calibrate), or 'auto': <model>.calibration.<score>.json; "
+                    "adds p_correct to the scores");
+    cmd->add_option("--score", o->score, "the score 'auto' calibration is for")->capture_default_str();
+    cmd->callback([o] { run_serve(*o); });
+    return cmd;
+}
+
+}  // namespace kvlens::cli

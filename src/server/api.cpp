@@ -1,0 +1,556 @@
+#include "server/api.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <random>
+#include <sstream>
+
+#include "methods/coe.h"
+#include "methods/embed.h"
+#include "methods/fast_slow.h"
+
+namespace kvlens {
+
+using nlohmann::json;
+
+json api_error_json(const std::string& message, const std::string& type, const std::string& param) {
+    return {{"error",
+             {{"message", message},
+              {"type", type},
+              {"param", param.empty() ? json(nullptr) : json(param)},
+              {"code", nullptr}}}};
+}
+
+std::string floats_base64(const std::vector<float>& v) {
+    static const char* k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::vector<unsigned char> b(v.size() * 4);
+    for (size_t i = 0; i < v.size(); ++i) {
+        uint32_t u;
+        std::memcpy(&u, &v[i], 4);
+        for (int j = 0; j < 4; ++j) b[4 * i + j] = (unsigned char)(u >> (8 * j));  // little-endian
+    }
+    std::string out;
+    out.reserve((b.size() + 2) / 3 * 4);
+    for (size_t i = 0; i < b.size(); i += 3) {
+        const uint32_t n = (uint32_t)b[i] << 16 | (i + 1 < b.size() ? (uint32_t)b[i + 1] << 8 : 0) |
+                           (i + 2 < b.size() ? (uint32_t)b[i + 2] : 0);
+        out += k[n >> 18 & 63];
+        out += k[n >> 12 & 63];
+        out += i + 1 < b.size() ? k[n >> 6 & 63] : '=';
+        out += i + 2 < b.size() ? k[n & 63] : '=';
+    }
+    return out;
+}
+
+namespace {
+
+[[noreturn]] void bad(const std::string& param, const std::string& what) {
+    throw ApiError(400, param, param + ": " + what);
+}
+
+// An optional field: absent and null both mean "not given".
+const json* field(const json& body, const char* key) {
+    const auto it = body.find(key);
+    return it == body.end() || it->is_null() ? nullptr : &*it;
+}
+
+double number_in(const json& body, const char* key, double lo, double hi, double def) {
+    const json* v = field(body, key);
+    if (!v) return def;
+    if (!v->is_number()) bad(key, "expected a number");
+    const double x = v->get<double>();
+    if (!(x >= lo && x <= hi)) {
+        std::ostringstream m;
+        m << "must be in [" << lo << ", " << hi << "]";
+        bad(key, m.str());
+    }
+    return x;
+}
+
+int64_t integer_in(const json& body, const char* key, int64_t lo, int64_t hi, int64_t def) {
+    const json* v = field(body, key);
+    if (!v) return def;
+    if (!v->is_number_integer()) bad(key, "expected an integer");
+    const int64_t x = v->get<int64_t>();
+    if (x < lo || x > hi) bad(key, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    return x;
+}
+
+bool boolean(const json& body, const char* key, bool def) {
+    const json* v = field(body, key);
+    if (!v) return def;
+    if (!v->is_boolean()) bad(key, "expected true or false");
+    return v->get<bool>();
+}
+
+// OpenAI message content: a string, or an array of parts of which only text parts are supported.
+std::string message_content(const json& c, const std::string& param) {
+    if (c.is_null()) return "";
+    if (c.is_string()) return c.get<std::string>();
+    if (!c.is_array()) bad(param, "expected a string or an array of text parts");
+    std::string out;
+    for (size_t i = 0; i < c.size(); ++i) {
+        const json& p = c[i];
+        const std::string pp = param + "[" + std::to_string(i) + "]";
+        if (!p.is_object() || p.value("type", json()) != "text" || !p.contains("text") ||
+            !p["text"].is_string())
+            bad(pp, "only {\"type\": \"text\", \"text\": ...} parts are supported");
+        out += p["text"].get<std::string>();
+    }
+    return out;
+}
+
+}  // namespace
+
+void split_reasoning(const std::string& text, bool prompt_opens_think, std::string& reasoning,
+                     std::string& content) {
+    const size_t close = text.find("</think>");
+    const size_t lead = text.find_first_not_of(" \t\r\n");
+    const bool opens = lead != std::string::npos && text.compare(lead, 7, "<think>") == 0;
+    if (!opens && lead != std::string::npos && text.size() - lead < 7 &&
+        std::string("<think>").compare(0, text.size() - lead, text, lead) == 0) {
+        reasoning.clear();  // the opening tag is not complete yet
+        content.clear();
+        return;
+    }
+    size_t body = opens ? lead + 7 : 0;
+    if (opens || prompt_opens_think) {  // reasoning starts at its first visible character
+        const size_t first = text.find_first_not_of(" \t\r\n", body);
+        body = first == std::string::npos ? text.size() : first;
+    }
+    if (!opens && !prompt_opens_think) {  // an answer that did not think: a stray close tag is just text
+        reasoning.clear();
+        content = text;
+        return;
+    }
+    if (close == std::string::npos) {
+        if (opens || prompt_opens_think) {
+            reasoning = text.substr(body);
+            content.clear();
+        } else {
+            reasoning.clear();
+            content = text;
+        }
+        return;
+    }
+    reasoning = text.substr(std::min(body, close), close - std::min(body, close));
+    const size_t after = text.find_first_not_of(" \t\r\n", close + 8);
+    content = after == std::string::npos ? "" : text.substr(after);
+}
+
+namespace {
+
+// Bytes at the end of s that may be the start of an incomplete UTF-8 sequence.
+size_t utf8_tail(const std::string& s) {
+    for (size_t k = 1; k <= std::min<size_t>(3, s.size()); ++k) {
+        const unsigned char c = (unsigned char)s[s.size() - k];
+        if ((c & 0xC0) == 0x80) continue;  // continuation byte: look further back
+        const size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        return need > k ? k : 0;
+    }
+    return 0;
+}
+
+const char* finish_reason(StopReason s, bool stop_string) {
+    if (stop_string || s == StopReason::EndOfTurn) return "stop";
+    return "length";
+}
+
+// Length of the longest proper prefix of any pattern that s ends with: text that may still become one.
+size_t partial_suffix(const std::string& s, const std::vector<std::string>& patterns) {
+    size_t best = 0;
+    for (const std::string& p : patterns)
+        for (size_t k = std::min(p.size() - 1, s.size()); k > best; --k)
+            if (s.compare(s.size() - k, k, p, 0, k) == 0) {
+                best = k;
+                break;
+            }
+    return best;
+}
+
+// Sends the growing text as deltas: reasoning_content while thinking, content after. What may still turn
+// out to be a stop string or the close tag, and incomplete UTF-8, is held back until known.
+class DeltaStream {
+public:
+    DeltaStream(const std::function<bool(const json&)>& send, json base, bool prompt_opens_think,
+                const std::vector<std::string>& stop)
+        : send_(send), base_(std::move(base)), opens_(prompt_opens_think), stop_(stop), stop_close_(stop) {
+        stop_close_.push_back("</think>");
+    }
+
+    bool update(const std::string& text, bool final) {
+        if (!send_) return true;
+        std::string r, c;
+        split_reasoning(text, opens_, r, c);
+        if (!final) {
+            if (c.empty()) r.resize(r.size() - partial_suffix(r, stop_close_));
+            c.resize(c.size() - partial_suffix(c, stop_));
+            r.resize(r.size() - utf8_tail(r));
+            c.resize(c.size() - utf8_tail(c));
+        }
+        json delta = json::object();
+        if (first_) delta["role"] = "assistant";
+        if (r.size() > sent_r_.size() && r.compare(0, sent_r_.size(), sent_r_) == 0) {
+            delta["reasoning_content"] = r.substr(sent_r_.size());
+            sent_r_ = r;
+        }
+        if (c.size() > sent_c_.size() && c.compare(0, sent_c_.size(), sent_c_) == 0) {
+            delta["content"] = c.substr(sent_c_.size());
+            sent_c_ = c;
+        }
+        if (delta.empty() || (first_ && delta.size() == 1)) return true;
+        first_ = false;
+        return send_(chunk(delta, nullptr));
+    }
+    json chunk(const json& delta, const char* finish) const {
+        json j = base_;
+        j["object"] = "chat.completion.chunk";
+        j["choices"] = json::array({{{"index", 0},
+                                     {"delta", delta},
+                                     {"logprobs", nullptr},
+                                     {"finish_reason", finish ? json(finish) : json()}}});
+        return j;
+    }
+    bool send(const json& j) const { return !send_ || send_(j); }
+
+private:
+    const std::function<bool(const json&)>& send_;
+    json base_;
+    bool opens_;
+    std::vector<std::string> stop_, stop_close_;
+    bool first_ = true;
+    std::string sent_r_, sent_c_;
+};
+
+}  // namespace
+
+Api::Api(const Model& model, const ApiParams& params) : model_(model), params_(params) {
+    const ModelInfo& mi = model.info();
+    model_id_ =
+        params.model_id.empty() ? std::filesystem::path(model.path()).stem().string() : params.model_id;
+    const ChatTemplate flag = parse_chat_template(params.chat_template);
+    tmpl_ = flag == ChatTemplate::Auto ? detect_chat_template(mi.chat_template, mi.arch) : flag;
+    n_ctx_ = params.session.n_ctx > 0 ? params.session.n_ctx
+                                      : std::min(mi.n_ctx_train > 0 ? mi.n_ctx_train : 4096, 4096);
+    if (params.parallel < 1) throw Error("parallel: must be >= 1");
+    if (params.default_max_tokens < 1) throw Error("default max tokens: must be >= 1");
+    if (!params.router_path.empty()) {
+        router_ = std::make_unique<RouterFile>(load_router(params.router_path));
+        if (!has_thinking(tmpl_))
+            throw Error(std::string("--router: chat template ") + to_string(tmpl_) + " has no thinking mode");
+        check_router_for_model(*router_, mi.arch, mi.n_layer, mi.n_head_kv, mi.head_dim, to_string(tmpl_));
+    }
+    if (!params.calibration_path.empty()) calibration_.push_back(load_calibration(params.calibration_path));
+}
+
+Api::~Api() = default;
+
+Api::Slot::Slot(const Api& api) : api_(api) {
+    std::unique_lock<std::mutex> lock(api.mu_);
+    const uint64_t ticket = api.next_ticket_++;
+    api.cv_.wait(lock, [&] { return ticket == api.serving_ && api.busy_ < api.params_.parallel; });
+    ++api.serving_;
+    ++api.busy_;
+    api.cv_.notify_all();
+}
+
+Api::Slot::~Slot() {
+    std::lock_guard<std::mutex> lock(api_.mu_);
+    --api_.busy_;
+    api_.cv_.notify_all();
+}
+
+json Api::models() const {
+    const ModelInfo& mi = model_.info();
+    return {
+        {"object", "list"},
+        {"data",
+         json::array({{{"id", model_id_},
+                       {"object", "model"},
+                       {"created", 0},
+                       {"owned_by", "kvlens"},
+                       {"kvlens",
+                        {{"arch", mi.arch},
+                         {"n_layer", mi.n_layer},
+                         {"kv_width", mi.kv_width()},
+                         {"n_ctx", n_ctx_},
+                         {"chat_template", to_string(tmpl_)},
+                         {"thinking", has_thinking(tmpl_)},
+                         {"router", router_ != nullptr},
+                         {"calibration", calibration_.empty() ? json() : json(calibration_[0].score)}}}}})}};
+}
+
+ChatRequest Api::parse_chat(const json& body) const {
+    if (!body.is_object()) bad("body", "expected a JSON object");
+    ChatRequest r;
+    const json* msgs = field(body, "messages");
+    if (!msgs || !msgs->is_array() || msgs->empty())
+        bad("messages", "required: a non-empty array of messages");
+    for (size_t i = 0; i < msgs->size(); ++i) {
+        const json& m = (*msgs)[i];
+        const std::string p = "messages[" + std::to_string(i) + "]";
+        if (!m.is_object()) bad(p, "expected an object with role and content");
+        const json* role = field(m, "role");
+        if (!role || !role->is_string()) bad(p + ".role", "required: system, user or assistant");
+        std::string rs = role->get<std::string>();
+        if (rs == "developer") rs = "system";
+        if (rs != "system" && rs != "user" && rs != "assistant")
+            bad(p + ".role", "'" + rs + "' is not supported (system, developer, user, assistant)");
+        if (!m.contains("content") && rs != "assistant") bad(p + ".content", "required");
+        r.messages.push_back({rs, message_content(m.value("content", json()), p + ".content")});
+    }
+    if (r.messages.back().role == "assistant")
+        bad("messages", "the last message must not be the assistant's");
+    const int64_t mt = integer_in(body, "max_tokens", 1, 1 << 24, 0);
+    r.max_tokens = (int)integer_in(body, "max_completion_tokens", 1, 1 << 24, mt);
+    r.sampling.temperature = (float)number_in(body, "temperature", 0, 2, 1.0);
+    r.sampling.top_p = (float)number_in(body, "top_p", 1e-9, 1, 1.0);
+    r.sampling.top_k = (int)integer_in(body, "top_k", 0, 1 << 20, 0);
+    if (field(body, "seed")) {
+        r.sampling.seed = (uint32_t)integer_in(body, "seed", INT64_MIN / 2, INT64_MAX / 2, 0);
+    } else {
+        std::random_device rd;
+        r.sampling.seed = rd();
+    }
+    if (integer_in(body, "n", 1, 1 << 20, 1) != 1) bad("n", "only n = 1 is supported");
+    if (const json* s = field(body, "stop")) {
+        if (s->is_string()) {
+            r.stop.push_back(s->get<std::string>());
+        } else if (s->is_array() && s->size() <= 4) {
+            for (const json& x : *s) {
+                if (!x.is_string()) bad("stop", "expected a string or an array of up to 4 strings");
+                r.stop.push_back(x.get<std::string>());
+            }
+        } else {
+            bad("stop", "expected a string or an array of up to 4 strings");
+        }
+        for (const std::string& x : r.stop)
+            if (x.empty()) bad("stop", "empty stop strings are not allowed");
+    }
+    r.stream = boolean(body, "stream", false);
+    if (const json* so = field(body, "stream_options")) {
+        if (!so->is_object()) bad("stream_options", "expected an object");
+        r.include_usage = boolean(*so, "include_usage", false);
+    }
+    if (boolean(body, "logprobs", false)) bad("logprobs", "not supported");
+    for (const char* k : {"tools", "functions"})
+        if (const json* t = field(body, k); t && !(t->is_array() && t->empty())) bad(k, "not supported");
+    if (const json* rf = field(body, "response_format"))
+        if (!rf->is_object() || rf->value("type", json()) != "text")
+            bad("response_format", "only text is supported");
+    // Thinking: kvlens's "think", or llama-server's chat_template_kwargs.enable_thinking.
+    if (const json* kw = field(body, "chat_template_kwargs")) {
+        if (!kw->is_object()) bad("chat_template_kwargs", "expected an object");
+        if (field(*kw, "enable_thinking")) r.think = boolean(*kw, "enable_thinking", true) ? "on" : "off";
+    }
+    if (const json* t = field(body, "think")) {
+        if (!t->is_string()) bad("think", "expected default, on, off or auto");
+        r.think = t->get<std::string>();
+        if (r.think != "default" && r.think != "on" && r.think != "off" && r.think != "auto")
+            bad("think", "'" + r.think + "': expected default, on, off or auto");
+    }
+    if (r.think != "default" && !has_thinking(tmpl_))
+        bad("think",
+            std::string("the model's chat template (") + to_string(tmpl_) + ") has no thinking mode");
+    if (r.think == "auto" && !router_) bad("think", "auto needs a server started with --router");
+    return r;
+}
+
+int Api::context_for(int n_prompt, int max_tokens) const {
+    return std::min(n_ctx_, n_prompt + max_tokens + 8);
+}
+
+json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& on_chunk) const {
+    int max_tokens = req.max_tokens > 0 ? req.max_tokens : params_.default_max_tokens;
+    const json base = {{"id", "chatcmpl-" + std::to_string(std::time(nullptr)) + "-" +
+                                  std::to_string(__atomic_fetch_add(&next_id_, 1, __ATOMIC_RELAXED))},
+                       {"created", (int64_t)std::time(nullptr)},
+                       {"model", model_id_},
+                       {"system_fingerprint", std::string("kvlens-") + KVLENS_VERSION}};
+    const bool routed = req.think == "auto";
+    const std::string text = routed ? render_chat_undecided(tmpl_, req.messages)
+                                    : render_chat(tmpl_, req.messages, true, parse_think_mode(req.think));
+    const std::vector<llama_token> prompt = model_.tokenize(text, true, true);
+    // Routing adds the mode's text (at most the empty think block) and perhaps a switch's.
+    const int reserve = routed ? 16 : 0;
+    if ((int)prompt.size() + reserve + 1 >= n_ctx_)
+        throw ApiError(400, "messages",
+                       "messages: the prompt is " + std::to_string(prompt.size()) +
+                           " tokens, more than the context of " + std::to_string(n_ctx_) +
+                           " leaves room for (server --ctx)");
+    max_tokens = std::min(max_tokens, n_ctx_ - (int)prompt.size() - reserve - 1);
+
+    // DeepSeek-R1's and Qwen3's forced-thinking prompts end inside an open think block.
+    const size_t open_at = text.rfind("<think>"), close_at = text.rfind("</think>");
+    const bool prompt_opens_think =
+        open_at != std::string::npos && (close_at == std::string::npos || close_at < open_at);
+    DeltaStream stream(on_chunk, base, prompt_opens_think, req.stop);
+
+    Slot slot(*this);
+    SessionParams sp = params_.session;
+    sp.n_ctx = context_for((int)prompt.size() + reserve, max_tokens);
+    sp.n_batch = std::min(sp.n_ctx, std::max(1, params_.session.n_batch));
+    sp.n_seq_max = 1;
+    Session session(model_, sp);
+
+    std::string out_text;
+    bool stop_string = false;
+    int n_completion = 0;
+    StopReason stop = StopReason::MaxTokens;
+    json extra = json::object();
+    if (routed) {
+        FastSlowParams fp;
+        fp.start = ThinkStart::Auto;
+        fp.policy = RoutePolicy{};
+        fp.max_tokens = max_tokens;
+        fp.sampling = req.sampling;
+        const FastSlowResult r =
+            run_fast_slow(session, tmpl_, req.messages, router_->features, &router_->classifier, fp);
+        out_text = r.text;
+        n_completion = r.n_generated();
+        stop = r.stop;
+        json checks = json::array();
+        for (const auto& [n, d] : r.checks) checks.push_back({n, d});
+        extra["think"] = {{"mode", "auto"},
+                          {"prompt_score", r.prompt_score},
+                          {"initial", to_string(r.initial)},
+                          {"final", to_string(r.final)},
+                          {"switch_at", r.switch_at},
+                          {"n_sampled", r.n_sampled},
+                          {"n_switch_tokens", r.n_switch_tokens},
+                          {"n_dropped", r.n_dropped},
+                          {"checks", checks}};
+    } else {
+        CoeScorer scorer(session, 0, (int)prompt.size());
+        GenerateParams gp;
+        gp.max_tokens = max_tokens;
+        gp.sampling = req.sampling;
+        bool alive = true;
+        gp.on_token = [&](int, const Generation& g) {
+            std::vector<llama_token> vis = g.output;
+            if (!vis.empty() && model_.is_eog(vis.back())) vis.pop_back();
+            const std::string t = model_.detokenize(vis);
+            for (const std::string& s : req.stop) {
+                const size_t at = t.find(s);
+                if (at != std::string::npos) {
+                    out_text = t.substr(0, at);
+                    stop_string = true;
+                }
+            }
+            if (stop_string) return false;
+            alive = stream.update(t, false);
+            return alive;
+        };
+        const Generation g = generate(session, {prompt}, gp).at(0);
+        if (!stop_string) out_text = g.text;
+        n_completion = (int)g.output.size();
+        stop = g.stop;
+        if (!alive) return json();  // the client went away
+        std::map<std::string, double> scores = scorer.result(g.steps).named();
+        for (const auto& [k, v] : calibrated_scores(scores, calibration_)) scores[k] = v;
+        json sj = json::object();
+        for (const auto& [k, v] : scores) sj[k] = std::isfinite(v) ? json(v) : json(nullptr);
+        extra["scores"] = sj;
+        extra["think"] = {{"mode", req.think}};
+    }
+    extra["n_prompt"] = (int)prompt.size();
+    extra["n_generated"] = n_completion;
+    extra["stop"] = stop_string ? "stop_string" : to_string(stop);
+
+    std::string reasoning, content;
+    split_reasoning(out_text, prompt_opens_think, reasoning, content);
+    const char* finish = finish_reason(stop, stop_string);
+    const json usage = {{"prompt_tokens", (int)prompt.size()},
+                        {"completion_tokens", n_completion},
+                        {"total_tokens", (int)prompt.size() + n_completion}};
+    if (on_chunk) {
+        stream.update(out_text, true);
+        json last = stream.chunk(json::object(), finish);
+        last["kvlens"] = extra;
+        if (!stream.send(last)) return json();
+        if (req.include_usage) {
+            json u = base;
+            u["object"] = "chat.completion.chunk";
+            u["choices"] = json::array();
+            u["usage"] = usage;
+            stream.send(u);
+        }
+    }
+    json message = {{"role", "assistant"}, {"content", content}};
+    if (!reasoning.empty()) message["reasoning_content"] = reasoning;
+    json resp = base;
+    resp["object"] = "chat.completion";
+    resp["choices"] =
+        json::array({{{"index", 0}, {"message", message}, {"logprobs", nullptr}, {"finish_reason", finish}}});
+    resp["usage"] = usage;
+    resp["kvlens"] = extra;
+    return resp;
+}
+
+json Api::embeddings(const json& body) const {
+    if (!body.is_object()) bad("body", "expected a JSON object");
+    const json* in = field(body, "input");
+    if (!in) bad("input", "required: a string or an array of strings");
+    std::vector<std::string> texts;
+    if (in->is_string()) {
+        texts.push_back(in->get<std::string>());
+    } else if (in->is_array() && !in->empty() && in->size() <= 2048) {
+        for (size_t i = 0; i < in->size(); ++i) {
+            if (!(*in)[i].is_string())
+                bad("input[" + std::to_string(i) + "]", "expected a string (token arrays are not supported)");
+            texts.push_back((*in)[i].get<std::string>());
+        }
+    } else {
+        bad("input", "expected a string or an array of 1 to 2048 strings");
+    }
+    std::string format = "float";
+    if (const json* f = field(body, "encoding_format")) {
+        if (!f->is_string() || (*f != "float" && *f != "base64"))
+            bad("encoding_format", "expected float or base64");
+        format = f->get<std::string>();
+    }
+    for (size_t i = 0; i < texts.size(); ++i) {
+        const std::string problem = text_problem(texts[i]);
+        if (!problem.empty()) bad("input[" + std::to_string(i) + "]", problem);
+    }
+
+    Slot slot(*this);
+    EmbedParams ep;
+    const int n_layers =
+        std::min(4, model_.info().n_layer);  // the preset's last 4, or all of a smaller model
+    ep.spec.layers.clear();
+    for (int l = -n_layers; l < 0; ++l) ep.spec.layers.push_back(l);
+    SessionParams sp = params_.session;
+    sp.n_ctx = n_ctx_;
+    sp.n_batch = std::min(n_ctx_, 2048);
+    sp.n_seq_max = ep.batch_seqs;
+    Session session(model_, sp);
+    Embedder embedder(session, ep);
+    if (const json* d = field(body, "dimensions"))
+        if (!d->is_number_integer() || d->get<int64_t>() != embedder.kv_width())
+            bad("dimensions", "this model's KV embeddings have " + std::to_string(embedder.kv_width()) +
+                                  " dimensions; other sizes are not supported");
+    const std::vector<Embedding> out = embedder.embed(texts);
+    json data = json::array();
+    int64_t n_tokens = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+        if (!out[i].ok) bad("input[" + std::to_string(i) + "]", out[i].error);
+        n_tokens += out[i].n_tokens;
+        data.push_back(
+            {{"object", "embedding"},
+             {"index", (int)i},
+             {"embedding", format == "base64" ? json(floats_base64(out[i].kv)) : json(out[i].kv)}});
+    }
+    return {{"object", "list"},
+            {"data", data},
+            {"model", model_id_},
+            {"usage", {{"prompt_tokens", n_tokens}, {"total_tokens", n_tokens}}},
+            {"kvlens",
+             {{"pooling", "K;V, mean over tokens (BOS excluded), heads averaged, mean of the last " +
+                              std::to_string(n_layers) + " layers, L2-normalised"}}}};
+}
+
+}  // namespace kvlens

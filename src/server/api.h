@@ -1,0 +1,122 @@
+// The OpenAI-compatible API (chat completions, embeddings, models) as functions from request JSON to response
+// JSON, without HTTP (server.h puts them on the wire). kvlens adds to each chat completion what the KV cache
+// says about it: the confidence scores of KV-CoE (and P(correct) with a calibration), the thinking mode
+// chosen by the router and where it switched, every token generated.
+//
+// Thread-safe: the Model is shared, each request gets its own Session (llama_context), and at most
+// `parallel` requests compute at once; the others wait their turn in arrival order.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/chat_template.h"
+#include "engine/generate.h"
+#include "engine/model.h"
+#include "methods/calibration.h"
+#include "methods/router.h"
+#include "util/error.h"
+
+namespace kvlens {
+
+struct ApiParams {
+    std::string model_id;  // the "model" of every response and of /v1/models; empty: the file's stem
+    // Each request's session: n_ctx is the most one request may use (prompt + answer; 0: min(n_ctx_train,
+    // 4096)), a request gets what it needs up to that; threads and flash attention as given.
+    SessionParams session = {0, 512, 1, 0, FlashAttn::Auto};
+    int parallel = 1;  // requests computed at once
+    int default_max_tokens = 512;
+    std::string chat_template = "auto";
+    std::string router_path;       // enables "think": "auto"
+    std::string calibration_path;  // a calibration of one KV-CoE score: adds P(correct)
+};
+
+// A request the API refuses: HTTP status, the OpenAI error type and the offending parameter.
+class ApiError : public Error {
+public:
+    ApiError(int status_, const std::string& param_, const std::string& message,
+             const std::string& type_ = "invalid_request_error")
+        : Error(message), status(status_), param(param_), type(type_) {}
+    int status;
+    std::string param, type;
+};
+
+// {"error": {"message", "type", "param", "code"}} as OpenAI sends it.
+nlohmann::json api_error_json(const std::string& message, const std::string& type, const std::string& param);
+
+// A parsed, validated chat completion request.
+struct ChatRequest {
+    std::vector<ChatMessage> messages;
+    int max_tokens = 0;  // 0: the server's default
+    SamplingParams sampling;
+    std::vector<std::string> stop;
+    bool stream = false, include_usage = false;
+    std::string think = "default";  // default | on | off | auto
+};
+
+class Api {
+public:
+    // Loads the router and calibration named in params; throws Error naming a bad file or a router trained
+    // for another model.
+    Api(const Model& model, const ApiParams& params);
+    ~Api();
+
+    const std::string& model_id() const { return model_id_; }
+    nlohmann::json models() const;
+
+    // Throws ApiError naming the parameter (400) for every malformed or unsupported field.
+    ChatRequest parse_chat(const nlohmann::json& body) const;
+    // Runs it. With on_chunk, each delta is also sent as a chat.completion.chunk (return false to stop:
+    // the client went away) and the usage chunk when asked; the full response is returned either way.
+    nlohmann::json chat(const ChatRequest& req,
+                        const std::function<bool(const nlohmann::json&)>& on_chunk = {}) const;
+
+    nlohmann::json embeddings(const nlohmann::json& body) const;
+
+private:
+    // At most params.parallel holders at once, served in arrival order.
+    class Slot {
+    public:
+        explicit Slot(const Api& api);
+        ~Slot();
+
+    private:
+        const Api& api_;
+    };
+    nlohmann::json chat_routed(const ChatRequest& req, const std::vector<llama_token>& prompt_probe,
+                               const std::function<bool(const nlohmann::json&)>& on_chunk) const;
+    int context_for(int n_prompt, int max_tokens) const;
+
+    const Model& model_;
+    ApiParams params_;
+    std::string model_id_;
+    ChatTemplate tmpl_ = ChatTemplate::Auto;
+    int n_ctx_ = 0;
+    std::unique_ptr<RouterFile> router_;
+    std::vector<Calibration> calibration_;
+    mutable std::mutex mu_;
+    mutable std::condition_variable cv_;
+    mutable int busy_ = 0;
+    mutable uint64_t next_ticket_ = 0, serving_ = 0;
+    mutable uint64_t next_id_ = 0;
+};
+
+// An answer's thinking and its answer proper: the text up to "</think>" is reasoning (without the "<think>"
+// tag and the whitespace after it), the text after it (left-trimmed) the content. With no close tag yet the
+// text is all reasoning when the output or the prompt (prompt_opens_think) opened a block, and nothing while
+// the output is a proper prefix of "<think>". An answer that opened no block is all content, a stray
+// "</think>" included.
+void split_reasoning(const std::string& text, bool prompt_opens_think, std::string& reasoning,
+                     std::string& content);
+
+// Base64 (RFC 4648) of the bytes of little-endian float32 values, as OpenAI's encoding_format "base64".
+std::string floats_base64(const std::vector<float>& v);
+
+}  // namespace kvlens

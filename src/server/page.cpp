@@ -1,0 +1,72 @@
+// The web page at /: a chat box that streams the answer and shows what the KV cache says about it.
+#include "server/server.h"
+
+namespace kvlens {
+
+const char* server_page() {
+    return R"HTML(<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>kvlens</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font:15px/1.45 system-ui,sans-serif;max-width:820px;margin:2em auto;padding:0 1em;color:#222}
+textarea{width:100%;height:5em;font:inherit}
+#think{color:#777;white-space:pre-wrap;font-size:13px;border-left:3px solid #ddd;padding-left:8px}
+#answer{white-space:pre-wrap;margin:.8em 0;font-size:16px}
+table{border-collapse:collapse;font-size:13px}td{padding:1px 10px 1px 0}
+.bar{display:inline-block;height:9px;background:#0072B2;vertical-align:middle}
+#meta{color:#555;font-size:13px}
+</style></head><body>
+<h2>kvlens <span id="model" style="font-weight:normal;color:#777"></span></h2>
+<textarea id="q">What is 17+25?</textarea>
+<p>thinking <select id="mode"><option>default</option><option>on</option><option>off</option><option>auto</option></select>
+temperature <input id="temp" type="number" value="0" min="0" max="2" step="0.1" style="width:4em">
+max tokens <input id="max" type="number" value="256" min="1" style="width:5em">
+<button id="go">Send</button></p>
+<div id="think"></div><div id="answer"></div><div id="meta"></div><table id="scores"></table>
+<script>
+const $ = id => document.getElementById(id);
+fetch('/v1/models').then(r => r.json()).then(j => {
+  const m = j.data[0]; $('model').textContent = m.id + ' (' + m.kvlens.arch + ', ' + m.kvlens.n_layer + ' layers)';
+  if (!m.kvlens.router) $('mode').querySelector('option:last-child').disabled = true;
+});
+function show(k) {
+  const t = k.think || {};
+  let s = k.n_generated + ' tokens generated; stop: ' + k.stop;
+  if (t.mode === 'auto') s += '; router d=' + t.prompt_score.toFixed(1) + ' -> ' + t.initial +
+      (t.switch_at >= 0 ? ', switched to ' + t.final + ' after ' + t.switch_at + ' tokens' : ', no switch');
+  $('meta').textContent = s;
+  const rows = Object.entries(k.scores || {}).filter(([n]) => /coe_[rc]$|^p_correct|inv_ppl/.test(n));
+  $('scores').innerHTML = rows.map(([n, v]) => '<tr><td>' + n + '</td><td>' + (v === null ? 'n/a' : v.toFixed(4)) +
+      '</td><td>' + (n.startsWith('p_correct') ? '<span class="bar" style="width:' + (100 * v) + 'px"></span>' : '') +
+      '</td></tr>').join('');
+}
+$('go').onclick = async () => {
+  $('think').textContent = $('answer').textContent = $('meta').textContent = ''; $('scores').innerHTML = '';
+  const body = {messages: [{role: 'user', content: $('q').value}], stream: true,
+                temperature: +$('temp').value, max_tokens: +$('max').value};
+  if ($('mode').value !== 'default') body.think = $('mode').value;
+  const res = await fetch('/v1/chat/completions', {method: 'POST', body: JSON.stringify(body),
+                                                   headers: {'Content-Type': 'application/json'}});
+  if (!res.ok) { $('meta').textContent = (await res.json()).error.message; return; }
+  const reader = res.body.getReader(), dec = new TextDecoder(); let buf = '';
+  for (;;) {
+    const {done, value} = await reader.read(); if (done) break;
+    buf += dec.decode(value, {stream: true});
+    let i;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const line = buf.slice(0, i); buf = buf.slice(i + 2);
+      if (!line.startsWith('data: ') || line === 'data: [DONE]') continue;
+      const j = JSON.parse(line.slice(6));
+      if (j.error) { $('meta').textContent = j.error.message; continue; }
+      const c = j.choices && j.choices[0]; if (!c) continue;
+      if (c.delta.reasoning_content) $('think').textContent += c.delta.reasoning_content;
+      if (c.delta.content) $('answer').textContent += c.delta.content;
+      if (j.kvlens) show(j.kvlens);
+    }
+  }
+};
+</script></body></html>
+)HTML";
+}
+
+}  // namespace kvlens

@@ -1,0 +1,22 @@
+# The OpenAI-compatible server (src/server, `kvlens serve`).
+
+# Request validation, the reasoning split, base64 floats: the API layer without HTTP (tiny models).
+kvlens_add_gtest(server_api_test ${PROJECT_SOURCE_DIR}/src/server/api_test.cpp)
+target_link_libraries(server_api_test PRIVATE kvlens_server)
+if(TARGET tiny-models)
+  add_dependencies(server_api_test tiny-models)
+endif()
+
+# kvlens serve on the reasoning model against the official OpenAI Python client (an independent implementation
+# of the protocol): chat (== kvlens generate), streaming (== non-streaming), stop strings, think auto,
+# embeddings (== kvlens embed, float and base64), errors, concurrent requests, raw HTTP errors, SIGTERM.
+if(Python3_Interpreter_FOUND)
+  add_test(NAME python_server_openai
+           COMMAND ${Python3_EXECUTABLE} -m pytest -q -rs -p no:cacheprovider --noconftest
+                   ${PROJECT_SOURCE_DIR}/tests/python/test_server_openai.py
+           WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+  set_tests_properties(python_server_openai PROPERTIES
+    ENVIRONMENT "KVLENS_BIN=$<TARGET_FILE:kvlens-cli>;KVLENS_REASONER_MODEL=${PROJECT_SOURCE_DIR}/tools/reasoner/arith-reasoner.gguf;KVLENS_ROUTER=${PROJECT_SOURCE_DIR}/docs/results/router-reasoner/router.json;PYTHONDONTWRITEBYTECODE=1"
+    LABELS python
+    TIMEOUT 600)
+endif()

@@ -1,0 +1,174 @@
+"""kvlens serve against the official OpenAI Python client, an independent implementation of the protocol.
+
+One server on the project's reasoning model (a Qwen3-architecture hybrid model) with a router, on a free
+port. Answers are compared with the other front end (kvlens generate / kvlens embed on the same model)."""
+import concurrent.futures
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+
+import numpy as np
+import openai
+import pytest
+
+BIN = os.environ["KVLENS_BIN"]
+MODEL = os.environ["KVLENS_REASONER_MODEL"]
+ROUTER = os.environ["KVLENS_ROUTER"]
+QUESTION = "What is 347+285?"
+
+
+@pytest.fixture(scope="module")
+def url():
+    p = subprocess.Popen([BIN, "serve", "-m", MODEL, "--port", "0", "-t", "2", "--parallel", "2", "--ctx", "512",
+                          "--router", ROUTER, "--alias", "reasoner"], stderr=subprocess.PIPE, text=True)
+    line = p.stderr.readline()
+    m = re.search(r"http://[\d.]+:(\d+)", line)
+    assert m, f"no listening line: {line!r}"
+    yield f"http://127.0.0.1:{m.group(1)}"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=20) == 0
+    assert "server stopped" in p.stderr.read()
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def ask(client, **kw):
+    args = dict(model="reasoner", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=300)
+    args.update(kw)
+    return client.chat.completions.create(**args)
+
+
+def cli_generate(question, think):
+    out = subprocess.run([BIN, "generate", "-m", MODEL, "-p", question, "--think", think, "-n", "300", "-t", "2"],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.rstrip("\n")
+
+
+def test_models(client):
+    models = client.models.list().data
+    assert [m.id for m in models] == ["reasoner"]
+    info = models[0].model_extra["kvlens"]
+    assert info["arch"] == "qwen3" and info["thinking"] and info["router"]
+
+
+def test_chat_equals_kvlens_generate(client):
+    r = ask(client, extra_body={"think": "on"})
+    msg = r.choices[0].message
+    text = cli_generate(QUESTION, "on")  # "<think>\n...\n</think>\n\nAnswer: 632"
+    assert text.startswith("<think>") and "</think>" in text
+    assert msg.content == text.split("</think>", 1)[1].strip()
+    assert msg.model_extra["reasoning_content"] == text.split("</think>", 1)[0][len("<think>"):].lstrip()
+    assert msg.content == "Answer: 632"
+    assert r.choices[0].finish_reason == "stop"
+    k = r.model_extra["kvlens"]
+    assert k["stop"] == "end_of_turn" and k["think"] == {"mode": "on"}
+    assert r.usage.completion_tokens == k["n_generated"] and r.usage.prompt_tokens == k["n_prompt"]
+    assert len(k["scores"]) == 19 and all(math.isfinite(v) for v in k["scores"].values())
+    # Fast mode: the empty think block is in the prompt, the answer has no reasoning.
+    f = ask(client, extra_body={"think": "off"}).choices[0].message
+    assert f.content == cli_generate(QUESTION, "off").strip()
+    assert not (f.model_extra or {}).get("reasoning_content")
+
+
+def test_stream_equals_non_stream(client):
+    full = ask(client, extra_body={"think": "on"})
+    chunks = list(ask(client, extra_body={"think": "on"}, stream=True, stream_options={"include_usage": True}))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+                        for c in chunks if c.choices)
+    assert content == full.choices[0].message.content
+    assert reasoning == full.choices[0].message.model_extra["reasoning_content"]
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2  # really streamed
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and finals[0].choices[0].finish_reason == "stop"
+    assert finals[0].model_extra["kvlens"]["scores"] == full.model_extra["kvlens"]["scores"]
+    assert chunks[-1].usage.model_dump() == full.usage.model_dump() and not chunks[-1].choices
+
+
+def test_stop_string_and_length(client):
+    full = ask(client, extra_body={"think": "on"})
+    r = ask(client, extra_body={"think": "on"}, stop=["=632"])
+    m = r.choices[0].message
+    assert r.choices[0].finish_reason == "stop" and r.model_extra["kvlens"]["stop"] == "stop_string"
+    said = (m.model_extra.get("reasoning_content") or "") + (m.content or "")
+    assert "=632" not in said and full.choices[0].message.model_extra["reasoning_content"].startswith(said)
+    s = list(ask(client, extra_body={"think": "on"}, stop=["=632"], stream=True))
+    streamed = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in s if c.choices)
+    assert streamed == said
+    r = ask(client, max_tokens=5, extra_body={"think": "on"})
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
+
+
+def test_think_auto(client):
+    r = ask(client, extra_body={"think": "auto"})
+    t = r.model_extra["kvlens"]["think"]
+    assert t["mode"] == "auto" and t["initial"] in ("fast", "slow") and isinstance(t["prompt_score"], float)
+    assert r.usage.completion_tokens == r.model_extra["kvlens"]["n_generated"] > 0
+
+
+def test_embeddings_equal_kvlens_embed(client, tmp_path):
+    texts = ["12+34", "What is 347+285?", "hello world"]
+    got = client.embeddings.create(model="reasoner", input=texts)  # the client asks for base64
+    floats = client.embeddings.create(model="reasoner", input=texts, encoding_format="float")
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    subprocess.run([BIN, "embed", "-m", MODEL, "-i", str(tmp_path / "t.txt"), "-o", str(tmp_path / "e.jsonl"),
+                    "-t", "2"], check=True, capture_output=True)
+    want = [json.loads(line)["embedding"] for line in open(tmp_path / "e.jsonl")]
+    assert len(got.data) == 3 and [d.index for d in got.data] == [0, 1, 2]
+    for d, f, w in zip(got.data, floats.data, want):
+        assert np.array_equal(np.array(d.embedding, np.float32), np.array(f.embedding, np.float32))
+        np.testing.assert_allclose(d.embedding, w, rtol=0, atol=1e-6)
+    assert got.usage.prompt_tokens > 0
+
+
+def test_errors(client):
+    for kw, param in [({"temperature": 3}, "temperature"), ({"n": 2}, "n"),
+                      ({"extra_body": {"think": "sometimes"}}, "think")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            ask(client, **kw)
+        assert e.value.status_code == 400 and e.value.body["param"] == param, e.value.body
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(client, messages=[{"role": "user", "content": "1+" * 600}])
+    assert "context of 512" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="reasoner", input=["fine", ""])
+    assert e.value.body["param"] == "input[1]"
+
+
+def raw(url, path, body=None, method=None):
+    req = urllib.request.Request(url + path, data=body, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_raw_http(url):
+    assert raw(url, "/health") == (200, '{"status":"ok"}')
+    status, page = raw(url, "/")
+    assert status == 200 and "<html" in page and "/v1/chat/completions" in page
+    status, body = raw(url, "/v1/chat/completions", b'{"messages": [')
+    assert status == 400 and json.loads(body)["error"]["message"].startswith("request body: invalid JSON")
+    status, body = raw(url, "/v1/chat/completions", b'[1, 2]')
+    assert status == 400 and json.loads(body)["error"]["param"] == "body"
+    status, body = raw(url, "/v1/nothing")
+    assert status == 404 and json.loads(body)["error"]["type"] == "not_found_error"
+
+
+def test_concurrent_requests(client):
+    one = ask(client, extra_body={"think": "on"})
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        rs = list(pool.map(lambda _: ask(client, extra_body={"think": "on"}), range(5)))
+    assert all(r.choices[0].message.content == one.choices[0].message.content for r in rs)
+    assert all(r.model_extra["kvlens"]["scores"] == one.model_extra["kvlens"]["scores"] for r in rs)
+    assert len({r.id for r in rs} | {one.id}) == 6
