@@ -1,7 +1,8 @@
 // Benchmark (not a test): prefill and decode throughput with KV capture off vs on, in one process, runs
-// interleaved (off, on, off, on, ...) so that drift hits both alike. "On" streams every layer's K and V of
-// the sequence into a KV-CoE-style pool (kv_cat, mean over positions, one vector per layer); --hidden also
-// taps the residual stream. Prints medians and the on/off ratios.
+// interleaved (off, graph, cache, off, graph, cache, ...) so that drift hits all alike. "On" streams every
+// layer's K and V of the sequence into a KV-CoE-style pool (kv_cat, mean over positions, one vector per
+// layer), read from the graph (one split per layer) or from the KV cache (one split per batch); --hidden
+// also taps the residual stream. Prints medians and the on/off ratios of both sources.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -106,12 +107,15 @@ int main(int argc, char** argv) {
         sp.n_batch = n_prompt;
         sp.n_threads = threads;
         run_once(model, sp, prompt, 8, false, false);  // warm-up (page in the weights)
-        std::vector<double> pf[2], dc[2];
+        // Mode 0: capture off; 1: K/V from the graph; 2: K/V from the cache.
+        std::vector<double> pf[3], dc[3];
         for (int r = 0; r < reps; ++r) {
-            for (int on = 0; on < 2; ++on) {
-                const Timing t = run_once(model, sp, prompt, n_decode, on == 1, hidden);
-                pf[on].push_back(t.prefill_tps);
-                dc[on].push_back(t.decode_tps);
+            for (int mode = 0; mode < 3; ++mode) {
+                SessionParams msp = sp;
+                msp.capture_source = mode == 2 ? CaptureSource::Cache : CaptureSource::Graph;
+                const Timing t = run_once(model, msp, prompt, n_decode, mode > 0, hidden);
+                pf[mode].push_back(t.prefill_tps);
+                dc[mode].push_back(t.decode_tps);
             }
         }
         printf(
@@ -119,19 +123,20 @@ int main(int argc, char** argv) {
             "K+V%s\n",
             model_path.c_str(), model.info().n_layer, threads, n_prompt, n_decode, reps,
             hidden ? "+l_out" : "");
-        // Runs are interleaved, so each "on" run is paired with the "off" run just before it: the median of
+        // Runs are interleaved, so each "on" run is paired with the "off" run of its round: the median of
         // the paired ratios is robust to the machine's drift; the ratio of medians is shown beside it.
-        std::vector<double> pr, dr;
-        for (int r = 0; r < reps; ++r) {
-            pr.push_back(pf[1][r] / pf[0][r]);
-            dr.push_back(dc[1][r] / dc[0][r]);
-        }
-        printf("%-8s %12s %12s %14s %16s\n", "phase", "off tok/s", "on tok/s", "on/off median",
+        printf("%-8s %-6s %12s %12s %14s %16s\n", "phase", "source", "off tok/s", "on tok/s", "on/off median",
                "paired ratios");
-        printf("%-8s %12.1f %12.1f %14.3f %16.3f\n", "prefill", median(pf[0]), median(pf[1]),
-               median(pf[1]) / median(pf[0]), median(pr));
-        printf("%-8s %12.1f %12.1f %14.3f %16.3f\n", "decode", median(dc[0]), median(dc[1]),
-               median(dc[1]) / median(dc[0]), median(dr));
+        for (int phase = 0; phase < 2; ++phase) {
+            const std::vector<double>* v = phase == 0 ? pf : dc;
+            for (int mode = 1; mode < 3; ++mode) {
+                std::vector<double> paired;
+                for (int r = 0; r < reps; ++r) paired.push_back(v[mode][r] / v[0][r]);
+                printf("%-8s %-6s %12.1f %12.1f %14.3f %16.3f\n", phase == 0 ? "prefill" : "decode",
+                       mode == 1 ? "graph" : "cache", median(v[0]), median(v[mode]),
+                       median(v[mode]) / median(v[0]), median(paired));
+            }
+        }
     } catch (const Error& e) {
         fprintf(stderr, "bench-capture: error: %s\n", e.what());
         return 1;

@@ -10,6 +10,14 @@
 // Cost: a node is requested from the scheduler only when some observer wants it, so with no observer the
 // graph runs exactly as without capture. Each requested node splits the graph; wanted nodes are batched so
 // that a layer's K, V and the previous layer's l_out cost one split together (see kv_capture.cpp).
+//
+// Two sources for K and V:
+//   Graph  (default) the F32 graph nodes as computed, one split per layer;
+//   Cache  the KV cache itself, read once per batch after the last layer's cache write (one split per
+//          batch, whatever the layer count): the values as stored, i.e. rounded to the cache type (F16 by
+//          default), exactly what attention reads and what llama_state_seq_get_data returns. The cells the
+//          batch was written to come from the write's own index tensor. Hidden states still come from the
+//          graph.
 #pragma once
 
 #include <llama.h>
@@ -50,9 +58,14 @@ public:
     virtual void on_rows(const TapRows& rows) = 0;
 };
 
+enum class CaptureSource : uint8_t { Graph, Cache };
+const char* to_string(CaptureSource s);  // "graph" | "cache"
+
 class KvCapture {
 public:
-    explicit KvCapture(int n_layer) : n_layer_(n_layer) {}
+    explicit KvCapture(int n_layer, CaptureSource source = CaptureSource::Graph)
+        : n_layer_(n_layer), source_(source), writes_(n_layer) {}
+    CaptureSource source() const { return source_; }
 
     // Observers are borrowed: remove them before they die. Order of delivery = order of subscription.
     void subscribe(KvObserver* obs);
@@ -68,6 +81,8 @@ public:
     // Rows delivered so far (all taps), and wanted nodes never delivered (0 unless the graph has a layout
     // this capture does not know), for tests and diagnostics.
     int64_t rows_delivered() const { return rows_delivered_; }
+    // Nodes handed over by the scheduler so far: each one ends a graph split (the capture's cost).
+    int64_t nodes_requested() const { return nodes_requested_; }
     int64_t nodes_lost() const { return nodes_lost_; }
 
 private:
@@ -76,11 +91,22 @@ private:
         Tap tap;
         int layer;
     };
+    // The cache writes (SET_ROWS into cache_k_l<N> / cache_v_l<N>) of the graph being computed.
+    struct CacheWrites {
+        const struct ggml_tensor* k = nullptr;
+        const struct ggml_tensor* v = nullptr;
+    };
     bool ask(struct ggml_tensor* t, Tap tap, int layer);
     bool wanted(Tap tap, int layer) const;
     void deliver(const struct ggml_tensor* t, Tap tap, int layer);
+    bool on_cache_write(struct ggml_tensor* t, bool ask);
+    void deliver_from_cache(const struct ggml_tensor* trigger);
 
     int n_layer_;
+    CaptureSource source_;
+    std::vector<CacheWrites> writes_;
+    std::vector<int64_t> cells_;  // scratch: cache cell of each row of the batch
+    int32_t cache_consumed_ = 0;  // rows of the batch delivered from the cache so far
     std::vector<KvObserver*> observers_;
     const llama_batch* batch_ = nullptr;
     std::vector<int32_t> out_idx_;   // batch indices of the tokens with logits (rows of the last l_out)
@@ -89,6 +115,7 @@ private:
     std::vector<float> scratch_;     // scratch: contiguous copy of strided or device tensors
     std::vector<Pending> pending_;   // wanted nodes waiting for their trigger (see kv_capture.cpp)
     int64_t rows_delivered_ = 0;
+    int64_t nodes_requested_ = 0;
     int64_t nodes_lost_ = 0;
 };
 

@@ -19,10 +19,11 @@ struct ModelOptions {
     int threads = 0;
     int gpu_layers = -1;
     std::string flash_attn = "auto";
+    std::string kv_source = "graph";
     bool verbose = false;
 };
 
-// -m/--model, --ctx, --batch, --threads, --gpu-layers, --flash-attn, --verbose.
+// -m/--model, --ctx, --batch, --threads, --gpu-layers, --flash-attn, --kv-source, --verbose.
 void add_model_options(CLI::App* app, ModelOptions& o);
 std::unique_ptr<Model> load_model(const ModelOptions& o);
 SessionParams session_params(const ModelOptions& o, int n_seq_max = 1);

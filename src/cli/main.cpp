@@ -23,6 +23,12 @@ void add_model_options(CLI::App* app, ModelOptions& o) {
     app->add_option("--flash-attn", o.flash_attn, "flash attention")
         ->check(CLI::IsMember({"auto", "on", "off"}))
         ->capture_default_str();
+    app->add_option(
+           "--kv-source", o.kv_source,
+           "where captured K/V come from: graph (F32 as computed, one graph split per layer) or cache "
+           "(the KV cache as stored, e.g. F16; one split per batch, faster)")
+        ->check(CLI::IsMember({"graph", "cache"}))
+        ->capture_default_str();
     app->add_flag("-v,--verbose", o.verbose, "show llama.cpp's log");
 }
 
@@ -43,6 +49,7 @@ SessionParams session_params(const ModelOptions& o, int n_seq_max) {
     sp.flash_attn = o.flash_attn == "on"    ? FlashAttn::On
                     : o.flash_attn == "off" ? FlashAttn::Off
                                             : FlashAttn::Auto;
+    sp.capture_source = o.kv_source == "cache" ? CaptureSource::Cache : CaptureSource::Graph;
     return sp;
 }
 

@@ -174,7 +174,7 @@ Session::Session(const Model& model, const SessionParams& params) : model_(model
     if (params.n_seq_max < 1 || params.n_seq_max > max_seq)
         throw Error("n_seq_max: " + std::to_string(params.n_seq_max) + " out of range 1.." +
                     std::to_string(max_seq));
-    capture_ = std::make_unique<KvCapture>(model.info().n_layer);
+    capture_ = std::make_unique<KvCapture>(model.info().n_layer, params.capture_source);
 
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = params.n_ctx;

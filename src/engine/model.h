@@ -77,6 +77,7 @@ struct SessionParams {
     int n_seq_max = 1;  // sequences that can live in the cache at once
     int n_threads = 0;  // 0: all hardware threads
     FlashAttn flash_attn = FlashAttn::Auto;
+    CaptureSource capture_source = CaptureSource::Graph;  // where captured K/V come from (kv_capture.h)
 };
 
 // One token of a batch: which sequence, at which position, and whether its logits are wanted.

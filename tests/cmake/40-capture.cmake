@@ -19,3 +19,9 @@ add_test(NAME cli_eval_resume
          COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/eval_resume_test.sh $<TARGET_FILE:kvlens-cli>
                  ${KVLENS_TEST_MODELS_DIR}/tiny-qwen3.gguf)
 set_tests_properties(cli_eval_resume PROPERTIES LABELS cli TIMEOUT 600)
+
+# --kv-source graph|cache through kvlens generate --features (flash attention on and off).
+add_test(NAME cli_kv_source
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/kv_source_test.sh $<TARGET_FILE:kvlens-cli>
+                 ${KVLENS_TEST_MODELS_DIR}/tiny-qwen2.gguf)
+set_tests_properties(cli_kv_source PROPERTIES LABELS cli TIMEOUT 300)
