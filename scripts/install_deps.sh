@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_pkgs=(build-essential cmake ninja-build git ccache pkg-config nlohmann-json3-dev libcli11-dev libzip-dev
-          libgtest-dev python3 python3-pip unzip)
+          libgtest-dev python3 python3-pip python3-dev pybind11-dev unzip)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -18,7 +18,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q "${missing[@]}"
 fi
 
-# Python: only for the independent reference checks in the tests (numpy forward pass, gguf reader).
-if ! python3 -c "import numpy, gguf, pytest, sklearn" >/dev/null 2>&1; then
+# Python: for the independent reference checks in the tests (numpy forward pass, gguf reader, scikit-learn,
+# the official OpenAI client against kvlens serve).
+if ! python3 -c "import numpy, gguf, pytest, sklearn, openai" >/dev/null 2>&1; then
     python3 -m pip install -q -r tests/python/requirements.txt
 fi

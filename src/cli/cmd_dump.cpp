@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <sstream>
 
+#include "capture/dump.h"
 #include "capture/observers.h"
 #include "cli/common.h"
 #include "io/npz.h"
@@ -40,21 +41,6 @@ std::vector<llama_token> parse_token_ids(const std::string& s, int n_vocab) {
     return ids;
 }
 
-// Gathers rows of one tap into [n_layers, T, width], ordered by position 0..T-1.
-std::vector<float> gather(const RowRecorder& rec, Tap tap, int layer0, int n_layers, int T, int width) {
-    std::vector<float> out((size_t)n_layers * T * width);
-    for (int l = 0; l < n_layers; ++l) {
-        for (int t = 0; t < T; ++t) {
-            const std::vector<float>* r = rec.get(tap, layer0 + l, 0, t);
-            if (r == nullptr || (int)r->size() != width)
-                throw Error("dump: no captured row for layer " + std::to_string(layer0 + l) + " position " +
-                            std::to_string(t) + " (unsupported graph layout?)");
-            std::copy(r->begin(), r->end(), out.begin() + ((size_t)l * T + t) * width);
-        }
-    }
-    return out;
-}
-
 void run_dump(const DumpOptions& o) {
     if (o.prompt.empty() == o.tokens.empty())
         throw Error("dump: give exactly one of -p/--prompt and --tokens");
@@ -72,28 +58,13 @@ void run_dump(const DumpOptions& o) {
                     std::to_string(o.model.ctx) + " tokens (raise --ctx)");
 
     Session session(*model, session_params(o.model));
-    std::vector<Tap> taps = {Tap::K, Tap::V};
-    if (o.hidden) taps.insert(taps.end(), {Tap::Embd, Tap::Hidden});
-    RowRecorder rec(taps, 0);
-    session.capture().subscribe(&rec);
-    std::vector<BatchToken> batch;
-    // The last layer's residual stream only exists for tokens with logits: request them all for --hidden.
-    for (int t = 0; t < T; ++t) batch.push_back({toks[t], t, 0, o.hidden || t == T - 1});
-    session.decode(batch, /*keep_logits=*/false);
-    session.capture().unsubscribe(&rec);
-
-    // Gather everything first, so that a failure leaves no partial file behind.
-    const int L = mi.n_layer, W = mi.kv_width();
+    // Everything is gathered first, so that a failure leaves no partial file behind.
+    const KvDump d = dump_kv(session, toks, o.hidden);
+    const int L = d.n_layer, W = d.kv_width;
     std::vector<int32_t> pos(T);
     for (int t = 0; t < T; ++t) pos[t] = t;
     const std::vector<int32_t> ids(toks.begin(), toks.end());
-    const std::vector<float> k = gather(rec, Tap::K, 0, L, T, W), v = gather(rec, Tap::V, 0, L, T, W);
-    std::vector<float> h;
-    if (o.hidden) {
-        h = gather(rec, Tap::Embd, -1, 1, T, mi.n_embd);
-        const std::vector<float> layers = gather(rec, Tap::Hidden, 0, L, T, mi.n_embd);
-        h.insert(h.end(), layers.begin(), layers.end());
-    }
+    const std::vector<float>&k = d.k, &v = d.v, &h = d.hidden;
     NpzWriter npz(o.out);
     npz.add("tokens", ids.data(), {(size_t)T});
     npz.add("pos", pos.data(), {(size_t)T});

@@ -20,3 +20,16 @@ if(Python3_Interpreter_FOUND)
     LABELS python
     TIMEOUT 600)
 endif()
+
+# The Python bindings (python/kvlens_module.cpp): kv() == kvlens dump, Api.chat == kvlens generate,
+# streaming == non-streaming, embeddings == kvlens embed, errors as kvlens.Error with the parameter, threads.
+if(TARGET kvlens_python AND Python3_Interpreter_FOUND)
+  add_test(NAME python_bindings
+           COMMAND ${Python3_EXECUTABLE} -m pytest -q -rs -p no:cacheprovider --noconftest
+                   ${PROJECT_SOURCE_DIR}/tests/python/test_bindings.py
+           WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+  set_tests_properties(python_bindings PROPERTIES
+    ENVIRONMENT "PYTHONPATH=${CMAKE_BINARY_DIR}/python;KVLENS_BIN=$<TARGET_FILE:kvlens-cli>;KVLENS_REASONER_MODEL=${PROJECT_SOURCE_DIR}/tools/reasoner/arith-reasoner.gguf;KVLENS_ROUTER=${PROJECT_SOURCE_DIR}/docs/results/router-reasoner/router.json;KVLENS_TEST_MODELS_DIR=${KVLENS_TEST_MODELS_DIR};PYTHONDONTWRITEBYTECODE=1"
+    LABELS python
+    TIMEOUT 600)
+endif()

@@ -1,0 +1,181 @@
+// Python bindings (pybind11): the model, the OpenAI-compatible API of `kvlens serve` as plain function calls
+// (request dict in, response dict out: the same JSON as over HTTP, with the KV-CoE scores and the routing),
+// and the raw per-layer K/V of a text as numpy arrays. Computation runs without the GIL.
+//
+//   import kvlens
+//   m = kvlens.Model("model.gguf")
+//   api = kvlens.Api(m, router="router.json")
+//   r = api.chat({"messages": [{"role": "user", "content": "What is 2+3?"}], "temperature": 0})
+//   r["choices"][0]["message"]["content"], r["kvlens"]["scores"]["kv_coe_r"]
+//   kv = kvlens.kv(m, "some text")          # {"k": [layer, token, width], "v": ..., "tokens": ...}
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <nlohmann/json.hpp>
+
+#include "capture/dump.h"
+#include "engine/model.h"
+#include "server/api.h"
+#include "util/error.h"
+
+namespace py = pybind11;
+using namespace py::literals;
+using nlohmann::json;
+
+namespace {
+
+// Python objects <-> JSON through the json module: exactly the JSON the HTTP API speaks.
+json to_json(const py::handle& o) {
+    const std::string s = py::module_::import("json").attr("dumps")(o).cast<std::string>();
+    return json::parse(s);
+}
+
+py::object from_json(const json& j) {
+    return py::module_::import("json").attr("loads")(j.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+kvlens::SessionParams session_params(int n_ctx, int threads, const std::string& flash_attn,
+                                     const std::string& kv_source) {
+    kvlens::SessionParams sp;
+    sp.n_ctx = n_ctx;
+    sp.n_threads = threads;
+    if (flash_attn != "auto" && flash_attn != "on" && flash_attn != "off")
+        throw kvlens::Error("flash_attn '" + flash_attn + "': expected auto, on or off");
+    sp.flash_attn = flash_attn == "on"    ? kvlens::FlashAttn::On
+                    : flash_attn == "off" ? kvlens::FlashAttn::Off
+                                          : kvlens::FlashAttn::Auto;
+    if (kv_source != "graph" && kv_source != "cache")
+        throw kvlens::Error("kv_source '" + kv_source + "': expected graph or cache");
+    sp.capture_source = kv_source == "cache" ? kvlens::CaptureSource::Cache : kvlens::CaptureSource::Graph;
+    return sp;
+}
+
+py::array_t<float> array3(const std::vector<float>& v, int a, int b, int c) {
+    py::array_t<float> out({a, b, c});
+    std::copy(v.begin(), v.end(), out.mutable_data());
+    return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(kvlens, m) {
+    m.doc() =
+        "kvlens: the KV cache of an LLM as a free representation (KV-CoE, fast/slow thinking, embeddings)";
+    m.attr("__version__") = KVLENS_VERSION;
+    static py::exception<kvlens::Error> error(m, "Error", PyExc_ValueError);
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const kvlens::ApiError& e) {  // a refused request: kvlens.Error with .param
+            py::object inst = py::reinterpret_borrow<py::object>(error.ptr())(e.what());
+            inst.attr("param") = e.param;
+            PyErr_SetObject(error.ptr(), inst.ptr());
+        } catch (const kvlens::Error& e) {
+            PyErr_SetString(error.ptr(), e.what());
+        }
+    });
+
+    py::class_<kvlens::Model>(m, "Model", "A GGUF model (weights loaded once, shared by every Api and call)")
+        .def(py::init([](const std::string& path, int gpu_layers, bool verbose) {
+                 kvlens::set_verbose(verbose);
+                 return std::make_unique<kvlens::Model>(kvlens::ModelParams{path, gpu_layers});
+             }),
+             "path"_a, "gpu_layers"_a = -1, "verbose"_a = false)
+        .def_property_readonly("path", &kvlens::Model::path)
+        .def_property_readonly("info",
+                               [](const kvlens::Model& mo) {
+                                   const kvlens::ModelInfo& i = mo.info();
+                                   return py::dict("arch"_a = i.arch, "name"_a = i.name,
+                                                   "n_layer"_a = i.n_layer, "n_embd"_a = i.n_embd,
+                                                   "n_head"_a = i.n_head, "n_head_kv"_a = i.n_head_kv,
+                                                   "head_dim"_a = i.head_dim, "kv_width"_a = i.kv_width(),
+                                                   "n_ctx_train"_a = i.n_ctx_train, "n_vocab"_a = i.n_vocab,
+                                                   "chat_template"_a = i.chat_template);
+                               })
+        .def("tokenize", &kvlens::Model::tokenize, "text"_a, "add_special"_a = true, "parse_special"_a = true)
+        .def("detokenize", &kvlens::Model::detokenize, "tokens"_a, "render_special"_a = false);
+
+    py::class_<kvlens::Api>(m, "Api",
+                            "The OpenAI-compatible API of `kvlens serve`, without HTTP: request dicts in, "
+                            "response dicts out")
+        .def(py::init([](const kvlens::Model& model, int n_ctx, int threads, int parallel, int max_tokens,
+                         const std::string& chat_template, const std::string& router,
+                         const std::string& calibration, const std::string& flash_attn,
+                         const std::string& kv_source) {
+                 kvlens::ApiParams p;
+                 p.session = session_params(n_ctx, threads, flash_attn, kv_source);
+                 p.parallel = parallel;
+                 p.default_max_tokens = max_tokens;
+                 p.chat_template = chat_template;
+                 p.router_path = router;
+                 p.calibration_path = calibration;
+                 return std::make_unique<kvlens::Api>(model, p);
+             }),
+             "model"_a, "n_ctx"_a = 0, "threads"_a = 0, "parallel"_a = 1, "max_tokens"_a = 512,
+             "chat_template"_a = "auto", "router"_a = "", "calibration"_a = "", "flash_attn"_a = "auto",
+             "kv_source"_a = "graph", py::keep_alive<1, 2>())
+        .def("models", [](const kvlens::Api& a) { return from_json(a.models()); })
+        .def(
+            "chat",
+            [](const kvlens::Api& a, const py::dict& request, const py::object& on_chunk) {
+                const kvlens::ChatRequest r = a.parse_chat(to_json(request));
+                json out;
+                if (on_chunk.is_none()) {
+                    py::gil_scoped_release nogil;
+                    out = a.chat(r);
+                } else {
+                    // Streaming: on_chunk(chunk dict) for every chat.completion.chunk; return False to stop.
+                    auto send = [&on_chunk](const json& j) {
+                        py::gil_scoped_acquire gil;
+                        const py::object keep = on_chunk(from_json(j));
+                        return keep.is_none() || keep.cast<bool>();
+                    };
+                    py::gil_scoped_release nogil;
+                    out = a.chat(r, send);
+                }
+                return from_json(out);
+            },
+            "request"_a, "on_chunk"_a = py::none(),
+            "A chat completion: the request as for POST /v1/chat/completions (think: default|on|off|auto)")
+        .def(
+            "embeddings",
+            [](const kvlens::Api& a, const py::dict& request) {
+                const json body = to_json(request);
+                json out;
+                {
+                    py::gil_scoped_release nogil;
+                    out = a.embeddings(body);
+                }
+                return from_json(out);
+            },
+            "request"_a, "KV embeddings: the request as for POST /v1/embeddings");
+
+    m.def(
+        "kv",
+        [](const kvlens::Model& model, const py::object& text_or_tokens, bool hidden, bool add_special,
+           int threads, const std::string& flash_attn, const std::string& kv_source) {
+            std::vector<llama_token> toks;
+            if (py::isinstance<py::str>(text_or_tokens))
+                toks = model.tokenize(text_or_tokens.cast<std::string>(), add_special, true);
+            else
+                toks = text_or_tokens.cast<std::vector<llama_token>>();
+            kvlens::KvDump d;
+            {
+                py::gil_scoped_release nogil;
+                kvlens::SessionParams sp =
+                    session_params((int)toks.size() + 8, threads, flash_attn, kv_source);
+                sp.n_batch = std::max(1, (int)toks.size());
+                kvlens::Session session(model, sp);
+                d = kvlens::dump_kv(session, toks, hidden);
+            }
+            py::dict out("tokens"_a = toks, "k"_a = array3(d.k, d.n_layer, d.n_tokens, d.kv_width),
+                         "v"_a = array3(d.v, d.n_layer, d.n_tokens, d.kv_width));
+            if (hidden) out["hidden"] = array3(d.hidden, d.n_layer + 1, d.n_tokens, d.n_embd);
+            return out;
+        },
+        "model"_a, "text"_a, "hidden"_a = false, "add_special"_a = true, "threads"_a = 0,
+        "flash_attn"_a = "auto", "kv_source"_a = "graph",
+        "Per-layer K (post-RoPE) and V of every token of a text (or token ids), one forward pass: arrays "
+        "[layer, token, n_head_kv * head_dim]; with hidden, the residual stream [layer + 1, token, n_embd]");
+}

@@ -1,0 +1,21 @@
+// The raw per-layer K and V (and hidden states) of one token sequence, from one forward pass: what
+// `kvlens dump` writes as .npz and the Python bindings return as numpy arrays.
+#pragma once
+
+#include <vector>
+
+#include "engine/model.h"
+
+namespace kvlens {
+
+struct KvDump {
+    int n_layer = 0, n_tokens = 0, kv_width = 0, n_embd = 0;
+    std::vector<float> k, v;    // [n_layer, n_tokens, kv_width], position order
+    std::vector<float> hidden;  // [n_layer + 1, n_tokens, n_embd]: token embeddings, then each layer's output
+};
+
+// Decodes `tokens` as sequence 0 of an empty session (positions 0..n-1) and records every row. Throws Error
+// when they do not fit the context or a row was not captured (a graph layout the capture does not know).
+KvDump dump_kv(Session& session, const std::vector<llama_token>& tokens, bool hidden);
+
+}  // namespace kvlens

@@ -1,0 +1,117 @@
+"""The Python bindings against the other front ends on the same model: kvlens.kv == kvlens dump (.npz),
+Api.chat == kvlens generate, streaming == non-streaming, Api.embeddings == kvlens embed; refusals raise
+kvlens.Error (a ValueError) naming the parameter; calls release the GIL."""
+import concurrent.futures
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+import kvlens
+
+BIN = os.environ["KVLENS_BIN"]
+MODEL = os.environ["KVLENS_REASONER_MODEL"]
+ROUTER = os.environ["KVLENS_ROUTER"]
+TINY = os.path.join(os.environ["KVLENS_TEST_MODELS_DIR"], "tiny-qwen2.gguf")
+QUESTION = "What is 347+285?"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return kvlens.Model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def api(model):
+    return kvlens.Api(model, router=ROUTER, parallel=2, threads=1)
+
+
+def chat(api, **kw):
+    req = {"messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 300}
+    req.update(kw)
+    return api.chat(req)
+
+
+@pytest.mark.parametrize("path,text,source", [(MODEL, QUESTION, "graph"), (TINY, "Hello world, again", "graph"),
+                                              (TINY, "Hello world, again", "cache")])
+def test_kv_equals_kvlens_dump(tmp_path, path, text, source):
+    m = kvlens.Model(path)
+    got = kvlens.kv(m, text, hidden=True, threads=2, kv_source=source)
+    subprocess.run([BIN, "dump", "-m", path, "-p", text, "-o", str(tmp_path / "d.npz"), "--hidden", "-t", "2",
+                    "--kv-source", source], check=True, capture_output=True)
+    want = np.load(tmp_path / "d.npz")
+    info = m.info
+    assert got["tokens"] == want["tokens"].tolist() == m.tokenize(text)
+    assert got["k"].shape == (info["n_layer"], len(got["tokens"]), info["kv_width"])
+    for key in ("k", "v", "hidden"):
+        assert got[key].dtype == np.float32
+        np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_chat_equals_kvlens_generate(api):
+    r = chat(api, think="on")
+    out = subprocess.run([BIN, "generate", "-m", MODEL, "-p", QUESTION, "--think", "on", "-n", "300", "-t", "2"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    msg = r["choices"][0]["message"]
+    assert msg["content"] == out.split("</think>", 1)[1].strip() == "Answer: 632"
+    assert msg["reasoning_content"] == out.split("</think>", 1)[0][len("<think>"):].lstrip()
+    assert r["usage"]["completion_tokens"] == r["kvlens"]["n_generated"]
+    assert set(r["kvlens"]["scores"]) >= {"kv_coe_r", "kv_coe_c", "hs_coe_r", "max_prob"}
+    assert api.models()["data"][0]["kvlens"]["router"] is True
+
+
+def test_streaming_callback(api):
+    full = chat(api, think="on")
+    chunks = []
+    r = api.chat({"messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "think": "on"},
+                 chunks.append)
+    assert r == {**full, "id": r["id"], "created": r["created"]}
+    text = "".join(c["choices"][0]["delta"].get("reasoning_content", "") for c in chunks if c["choices"])
+    assert text == full["choices"][0]["message"]["reasoning_content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    # Returning False stops the generation.
+    few = []
+    api.chat({"messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "think": "on"},
+             lambda c: few.append(c) or len(few) < 3)
+    assert len(few) == 3
+
+
+def test_think_auto(api):
+    r = chat(api, think="auto")
+    assert r["kvlens"]["think"]["mode"] == "auto"
+    assert r["kvlens"]["think"]["initial"] in ("fast", "slow")
+
+
+def test_embeddings_equal_kvlens_embed(api, tmp_path):
+    texts = ["12+34", "hello world"]
+    got = api.embeddings({"input": texts})
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    subprocess.run([BIN, "embed", "-m", MODEL, "-i", str(tmp_path / "t.txt"), "-o", str(tmp_path / "e.jsonl"),
+                    "-t", "2"], check=True, capture_output=True)
+    want = [json.loads(line)["embedding"] for line in open(tmp_path / "e.jsonl")]
+    for d, w in zip(got["data"], want):
+        np.testing.assert_allclose(d["embedding"], w, rtol=0, atol=1e-6)
+
+
+def test_errors(model, api):
+    with pytest.raises(kvlens.Error) as e:
+        chat(api, temperature=5)
+    assert e.value.param == "temperature" and isinstance(e.value, ValueError)
+    with pytest.raises(kvlens.Error) as e:
+        api.embeddings({"input": ["ok", ""]})
+    assert e.value.param == "input[1]"
+    with pytest.raises(kvlens.Error, match="missing.gguf"):
+        kvlens.Model("/nonexistent/missing.gguf")
+    with pytest.raises(kvlens.Error, match="kv_source"):
+        kvlens.kv(model, "x", kv_source="disk")
+    with pytest.raises(kvlens.Error, match="router"):
+        kvlens.Api(kvlens.Model(TINY), router=ROUTER)  # trained for another model (and no thinking)
+
+
+def test_threads_run_concurrently(api):
+    one = chat(api, think="on")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        rs = list(pool.map(lambda _: chat(api, think="on"), range(4)))
+    assert all(r["choices"] == one["choices"] and r["kvlens"] == one["kvlens"] for r in rs)
