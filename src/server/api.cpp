@@ -8,9 +8,12 @@
 #include <random>
 #include <sstream>
 
+#include "eval/matchers.h"
 #include "methods/coe.h"
 #include "methods/embed.h"
 #include "methods/fast_slow.h"
+#include "methods/sampling.h"
+#include "methods/selection.h"
 
 namespace kvlens {
 
@@ -315,7 +318,7 @@ ChatRequest Api::parse_chat(const json& body) const {
         std::random_device rd;
         r.sampling.seed = rd();
     }
-    if (integer_in(body, "n", 1, 1 << 20, 1) != 1) bad("n", "only n = 1 is supported");
+    r.n = (int)integer_in(body, "n", 1, 64, 1);
     if (const json* s = field(body, "stop")) {
         if (s->is_string()) {
             r.stop.push_back(s->get<std::string>());
@@ -356,6 +359,47 @@ ChatRequest Api::parse_chat(const json& body) const {
         bad("think",
             std::string("the model's chat template (") + to_string(tmpl_) + ") has no thinking mode");
     if (r.think == "auto" && !router_) bad("think", "auto needs a server started with --router");
+    if (const json* k = field(body, "kvlens")) {
+        if (!k->is_object()) bad("kvlens", "expected an object");
+        if (const json* v = field(*k, "select")) {
+            if (!v->is_string()) bad("kvlens.select", "expected first, best, majority or weighted");
+            r.select = v->get<std::string>();
+            try {
+                parse_strategy(r.select);
+            } catch (const Error& e) {
+                bad("kvlens.select", e.what());
+            }
+        }
+        if (const json* v = field(*k, "score")) {
+            if (!v->is_string()) bad("kvlens.score", "expected a score name, e.g. kv_coe_r");
+            r.select_score = v->get<std::string>();
+            const std::map<std::string, double> names = CoeResult{}.named();
+            if (!names.count(r.select_score))
+                bad("kvlens.score",
+                    "'" + r.select_score + "': no such score (e.g. kv_coe_r, hs_coe_c, inv_ppl)");
+        }
+        if (const json* v = field(*k, "matcher")) {
+            if (!v->is_string()) bad("kvlens.matcher", "expected a matcher name");
+            r.matcher = v->get<std::string>();
+            try {
+                parse_matcher(r.matcher);
+            } catch (const Error& e) {
+                bad("kvlens.matcher", e.what());
+            }
+        }
+        r.abstain_below = number_in(*k, "abstain_below", 0, 1e9, -1);
+    }
+    if (r.select_score.empty()) r.select_score = calibration_.empty() ? "hs_coe_c" : calibration_[0].score;
+    if (r.n > 1) {
+        if (r.stream) bad("stream", "not supported with n > 1 (the answers are chosen among after the fact)");
+        if (r.think == "auto") bad("think", "auto is not supported with n > 1");
+        const Strategy st = parse_strategy(r.select);
+        if (st == Strategy::WeightedVote && calibration_.empty())
+            bad("kvlens.select",
+                "weighted needs a server started with --calibration (votes are probabilities)");
+        if (r.abstain_below >= 0 && st == Strategy::BestOfN && calibration_.empty())
+            bad("kvlens.abstain_below", "with best, needs --calibration (a raw score has no scale)");
+    }
     return r;
 }
 
@@ -388,6 +432,8 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
     const bool prompt_opens_think =
         open_at != std::string::npos && (close_at == std::string::npos || close_at < open_at);
     DeltaStream stream(on_chunk, base, prompt_opens_think, req.stop);
+
+    if (req.n > 1) return chat_n(req, prompt, max_tokens, base);
 
     Slot slot(*this);
     SessionParams sp = params_.session;
@@ -487,6 +533,91 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
         json::array({{{"index", 0}, {"message", message}, {"logprobs", nullptr}, {"finish_reason", finish}}});
     resp["usage"] = usage;
     resp["kvlens"] = extra;
+    return resp;
+}
+
+// n samples decoded together, each a choice with its scores; one chosen by the request's strategy.
+json Api::chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt, int max_tokens,
+                 const json& base) const {
+    const std::string text = render_chat(tmpl_, req.messages, true, parse_think_mode(req.think));
+    const size_t open_at = text.rfind("<think>"), close_at = text.rfind("</think>");
+    const bool prompt_opens_think =
+        open_at != std::string::npos && (close_at == std::string::npos || close_at < open_at);
+    const Strategy strategy = parse_strategy(req.select);
+    const MatcherKind matcher = parse_matcher(req.matcher);
+
+    Slot slot(*this);
+    SessionParams sp = params_.session;
+    // The prompt once, then every sample's tokens.
+    sp.n_ctx = std::min(n_ctx_ * req.n, (int)prompt.size() + req.n * (max_tokens + 1) + 8);
+    sp.n_batch = std::min(sp.n_ctx, std::max(1, params_.session.n_batch));
+    sp.n_seq_max = req.n;
+    Session session(model_, sp);
+    SampleParams p;
+    p.n = req.n;
+    p.max_tokens = max_tokens;
+    p.sampling = req.sampling;
+    const SampleSet set = sample_n(session, prompt, p);
+
+    json choices = json::array();
+    std::vector<Candidate> cands;
+    int completion = 0;
+    for (int i = 0; i < req.n; ++i) {
+        const SampleOut& s = set.samples[i];
+        std::string out = s.gen.text;
+        bool stop_string = false;
+        for (const std::string& st : req.stop) {  // after the fact: every generated token is still counted
+            const size_t at = out.find(st);
+            if (at != std::string::npos) {
+                out = out.substr(0, at);
+                stop_string = true;
+            }
+        }
+        std::string reasoning, content;
+        split_reasoning(out, prompt_opens_think, reasoning, content);
+        std::map<std::string, double> scores = s.scores;
+        for (const auto& [k, v] : calibrated_scores(scores, calibration_)) scores[k] = v;
+        const auto it = s.scores.find(req.select_score);
+        if (it == s.scores.end()) bad("kvlens.score", "'" + req.select_score + "': no such score");
+        const double score = calibration_.empty() ? it->second : calibration_[0].apply(it->second);
+        const MatchResult m = match_answer(matcher, content, "");
+        cands.push_back({m.extracted, score});
+        json sj = json::object();
+        for (const auto& [k, v] : scores) sj[k] = std::isfinite(v) ? json(v) : json(nullptr);
+        json message = {{"role", "assistant"}, {"content", content}};
+        if (!reasoning.empty()) message["reasoning_content"] = reasoning;
+        const int n_gen = (int)s.gen.output.size();
+        completion += n_gen;
+        choices.push_back({{"index", i},
+                           {"message", message},
+                           {"logprobs", nullptr},
+                           {"finish_reason", finish_reason(s.gen.stop, stop_string)},
+                           {"kvlens",
+                            {{"scores", sj},
+                             {"extracted", m.extracted},
+                             {"n_generated", n_gen},
+                             {"stop", stop_string ? "stop_string" : to_string(s.gen.stop)}}}});
+    }
+    const Choice ch = select_answer(strategy, cands);
+    const bool abstained = req.abstain_below >= 0 && !answers(ch.confidence, req.abstain_below);
+    json resp = base;
+    resp["object"] = "chat.completion";
+    resp["choices"] = choices;
+    resp["usage"] = {{"prompt_tokens", (int)prompt.size()},
+                     {"completion_tokens", completion},
+                     {"total_tokens", (int)prompt.size() + completion}};
+    resp["kvlens"] = {{"n_prompt", (int)prompt.size()},
+                      {"n_generated", completion},
+                      {"think", {{"mode", req.think}}},
+                      {"selection",
+                       {{"strategy", to_string(strategy)},
+                        {"score", strategy == Strategy::Majority ? json() : json(req.select_score)},
+                        {"matcher", req.matcher},
+                        {"index", ch.index},
+                        {"answer", ch.answer},
+                        {"confidence", std::isfinite(ch.confidence) ? json(ch.confidence) : json()},
+                        {"votes", ch.votes},
+                        {"abstained", abstained}}}};
     return resp;
 }
 

@@ -59,6 +59,11 @@ struct ChatRequest {
     std::vector<std::string> stop;
     bool stream = false, include_usage = false;
     std::string think = "default";  // default | on | off | auto
+    // n > 1: n samples decoded together (shared prompt), one chosen by "kvlens": {"select", "score",
+    // "matcher", "abstain_below"} (methods/selection.h): every sample is a choice, the pick is reported.
+    int n = 1;
+    std::string select = "majority", select_score, matcher = "last_number";
+    double abstain_below = -1;  // < 0: never abstain
 };
 
 class Api {
@@ -90,6 +95,8 @@ private:
     private:
         const Api& api_;
     };
+    nlohmann::json chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt, int max_tokens,
+                          const nlohmann::json& base) const;
     nlohmann::json chat_routed(const ChatRequest& req, const std::vector<llama_token>& prompt_probe,
                                const std::function<bool(const nlohmann::json&)>& on_chunk) const;
     int context_for(int n_prompt, int max_tokens) const;

@@ -107,6 +107,27 @@ def test_stop_string_and_length(client):
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
 
 
+def test_n_samples_and_selection(client):
+    # n samples decoded together, each a choice with its own scores; majority vote picks one.
+    r = ask(client, n=4, temperature=0.8, seed=11, extra_body={"think": "on", "kvlens": {"select": "majority"}})
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    extracted = [c.model_extra["kvlens"]["extracted"] for c in r.choices]
+    sel = r.model_extra["kvlens"]["selection"]
+    assert sel["strategy"] == "majority" and sel["answer"] == extracted[sel["index"]]
+    assert sel["votes"] == extracted.count(sel["answer"]) == max(extracted.count(x) for x in extracted if x)
+    assert r.usage.completion_tokens == sum(c.model_extra["kvlens"]["n_generated"] for c in r.choices)
+    assert all(c.message.content.startswith("Answer: ") for c in r.choices if c.finish_reason == "stop")
+    # best-of-N by a score: the chosen sample has the highest one.
+    b = ask(client, n=3, temperature=0.8, seed=5, extra_body={"think": "on", "kvlens": {"select": "best",
+                                                                                      "score": "kv_coe_r"}})
+    s = [c.model_extra["kvlens"]["scores"]["kv_coe_r"] for c in b.choices]
+    assert b.model_extra["kvlens"]["selection"]["index"] == s.index(max(s))
+    # Greedy samples are all the same answer as n = 1.
+    g = ask(client, n=2, extra_body={"think": "on"})
+    one = ask(client, extra_body={"think": "on"})
+    assert [c.message.content for c in g.choices] == [one.choices[0].message.content] * 2
+
+
 def test_think_auto(client):
     r = ask(client, extra_body={"think": "auto"})
     t = r.model_extra["kvlens"]["think"]
@@ -130,7 +151,7 @@ def test_embeddings_equal_kvlens_embed(client, tmp_path):
 
 
 def test_errors(client):
-    for kw, param in [({"temperature": 3}, "temperature"), ({"n": 2}, "n"),
+    for kw, param in [({"temperature": 3}, "temperature"), ({"n": 0}, "n"),
                       ({"extra_body": {"think": "sometimes"}}, "think")]:
         with pytest.raises(openai.BadRequestError) as e:
             ask(client, **kw)
