@@ -409,11 +409,11 @@ int Api::context_for(int n_prompt, int max_tokens) const {
 
 json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& on_chunk) const {
     int max_tokens = req.max_tokens > 0 ? req.max_tokens : params_.default_max_tokens;
-    const json base = {{"id", "chatcmpl-" + std::to_string(std::time(nullptr)) + "-" +
-                                  std::to_string(__atomic_fetch_add(&next_id_, 1, __ATOMIC_RELAXED))},
-                       {"created", (int64_t)std::time(nullptr)},
-                       {"model", model_id_},
-                       {"system_fingerprint", std::string("kvlens-") + KVLENS_VERSION}};
+    const json base = {
+        {"id", "chatcmpl-" + std::to_string(std::time(nullptr)) + "-" + std::to_string(next_id_++)},
+        {"created", (int64_t)std::time(nullptr)},
+        {"model", model_id_},
+        {"system_fingerprint", std::string("kvlens-") + KVLENS_VERSION}};
     const bool routed = req.think == "auto";
     const std::string text = routed ? render_chat_undecided(tmpl_, req.messages)
                                     : render_chat(tmpl_, req.messages, true, parse_think_mode(req.think));

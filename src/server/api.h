@@ -7,13 +7,13 @@
 // `parallel` requests compute at once; the others wait their turn in arrival order.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -97,8 +97,6 @@ private:
     };
     nlohmann::json chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt, int max_tokens,
                           const nlohmann::json& base) const;
-    nlohmann::json chat_routed(const ChatRequest& req, const std::vector<llama_token>& prompt_probe,
-                               const std::function<bool(const nlohmann::json&)>& on_chunk) const;
     int context_for(int n_prompt, int max_tokens) const;
 
     const Model& model_;
@@ -112,7 +110,7 @@ private:
     mutable std::condition_variable cv_;
     mutable int busy_ = 0;
     mutable uint64_t next_ticket_ = 0, serving_ = 0;
-    mutable uint64_t next_id_ = 0;
+    mutable std::atomic<uint64_t> next_id_{0};
 };
 
 // An answer's thinking and its answer proper: the text up to "</think>" is reasoning (without the "<think>"
