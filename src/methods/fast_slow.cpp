@@ -155,6 +155,11 @@ FastSlowResult run_fast_slow(Session& session, ChatTemplate tmpl, const std::vec
     bool switched = false;
     r.stop = StopReason::MaxTokens;
     while (r.n_sampled < params.max_tokens) {
+        if (params.on_token && r.n_sampled > 0 &&
+            !params.on_token(r, mode == ThinkChoice::Slow || switched || !params.allow_switch)) {
+            r.stop = StopReason::Callback;
+            break;
+        }
         if (pos >= n_ctx) {
             r.stop = StopReason::ContextFull;
             break;

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cmath>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -26,6 +27,8 @@ enum class ThinkStart { Fast, Slow, Auto };
 ThinkStart parse_think_start(const std::string& s);  // "fast" | "slow" | "auto"
 const char* to_string(ThinkStart s);
 
+struct FastSlowResult;
+
 struct FastSlowParams {
     ThinkStart start = ThinkStart::Auto;
     bool allow_switch = true;  // online switching (needs a classifier)
@@ -38,6 +41,10 @@ struct FastSlowParams {
     // the model answer greedily for up to cut_max_tokens: is the answer already settled at this point?
     int trace_every = 0;
     int cut_max_tokens = 64;
+    // Called after each sampled token (the end-of-turn excepted) and after a switch, with the result so far
+    // (its tokens; text fields are filled at the end) and whether those tokens are final: false while a fast
+    // answer may still be dropped by a fast -> slow switch. Return false to stop (StopReason::Callback).
+    std::function<bool(const FastSlowResult& so_far, bool tokens_final)> on_token;
 };
 
 // One recorded window along an answer.

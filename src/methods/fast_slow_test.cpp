@@ -270,6 +270,31 @@ TEST_F(FastSlow, TracingRecordsTheWindowsSwitchingReadsAndTheCutProbeIsWhatASwit
     EXPECT_THROW(run_fast_slow(*one, ChatTemplate::Qwen3, msgs, f, nullptr, traced), Error);
 }
 
+TEST_F(FastSlow, OnTokenSeesEveryTokenAndKnowsWhatIsFinal) {
+    const auto msgs = question("What is 171+800+765?");
+    // Fast with a switch to slow after 4 tokens: the fast tokens are not final, the slow ones are.
+    const KvClassifier c = constant_classifier(width(), 90);
+    FastSlowParams p = params(ThinkStart::Fast, true, 4);
+    std::vector<std::pair<size_t, bool>> seen;  // (tokens so far, final)
+    p.on_token = [&](const FastSlowResult& r, bool final) {
+        seen.emplace_back(r.tokens.size(), final);
+        return true;
+    };
+    auto s = session();
+    const FastSlowResult r = run_fast_slow(*s, ChatTemplate::Qwen3, msgs, {32, 8}, &c, p);
+    ASSERT_EQ(r.switch_at, 4);
+    ASSERT_EQ((int)seen.size(), r.n_sampled - 1);                   // every sampled token but the end-of-turn
+    for (int i = 0; i < 3; ++i) EXPECT_FALSE(seen[i].second) << i;  // fast, a switch still possible
+    for (size_t i = 3; i < seen.size(); ++i) EXPECT_TRUE(seen[i].second) << i;
+    EXPECT_EQ(seen.back().first, r.tokens.size() - 1);
+    // Returning false stops.
+    p.on_token = [](const FastSlowResult& so_far, bool) { return so_far.n_sampled < 5; };
+    s->clear();
+    const FastSlowResult stopped = run_fast_slow(*s, ChatTemplate::Qwen3, msgs, {32, 8}, &c, p);
+    EXPECT_EQ(stopped.stop, StopReason::Callback);
+    EXPECT_EQ(stopped.n_sampled, 5);
+}
+
 TEST_F(FastSlow, BadUseIsAnError) {
     auto s = session();
     const auto msgs = question("What is 1+1?");

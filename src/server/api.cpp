@@ -453,9 +453,25 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
         fp.policy = RoutePolicy{};
         fp.max_tokens = max_tokens;
         fp.sampling = req.sampling;
+        bool alive = true;
+        // Streamed once the tokens are final (a fast answer may still be dropped by a switch to thinking).
+        fp.on_token = [&](const FastSlowResult& so_far, bool tokens_final) {
+            const std::string t = model_.detokenize(so_far.tokens);
+            for (const std::string& s : req.stop) {
+                const size_t at = t.find(s);
+                if (at != std::string::npos) {
+                    out_text = t.substr(0, at);
+                    stop_string = true;
+                }
+            }
+            if (stop_string) return false;
+            if (tokens_final) alive = stream.update(t, false);
+            return alive;
+        };
         const FastSlowResult r =
             run_fast_slow(session, tmpl_, req.messages, router_->features, &router_->classifier, fp);
-        out_text = r.text;
+        if (!alive) return json();
+        if (!stop_string) out_text = r.text;
         n_completion = r.n_generated();
         stop = r.stop;
         json checks = json::array();

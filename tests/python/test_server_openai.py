@@ -129,10 +129,20 @@ def test_n_samples_and_selection(client):
 
 
 def test_think_auto(client):
-    r = ask(client, extra_body={"think": "auto"})
-    t = r.model_extra["kvlens"]["think"]
-    assert t["mode"] == "auto" and t["initial"] in ("fast", "slow") and isinstance(t["prompt_score"], float)
-    assert r.usage.completion_tokens == r.model_extra["kvlens"]["n_generated"] > 0
+    for q in (QUESTION, "What is 12+34?", "What is 5031-2784+9163?"):
+        msgs = [{"role": "user", "content": q}]
+        r = ask(client, messages=msgs, extra_body={"think": "auto"})
+        t = r.model_extra["kvlens"]["think"]
+        assert t["mode"] == "auto" and t["initial"] in ("fast", "slow") and isinstance(t["prompt_score"], float)
+        assert r.usage.completion_tokens == r.model_extra["kvlens"]["n_generated"] > 0
+        chunks = list(ask(client, messages=msgs, extra_body={"think": "auto"}, stream=True))
+        content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+                            for c in chunks if c.choices)
+        assert content == r.choices[0].message.content
+        assert reasoning == (r.choices[0].message.model_extra.get("reasoning_content") or "")
+        if t["initial"] == "slow":  # streamed while thinking, not in one piece at the end
+            assert len([c for c in chunks if c.choices and c.choices[0].delta.model_extra.get("reasoning_content")]) > 2
 
 
 def test_embeddings_equal_kvlens_embed(client, tmp_path):
