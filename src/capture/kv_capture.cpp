@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "util/error.h"
+
 namespace kvlens {
 
 bool TapRows::has_seq(int i, llama_seq_id seq) const {
@@ -27,6 +29,12 @@ void KvCapture::unsubscribe(KvObserver* obs) {
 
 const char* to_string(CaptureSource s) {
     return s == CaptureSource::Cache ? "cache" : "graph";
+}
+
+CaptureSource parse_capture_source(const std::string& s) {
+    if (s == "graph") return CaptureSource::Graph;
+    if (s == "cache") return CaptureSource::Cache;
+    throw Error("K/V source '" + s + "': expected graph or cache");
 }
 
 void KvCapture::begin_batch(const llama_batch* batch) {

@@ -23,6 +23,7 @@
 #include <llama.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace kvlens {
@@ -59,7 +60,8 @@ public:
 };
 
 enum class CaptureSource : uint8_t { Graph, Cache };
-const char* to_string(CaptureSource s);  // "graph" | "cache"
+const char* to_string(CaptureSource s);                    // "graph" | "cache"
+CaptureSource parse_capture_source(const std::string& s);  // else Error naming the value
 
 class KvCapture {
 public:

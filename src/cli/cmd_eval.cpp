@@ -42,6 +42,7 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
     coe->add_option("-t,--threads", p->n_threads, "CPU threads (0: all)")
         ->check(CLI::Range(0, 1024))
         ->capture_default_str();
+    add_kv_source_option(coe, p->kv_source);
     coe->add_option("--template", p->chat_template,
                     "chat template: auto, chatml, qwen2, qwen3, deepseek-r1, llama3")
         ->capture_default_str();

@@ -15,7 +15,7 @@ const char* data_dir_default() {
 
 void add_dataset_options(CLI::App* sub, std::string& model, std::string& dataset, std::string& data_dir,
                          std::string& out, int& limit, int& max_tokens, int& n_ctx, int& threads,
-                         std::string& tmpl) {
+                         std::string& tmpl, std::string& kv_source) {
     sub->add_option("-m,--model", model, "GGUF model file (a hybrid reasoning model)")->required();
     sub->add_option("--dataset", dataset, "built-in dataset name or a dataset config .json")->required();
     sub->add_option("--data-dir", data_dir, "directory of the built-in dataset configs (env KVLENS_DATA_DIR)")
@@ -35,6 +35,7 @@ void add_dataset_options(CLI::App* sub, std::string& model, std::string& dataset
         ->check(CLI::Range(0, 1024))
         ->capture_default_str();
     sub->add_option("--template", tmpl, "chat template: auto, qwen3, deepseek-r1")->capture_default_str();
+    add_kv_source_option(sub, kv_source);
 }
 
 }  // namespace
@@ -51,7 +52,7 @@ CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
         "label",
         "run fast and slow mode on every question; store outputs, token counts, labels and KV features");
     add_dataset_options(label, lp->model_path, lp->dataset, lp->data_dir, lp->out_dir, lp->limit,
-                        lp->max_tokens, lp->n_ctx, lp->n_threads, lp->chat_template);
+                        lp->max_tokens, lp->n_ctx, lp->n_threads, lp->chat_template, lp->kv_source);
     label->add_option("--preset", lp->preset, "feature window seq_len/n_layers: 32/8, 64/4, 128/2")
         ->capture_default_str();
     label->add_option("--long-tokens", lp->long_tokens, "a correct fast answer this long is labelled 25")
@@ -106,7 +107,7 @@ CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
     CLI::App* eval = router->add_subcommand(
         "eval", "always-fast, always-slow, routed, routed + online switching: accuracy, tokens, wall-clock");
     add_dataset_options(eval, ep->model_path, ep->dataset, ep->data_dir, ep->out_dir, ep->limit,
-                        ep->max_tokens, ep->n_ctx, ep->n_threads, ep->chat_template);
+                        ep->max_tokens, ep->n_ctx, ep->n_threads, ep->chat_template, ep->kv_source);
     eval->add_option("--router", ep->router_path, "router file (kvlens router train)")->required();
     eval->add_option("--check-every", ep->policy.check_every, "tokens between two windowed predictions")
         ->check(CLI::Range(1, 1 << 20))

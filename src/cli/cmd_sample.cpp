@@ -258,6 +258,7 @@ CLI::App* add_sample_command(CLI::App& app) {
     ev->add_option("-t,--threads", p->n_threads, "CPU threads (0: all)")
         ->check(CLI::Range(0, 1024))
         ->capture_default_str();
+    add_kv_source_option(ev, p->kv_source);
     ev->add_option("--template", p->chat_template, "chat template")->capture_default_str();
     ev->add_option("--think", p->think, "thinking mode: on, off, default")->capture_default_str();
     ev->callback([ev, p, ns, scores] {

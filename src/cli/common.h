@@ -34,6 +34,9 @@ struct PoolOptions {
     bool normalize = false;
     int window = 0;
 };
+// --kv-source graph|cache (for commands with their own model options).
+void add_kv_source_option(CLI::App* app, std::string& kv_source);
+
 // --kv-part, --pos-agg, --head-agg, --layer-agg, --layers, --normalize, --window.
 void add_pool_options(CLI::App* app, PoolOptions& o);
 PoolSpec pool_spec(const PoolOptions& o);  // throws Error naming the flag

@@ -23,13 +23,17 @@ void add_model_options(CLI::App* app, ModelOptions& o) {
     app->add_option("--flash-attn", o.flash_attn, "flash attention")
         ->check(CLI::IsMember({"auto", "on", "off"}))
         ->capture_default_str();
+    add_kv_source_option(app, o.kv_source);
+    app->add_flag("-v,--verbose", o.verbose, "show llama.cpp's log");
+}
+
+void add_kv_source_option(CLI::App* app, std::string& kv_source) {
     app->add_option(
-           "--kv-source", o.kv_source,
+           "--kv-source", kv_source,
            "where captured K/V come from: graph (F32 as computed, one graph split per layer) or cache "
            "(the KV cache as stored, e.g. F16; one split per batch, faster)")
         ->check(CLI::IsMember({"graph", "cache"}))
         ->capture_default_str();
-    app->add_flag("-v,--verbose", o.verbose, "show llama.cpp's log");
 }
 
 std::unique_ptr<Model> load_model(const ModelOptions& o) {

@@ -53,6 +53,12 @@ static json run_identity(const CoeEvalParams& p, const DatasetConfig& cfg, int m
             {"think", p.think}};
 }
 
+// The K/V source joins the identity only when it is not the default, so that existing runs still resume.
+static json with_kv_source(json identity, const std::string& kv_source) {
+    if (parse_capture_source(kv_source) != CaptureSource::Graph) identity["kv_source"] = kv_source;
+    return identity;
+}
+
 void run_coe_eval(const CoeEvalParams& p) {
     const DatasetConfig cfg = load_dataset_config(p.dataset, p.data_dir);
     const std::vector<Sample> samples = load_samples(cfg, p.limit);
@@ -63,7 +69,7 @@ void run_coe_eval(const CoeEvalParams& p) {
     const ThinkMode think = parse_think_mode(p.think);
 
     // A rerun continues only the same experiment.
-    const json identity = run_identity(p, cfg, max_tokens);
+    const json identity = with_kv_source(run_identity(p, cfg, max_tokens), p.kv_source);
     const std::string run_path = open_run_dir(p.out_dir, identity);
     ResultsFile results((fs::path(p.out_dir) / "samples.jsonl").string(), "index");
     std::vector<const Sample*> todo;
@@ -128,6 +134,7 @@ void run_coe_eval(const CoeEvalParams& p) {
         sp.n_seq_max = p.parallel;
         sp.n_ctx = p.n_ctx > 0 ? p.n_ctx : (int)(p.parallel * (longest + max_tokens + 1));
         sp.n_threads = p.n_threads;
+        sp.capture_source = parse_capture_source(p.kv_source);
         sp.n_batch = std::min(sp.n_ctx, 2048);
         Session session(model, sp);
 

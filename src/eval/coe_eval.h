@@ -29,6 +29,8 @@ struct CoeEvalParams {
     int parallel = 4;    // sequences decoded together
     int n_ctx = 0;       // 0: enough for `parallel` sequences of the longest prompt + max_tokens
     int n_threads = 0;
+    std::string kv_source =
+        "graph";  // where K/V come from (kv_capture.h); "cache" is part of the run identity
     std::string chat_template = "auto";
     std::string think = "default";
     int bootstrap = 1000;

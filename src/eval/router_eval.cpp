@@ -60,8 +60,8 @@ std::vector<ChatMessage> messages(const DatasetConfig& cfg, const Sample& s) {
 }
 
 // A session holding the longest prompt plus the generation budget and the switch text.
-std::unique_ptr<Session> make_session(const Setup& s, int n_ctx, int n_threads, int n_seq = 1,
-                                      int extra_tokens = 0) {
+std::unique_ptr<Session> make_session(const Setup& s, int n_ctx, int n_threads, const std::string& kv_source,
+                                      int n_seq = 1, int extra_tokens = 0) {
     size_t longest = 0;
     for (const Sample& x : s.samples)
         longest = std::max(longest,
@@ -71,6 +71,7 @@ std::unique_ptr<Session> make_session(const Setup& s, int n_ctx, int n_threads, 
     sp.n_batch = std::min(sp.n_ctx, 2048);
     sp.n_threads = n_threads;
     sp.n_seq_max = n_seq;
+    sp.capture_source = parse_capture_source(kv_source);
     return std::make_unique<Session>(*s.model, sp);
 }
 
@@ -346,6 +347,7 @@ static void router_label(const RouterLabelParams& p) {
     const ModelInfo& mi = s.model->info();
     json extra = {{"preset", to_string(features)}, {"long_tokens", p.long_tokens}};
     if (p.windows > 0) extra.update({{"windows", p.windows}, {"cut_max_tokens", p.cut_max_tokens}});
+    if (parse_capture_source(p.kv_source) != CaptureSource::Graph) extra["kv_source"] = p.kv_source;
     RouterRun run =
         open_router_run(s, p.model_path, p.out_dir, "labels.jsonl", extra, json::object(), p.command_line);
     const json& run_info = run.info;
@@ -353,7 +355,7 @@ static void router_label(const RouterLabelParams& p) {
     const std::vector<const Sample*>& todo = run.todo;
     if (!todo.empty()) {
         const int n_close = (int)s.model->tokenize(think_close_text(s.tmpl), false, true).size();
-        auto session = make_session(s, p.n_ctx, p.n_threads, p.windows > 0 ? 2 : 1,
+        auto session = make_session(s, p.n_ctx, p.n_threads, p.kv_source, p.windows > 0 ? 2 : 1,
                                     p.windows > 0 ? p.cut_max_tokens : 0);
         Progress progress("router label " + s.cfg.name, (int64_t)s.samples.size(),
                           (int64_t)(s.samples.size() - todo.size()));
@@ -531,17 +533,18 @@ static void router_eval(const RouterEvalParams& p) {
     const ModelInfo& mi = s.model->info();
     check_router_for_model(rf, mi.arch, mi.n_layer, mi.n_head_kv, mi.head_dim, to_string(s.tmpl));
     static const std::vector<std::string> kModes = {"always_fast", "always_slow", "routed", "routed_switch"};
-    RouterRun run = open_router_run(s, p.model_path, p.out_dir, "eval.jsonl",
-                                    {{"router", fs::absolute(p.router_path).string()},
-                                     {"route_threshold", p.policy.route_threshold},
-                                     {"delta", p.policy.delta},
-                                     {"check_every", p.policy.check_every}},
+    json extra = {{"router", fs::absolute(p.router_path).string()},
+                  {"route_threshold", p.policy.route_threshold},
+                  {"delta", p.policy.delta},
+                  {"check_every", p.policy.check_every}};
+    if (parse_capture_source(p.kv_source) != CaptureSource::Graph) extra["kv_source"] = p.kv_source;
+    RouterRun run = open_router_run(s, p.model_path, p.out_dir, "eval.jsonl", extra,
                                     {{"router_features", to_string(rf.features)}}, p.command_line);
     const json& run_info = run.info;
     ResultsFile& results = *run.results;
     const std::vector<const Sample*>& todo = run.todo;
     if (!todo.empty()) {
-        auto session = make_session(s, p.n_ctx, p.n_threads);
+        auto session = make_session(s, p.n_ctx, p.n_threads, p.kv_source);
         Progress progress("router eval " + s.cfg.name, (int64_t)s.samples.size(),
                           (int64_t)(s.samples.size() - todo.size()));
         const KvClassifier* clf = &rf.classifier;

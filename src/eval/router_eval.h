@@ -24,6 +24,7 @@ struct RouterLabelParams {
     int cut_max_tokens = 64;      // answer budget of the cut probe (windows inside the think block)
     int n_ctx = 0;                // 0: longest prompt + max_tokens + margin
     int n_threads = 0;
+    std::string kv_source = "graph";
     std::string command_line;
 };
 // Runs fast and slow mode (greedy) on every question, stores both outputs, their token counts, the label
@@ -46,6 +47,7 @@ struct RouterEvalParams {
     std::string chat_template = "auto";
     RoutePolicy policy;
     int limit = 0, max_tokens = 0, n_ctx = 0, n_threads = 0;
+    std::string kv_source = "graph";
     int long_tokens = 128;
     std::string command_line;
 };

@@ -61,7 +61,8 @@ void run_sample_eval(const SampleEvalParams& p) {
     sampling.top_p = p.top_p;
     check_sampling_params(sampling);
 
-    const json identity = run_identity(p, cfg, max_tokens, n_max);
+    json identity = run_identity(p, cfg, max_tokens, n_max);
+    if (parse_capture_source(p.kv_source) != CaptureSource::Graph) identity["kv_source"] = p.kv_source;
     const std::string run_path = open_run_dir(p.out_dir, identity);
     ResultsFile results((fs::path(p.out_dir) / "samples.jsonl").string(), "index");
     std::vector<const Sample*> todo;
@@ -96,6 +97,7 @@ void run_sample_eval(const SampleEvalParams& p) {
         sp.n_seq_max = n_max;
         sp.n_ctx = p.n_ctx > 0 ? p.n_ctx : (int)(longest + n_max * (max_tokens + 1) + 1);
         sp.n_threads = p.n_threads;
+        sp.capture_source = parse_capture_source(p.kv_source);
         sp.n_batch = std::min(sp.n_ctx, 2048);
         Session session(model, sp);
         Progress progress("eval sample " + cfg.name, (int64_t)samples.size(),
