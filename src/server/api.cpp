@@ -157,6 +157,19 @@ size_t utf8_tail(const std::string& s) {
     return 0;
 }
 
+// Where the earliest of the stop strings starts in text; npos when none occurs.
+size_t find_stop(const std::string& text, const std::vector<std::string>& stops) {
+    size_t first = std::string::npos;
+    for (const std::string& s : stops) first = std::min(first, text.find(s));
+    return first;
+}
+
+// DeepSeek-R1's and Qwen3's forced-thinking prompts end inside an open think block.
+bool ends_in_think_block(const std::string& prompt) {
+    const size_t open_at = prompt.rfind("<think>"), close_at = prompt.rfind("</think>");
+    return open_at != std::string::npos && (close_at == std::string::npos || close_at < open_at);
+}
+
 const char* finish_reason(StopReason s, bool stop_string) {
     if (stop_string || s == StopReason::EndOfTurn) return "stop";
     return "length";
@@ -427,10 +440,7 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
                            " leaves room for (server --ctx)");
     max_tokens = std::min(max_tokens, n_ctx_ - (int)prompt.size() - reserve - 1);
 
-    // DeepSeek-R1's and Qwen3's forced-thinking prompts end inside an open think block.
-    const size_t open_at = text.rfind("<think>"), close_at = text.rfind("</think>");
-    const bool prompt_opens_think =
-        open_at != std::string::npos && (close_at == std::string::npos || close_at < open_at);
+    const bool prompt_opens_think = ends_in_think_block(text);
     DeltaStream stream(on_chunk, base, prompt_opens_think, req.stop);
 
     if (req.n > 1) return chat_n(req, prompt, max_tokens, base);
@@ -447,6 +457,14 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
     int n_completion = 0;
     StopReason stop = StopReason::MaxTokens;
     json extra = json::object();
+    // The text so far, cut at a stop string: true when one was found (the generation then stops).
+    auto hit_stop = [&](const std::string& t) {
+        const size_t at = find_stop(t, req.stop);
+        if (at == std::string::npos) return false;
+        out_text = t.substr(0, at);
+        stop_string = true;
+        return true;
+    };
     if (routed) {
         FastSlowParams fp;
         fp.start = ThinkStart::Auto;
@@ -457,14 +475,7 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
         // Streamed once the tokens are final (a fast answer may still be dropped by a switch to thinking).
         fp.on_token = [&](const FastSlowResult& so_far, bool tokens_final) {
             const std::string t = model_.detokenize(so_far.tokens);
-            for (const std::string& s : req.stop) {
-                const size_t at = t.find(s);
-                if (at != std::string::npos) {
-                    out_text = t.substr(0, at);
-                    stop_string = true;
-                }
-            }
-            if (stop_string) return false;
+            if (hit_stop(t)) return false;
             if (tokens_final) alive = stream.update(t, false);
             return alive;
         };
@@ -495,14 +506,7 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
             std::vector<llama_token> vis = g.output;
             if (!vis.empty() && model_.is_eog(vis.back())) vis.pop_back();
             const std::string t = model_.detokenize(vis);
-            for (const std::string& s : req.stop) {
-                const size_t at = t.find(s);
-                if (at != std::string::npos) {
-                    out_text = t.substr(0, at);
-                    stop_string = true;
-                }
-            }
-            if (stop_string) return false;
+            if (hit_stop(t)) return false;
             alive = stream.update(t, false);
             return alive;
         };
@@ -556,9 +560,7 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
 json Api::chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt, int max_tokens,
                  const json& base) const {
     const std::string text = render_chat(tmpl_, req.messages, true, parse_think_mode(req.think));
-    const size_t open_at = text.rfind("<think>"), close_at = text.rfind("</think>");
-    const bool prompt_opens_think =
-        open_at != std::string::npos && (close_at == std::string::npos || close_at < open_at);
+    const bool prompt_opens_think = ends_in_think_block(text);
     const Strategy strategy = parse_strategy(req.select);
     const MatcherKind matcher = parse_matcher(req.matcher);
 
@@ -580,15 +582,10 @@ json Api::chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt,
     int completion = 0;
     for (int i = 0; i < req.n; ++i) {
         const SampleOut& s = set.samples[i];
-        std::string out = s.gen.text;
-        bool stop_string = false;
-        for (const std::string& st : req.stop) {  // after the fact: every generated token is still counted
-            const size_t at = out.find(st);
-            if (at != std::string::npos) {
-                out = out.substr(0, at);
-                stop_string = true;
-            }
-        }
+        // Stop strings after the fact: every generated token is still counted.
+        const size_t stop_at = find_stop(s.gen.text, req.stop);
+        const bool stop_string = stop_at != std::string::npos;
+        const std::string out = s.gen.text.substr(0, stop_at);
         std::string reasoning, content;
         split_reasoning(out, prompt_opens_think, reasoning, content);
         std::map<std::string, double> scores = s.scores;

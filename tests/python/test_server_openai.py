@@ -103,6 +103,10 @@ def test_stop_string_and_length(client):
     s = list(ask(client, extra_body={"think": "on"}, stop=["=632"], stream=True))
     streamed = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in s if c.choices)
     assert streamed == said
+    # Several stop strings: the earliest occurrence cuts, whatever the order they are given in.
+    first = full.choices[0].message.model_extra["reasoning_content"]
+    r2 = ask(client, extra_body={"think": "on"}, stop=["=632", " c1"])
+    assert r2.choices[0].message.model_extra["reasoning_content"] == first[:first.index(" c1")]
     r = ask(client, max_tokens=5, extra_body={"think": "on"})
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
 
