@@ -228,6 +228,7 @@ CLI::App* add_embed_command(CLI::App& app) {
     ev->add_option("-t,--threads", p->n_threads, "CPU threads (0: all)")
         ->check(CLI::Range(0, 1024))
         ->capture_default_str();
+    add_kv_source_option(ev, p->kv_source);
     ev->add_option("--timing-texts", p->timing_texts, "time each representation alone on the first N texts")
         ->check(CLI::Range(0, 1 << 30))
         ->capture_default_str();

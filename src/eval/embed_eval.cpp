@@ -278,10 +278,12 @@ void run_embed_eval(const EmbedEvalParams& p) {
         sp.n_ctx = p.n_ctx;
         sp.n_seq_max = p.batch_seqs;
         sp.n_threads = p.n_threads;
+        sp.capture_source = parse_capture_source(p.kv_source);
         Session session(model, sp);
         model_info = {{"path", p.model_path},  {"name", mi.name},           {"arch", mi.arch},
                       {"n_layer", mi.n_layer}, {"n_head_kv", mi.n_head_kv}, {"head_dim", mi.head_dim},
                       {"n_embd", mi.n_embd}};
+        if (sp.capture_source != CaptureSource::Graph) model_info["kv_source"] = p.kv_source;
         // Timing: the first `timing_texts` texts alone, once per representation, so that each time is its own
         // (the hidden baseline needs the last layer's residual of every token, i.e. output rows for all
         // tokens, which the KV preset does not). Then one pass over all texts computes both.
