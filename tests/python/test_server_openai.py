@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import urllib.error
@@ -198,6 +199,17 @@ def test_raw_http(url):
     assert status == 400 and json.loads(body)["error"]["param"] == "body"
     status, body = raw(url, "/v1/nothing")
     assert status == 404 and json.loads(body)["error"]["type"] == "not_found_error"
+
+
+def test_page_script_parses(url, tmp_path):
+    # The web page's script, checked by node's parser (no browser here).
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the page's script is not syntax-checked")
+    page = raw(url, "/")[1]
+    script = page[page.index("<script>") + 8:page.index("</script>")]
+    (tmp_path / "page.js").write_text(script)
+    subprocess.run([node, "--check", str(tmp_path / "page.js")], check=True)
 
 
 def test_concurrent_requests(client):
