@@ -157,6 +157,14 @@ size_t utf8_tail(const std::string& s) {
     return 0;
 }
 
+// Scores by name, with P(correct) for each calibrated one; non-finite values as null (JSON has no NaN).
+json scores_json(std::map<std::string, double> scores, const std::vector<Calibration>& cals) {
+    for (const auto& [k, v] : calibrated_scores(scores, cals)) scores[k] = v;
+    json j = json::object();
+    for (const auto& [k, v] : scores) j[k] = std::isfinite(v) ? json(v) : json(nullptr);
+    return j;
+}
+
 // Where the earliest of the stop strings starts in text; npos when none occurs.
 size_t find_stop(const std::string& text, const std::vector<std::string>& stops) {
     size_t first = std::string::npos;
@@ -401,6 +409,7 @@ ChatRequest Api::parse_chat(const json& body) const {
             }
         }
         r.abstain_below = number_in(*k, "abstain_below", 0, 1e9, -1);
+        r.scores_every = (int)integer_in(*k, "scores_every", 0, 1 << 20, 0);
     }
     if (r.select_score.empty()) r.select_score = calibration_.empty() ? "hs_coe_c" : calibration_[0].score;
     if (r.n > 1) {
@@ -508,6 +517,12 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
             const std::string t = model_.detokenize(vis);
             if (hit_stop(t)) return false;
             alive = stream.update(t, false);
+            if (alive && on_chunk && req.scores_every > 0 && g.output.size() % req.scores_every == 0) {
+                json c = stream.chunk(json::object(), nullptr);  // an empty delta carrying the scores so far
+                c["kvlens"] = {{"scores", scores_json(scorer.result(g.steps).named(), calibration_)},
+                               {"n_generated", (int)g.output.size()}};
+                alive = stream.send(c);
+            }
             return alive;
         };
         const Generation g = generate(session, {prompt}, gp).at(0);
@@ -515,11 +530,7 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
         n_completion = (int)g.output.size();
         stop = g.stop;
         if (!alive) return json();  // the client went away
-        std::map<std::string, double> scores = scorer.result(g.steps).named();
-        for (const auto& [k, v] : calibrated_scores(scores, calibration_)) scores[k] = v;
-        json sj = json::object();
-        for (const auto& [k, v] : scores) sj[k] = std::isfinite(v) ? json(v) : json(nullptr);
-        extra["scores"] = sj;
+        extra["scores"] = scores_json(scorer.result(g.steps).named(), calibration_);
         extra["think"] = {{"mode", req.think}};
     }
     extra["n_prompt"] = (int)prompt.size();
@@ -588,15 +599,12 @@ json Api::chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt,
         const std::string out = s.gen.text.substr(0, stop_at);
         std::string reasoning, content;
         split_reasoning(out, prompt_opens_think, reasoning, content);
-        std::map<std::string, double> scores = s.scores;
-        for (const auto& [k, v] : calibrated_scores(scores, calibration_)) scores[k] = v;
+        const json sj = scores_json(s.scores, calibration_);
         const auto it = s.scores.find(req.select_score);
         if (it == s.scores.end()) bad("kvlens.score", "'" + req.select_score + "': no such score");
         const double score = calibration_.empty() ? it->second : calibration_[0].apply(it->second);
         const MatchResult m = match_answer(matcher, content, "");
         cands.push_back({m.extracted, score});
-        json sj = json::object();
-        for (const auto& [k, v] : scores) sj[k] = std::isfinite(v) ? json(v) : json(nullptr);
         json message = {{"role", "assistant"}, {"content", content}};
         if (!reasoning.empty()) message["reasoning_content"] = reasoning;
         const int n_gen = (int)s.gen.output.size();

@@ -64,6 +64,9 @@ struct ChatRequest {
     int n = 1;
     std::string select = "majority", select_score, matcher = "last_number";
     double abstain_below = -1;  // < 0: never abstain
+    // Streaming KV-CoE: every this many generated tokens (0: never) a chunk carries the scores so far
+    // ("kvlens": {"scores_every": N}); the scores at k tokens are those of the answer cut at k tokens.
+    int scores_every = 0;
 };
 
 class Api {

@@ -31,7 +31,7 @@ fetch('/v1/models').then(r => r.json()).then(j => {
 });
 function show(k) {
   const t = k.think || {};
-  let s = k.n_generated + ' tokens generated; stop: ' + k.stop;
+  let s = k.n_generated + ' tokens generated' + (k.stop ? '; stop: ' + k.stop : ' so far');
   if (t.mode === 'auto') s += '; router d=' + t.prompt_score.toFixed(1) + ' -> ' + t.initial +
       (t.switch_at >= 0 ? ', switched to ' + t.final + ' after ' + t.switch_at + ' tokens' : ', no switch');
   $('meta').textContent = s;
@@ -43,7 +43,8 @@ function show(k) {
 $('go').onclick = async () => {
   $('think').textContent = $('answer').textContent = $('meta').textContent = ''; $('scores').innerHTML = '';
   const body = {messages: [{role: 'user', content: $('q').value}], stream: true,
-                temperature: +$('temp').value, max_tokens: +$('max').value};
+                temperature: +$('temp').value, max_tokens: +$('max').value,
+                kvlens: {scores_every: 8}};  // the confidence, live, every 8 tokens
   if ($('mode').value !== 'default') body.think = $('mode').value;
   const res = await fetch('/v1/chat/completions', {method: 'POST', body: JSON.stringify(body),
                                                    headers: {'Content-Type': 'application/json'}});

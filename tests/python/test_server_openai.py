@@ -94,6 +94,22 @@ def test_stream_equals_non_stream(client):
     assert chunks[-1].usage.model_dump() == full.usage.model_dump() and not chunks[-1].choices
 
 
+def test_streaming_scores(client):
+    # Streaming KV-CoE: every 8 tokens a chunk carries the scores so far; those at k tokens are the scores of
+    # the same answer cut at k tokens.
+    chunks = list(ask(client, extra_body={"think": "on", "kvlens": {"scores_every": 8}}, stream=True))
+    partial = [c.model_extra["kvlens"] for c in chunks
+               if (c.model_extra or {}).get("kvlens") and c.choices and not c.choices[0].finish_reason]
+    assert len(partial) >= 3
+    assert [p["n_generated"] for p in partial] == list(range(8, 8 * len(partial) + 1, 8))
+    for p in partial[:3]:
+        cut = ask(client, max_tokens=p["n_generated"], extra_body={"think": "on"})
+        assert cut.usage.completion_tokens == p["n_generated"]
+        assert p["scores"] == cut.model_extra["kvlens"]["scores"]
+    final = [c for c in chunks if c.choices and c.choices[0].finish_reason][0].model_extra["kvlens"]
+    assert final["scores"] == ask(client, extra_body={"think": "on"}).model_extra["kvlens"]["scores"]
+
+
 def test_stop_string_and_length(client):
     full = ask(client, extra_body={"think": "on"})
     r = ask(client, extra_body={"think": "on"}, stop=["=632"])
