@@ -15,4 +15,7 @@ add_test(NAME python_kv_reference
 set_tests_properties(python_kv_reference PROPERTIES
   ENVIRONMENT "KVLENS_BIN=${CMAKE_BINARY_DIR}/bin/kvlens;KVLENS_TEST_MODELS_DIR=${KVLENS_TEST_MODELS_DIR};KVLENS_CACHE_DIR=${KVLENS_CACHE_DIR};PYTHONDONTWRITEBYTECODE=1"
   LABELS python
-  TIMEOUT 900)
+  TIMEOUT 900
+  # Alone: its numpy (OpenBLAS) threads and a llama.cpp test's threads, all spinning on 2 cores, slowed the
+  # tests beside it 100x in CI runs (FastSlow tests 30-60 s instead of 0.3 s).
+  RUN_SERIAL TRUE)
