@@ -45,9 +45,11 @@ kvlens::SessionParams session_params(int n_ctx, int threads, const std::string& 
     sp.flash_attn = flash_attn == "on"    ? kvlens::FlashAttn::On
                     : flash_attn == "off" ? kvlens::FlashAttn::Off
                                           : kvlens::FlashAttn::Auto;
-    if (kv_source != "graph" && kv_source != "cache")
-        throw kvlens::Error("kv_source '" + kv_source + "': expected graph or cache");
-    sp.capture_source = kv_source == "cache" ? kvlens::CaptureSource::Cache : kvlens::CaptureSource::Graph;
+    try {
+        sp.capture_source = kvlens::parse_capture_source(kv_source);
+    } catch (const kvlens::Error& e) {
+        throw kvlens::Error(std::string("kv_source: ") + e.what());
+    }
     return sp;
 }
 

@@ -53,9 +53,6 @@ void run_dump(const DumpOptions& o) {
                                               ? model->tokenize(o.prompt, !o.no_bos, /*parse_special=*/true)
                                               : parse_token_ids(o.tokens, mi.n_vocab);
     const int T = (int)toks.size();
-    if (T > o.model.ctx)
-        throw Error("prompt: " + std::to_string(T) + " tokens do not fit the context of " +
-                    std::to_string(o.model.ctx) + " tokens (raise --ctx)");
 
     Session session(*model, session_params(o.model));
     // Everything is gathered first, so that a failure leaves no partial file behind.

@@ -53,7 +53,7 @@ SessionParams session_params(const ModelOptions& o, int n_seq_max) {
     sp.flash_attn = o.flash_attn == "on"    ? FlashAttn::On
                     : o.flash_attn == "off" ? FlashAttn::Off
                                             : FlashAttn::Auto;
-    sp.capture_source = o.kv_source == "cache" ? CaptureSource::Cache : CaptureSource::Graph;
+    sp.capture_source = parse_capture_source(o.kv_source);
     return sp;
 }
 

@@ -452,7 +452,7 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
     const bool prompt_opens_think = ends_in_think_block(text);
     DeltaStream stream(on_chunk, base, prompt_opens_think, req.stop);
 
-    if (req.n > 1) return chat_n(req, prompt, max_tokens, base);
+    if (req.n > 1) return chat_n(req, prompt, prompt_opens_think, max_tokens, base);
 
     Slot slot(*this);
     SessionParams sp = params_.session;
@@ -568,10 +568,8 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
 }
 
 // n samples decoded together, each a choice with its scores; one chosen by the request's strategy.
-json Api::chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt, int max_tokens,
-                 const json& base) const {
-    const std::string text = render_chat(tmpl_, req.messages, true, parse_think_mode(req.think));
-    const bool prompt_opens_think = ends_in_think_block(text);
+json Api::chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt, bool prompt_opens_think,
+                 int max_tokens, const json& base) const {
     const Strategy strategy = parse_strategy(req.select);
     const MatcherKind matcher = parse_matcher(req.matcher);
 

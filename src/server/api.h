@@ -98,8 +98,8 @@ private:
     private:
         const Api& api_;
     };
-    nlohmann::json chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt, int max_tokens,
-                          const nlohmann::json& base) const;
+    nlohmann::json chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt,
+                          bool prompt_opens_think, int max_tokens, const nlohmann::json& base) const;
     int context_for(int n_prompt, int max_tokens) const;
 
     const Model& model_;
