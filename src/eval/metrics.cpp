@@ -65,18 +65,48 @@ void totals(const std::vector<Group>& groups, int64_t& P, int64_t& N) {
     }
 }
 
-// Trapezoid in integer units (twice the area, in units of 1/(P*N)), so the only rounding is the final
-// division.
+// Mann-Whitney U doubled (a pair ranked right counts 2, a tied pair 1): the ROC trapezoid in integer units,
+// so that the only rounding of AUROC is the final division.
+int64_t twice_u(const std::vector<Group>& groups) {
+    int64_t tp = 0, twice = 0;
+    for (const Group& g : groups) {
+        twice += g.neg * (2 * tp + g.pos);
+        tp += g.pos;
+    }
+    return twice;
+}
+
 double auroc_of(const std::vector<Group>& groups) {
     int64_t P, N;
     totals(groups, P, N);
     if (P == 0 || N == 0) return kNaN;
-    int64_t tp = 0, twice_area = 0;
+    return (double)twice_u(groups) / (2.0 * (double)P * (double)N);
+}
+
+// Mean over k = 1..n of the accuracy of the k highest-scored samples, a tied group's correct answers spread
+// evenly over its positions. Each term is one exact integer ratio, so that equal curves (a perfect score
+// and the oracle) give bit-equal areas.
+double rejection_area(const std::vector<Group>& groups) {
+    int64_t k = 0, correct = 0;
+    double sum = 0.0;
     for (const Group& g : groups) {
-        twice_area += g.neg * (2 * tp + g.pos);
-        tp += g.pos;
+        const int64_t size = g.pos + g.neg;
+        for (int64_t j = 1; j <= size; ++j) {
+            sum += (double)(correct * size + j * g.pos) / (double)(size * (k + j));
+        }
+        k += size;
+        correct += g.pos;
     }
-    return (double)twice_area / (2.0 * (double)P * (double)N);
+    return sum / (double)k;
+}
+
+double prr_of(const std::vector<Group>& groups) {
+    int64_t P, N;
+    totals(groups, P, N);
+    if (P == 0 || N == 0) return kNaN;
+    const double random = (double)P / (double)(P + N);
+    const double oracle = rejection_area({{1.0, P, 0}, {0.0, 0, N}});
+    return (rejection_area(groups) - random) / (oracle - random);
 }
 
 double aupr_of(const std::vector<Group>& groups) {
@@ -206,6 +236,121 @@ AurocInterval bootstrap_auroc(const std::vector<double>& scores, const std::vect
     return out;
 }
 
+double prr(const std::vector<double>& scores, const std::vector<int>& labels) {
+    validate(scores, labels);
+    return prr_of(group_by_score(scores, labels, order_desc(scores)));
+}
+
+double auroc_within_bins(const std::vector<double>& scores, const std::vector<int>& labels,
+                         const std::vector<double>& lengths, int n_bins) {
+    validate(scores, labels);
+    if (lengths.size() != scores.size()) {
+        throw Error("auroc_within_bins: " + std::to_string(scores.size()) + " scores but " +
+                    std::to_string(lengths.size()) + " lengths");
+    }
+    if (n_bins < 1) throw Error("auroc_within_bins: n_bins must be >= 1, got " + std::to_string(n_bins));
+    for (size_t i = 0; i < lengths.size(); ++i) {
+        if (std::isnan(lengths[i])) throw Error("auroc_within_bins: length " + std::to_string(i) + " is NaN");
+    }
+    const size_t n = scores.size();
+    std::vector<size_t> by_length(n);
+    std::iota(by_length.begin(), by_length.end(), size_t{0});
+    std::sort(by_length.begin(), by_length.end(),
+              [&](size_t a, size_t b) { return lengths[a] < lengths[b]; });
+
+    // Bins are contiguous runs of by_length, so each is scored when the next begins (no n_bins-sized
+    // table: n_bins may be huge).
+    int64_t twice = 0, pairs = 0;
+    std::vector<size_t> members;
+    auto flush = [&]() {
+        std::sort(members.begin(), members.end(), [&](size_t a, size_t b) { return scores[a] > scores[b]; });
+        const std::vector<Group> groups = group_by_score(scores, labels, members);
+        int64_t P, N;
+        totals(groups, P, N);
+        twice += twice_u(groups);
+        pairs += P * N;
+        members.clear();
+    };
+    size_t shorter = 0, bin = 0;  // shorter: samples strictly shorter than the current one
+    for (size_t r = 0; r < n; ++r) {
+        if (r > 0 && lengths[by_length[r]] != lengths[by_length[r - 1]]) shorter = r;
+        const size_t b = (size_t)((uint64_t)shorter * (uint64_t)n_bins / (uint64_t)n);
+        if (b != bin) flush();
+        bin = b;
+        members.push_back(by_length[r]);
+    }
+    flush();
+    if (pairs == 0) return kNaN;
+    return (double)twice / (2.0 * (double)pairs);
+}
+
+namespace {
+
+void validate_lengths(const char* what, const std::vector<double>& scores,
+                      const std::vector<double>& lengths) {
+    if (lengths.size() != scores.size()) {
+        throw Error(std::string(what) + ": " + std::to_string(scores.size()) + " scores but " +
+                    std::to_string(lengths.size()) + " lengths");
+    }
+    for (size_t i = 0; i < lengths.size(); ++i) {
+        if (!(lengths[i] >= 1.0) || std::isinf(lengths[i])) {
+            throw Error(std::string(what) + ": length " + std::to_string(i) + " is " +
+                        std::to_string(lengths[i]) + " (expected a finite number >= 1)");
+        }
+    }
+}
+
+}  // namespace
+
+LengthResidual fit_length_residual(const std::vector<double>& scores, const std::vector<double>& lengths) {
+    validate_lengths("fit_length_residual", scores, lengths);
+    const size_t n = scores.size();
+    if (n == 0) throw Error("fit_length_residual: no samples to fit");
+    for (size_t i = 0; i < n; ++i) {
+        if (!std::isfinite(scores[i])) {
+            throw Error("fit_length_residual: score " + std::to_string(i) + " is " +
+                        std::to_string(scores[i]) + " (expected a finite number)");
+        }
+    }
+    double mean_x = 0.0, mean_y = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        mean_x += std::log(lengths[i]);
+        mean_y += scores[i];
+    }
+    mean_x /= (double)n;
+    mean_y /= (double)n;
+    LengthResidual fit;
+    // Tested on the lengths themselves: the centred sums of equal logs need not be exactly 0.
+    if (std::all_of(lengths.begin(), lengths.end(), [&](double l) { return l == lengths[0]; })) {
+        fit.intercept = mean_y;
+        return fit;
+    }
+    double sxx = 0.0, sxy = 0.0;  // centred (two-pass) for accuracy
+    for (size_t i = 0; i < n; ++i) {
+        const double dx = std::log(lengths[i]) - mean_x;
+        sxx += dx * dx;
+        sxy += dx * (scores[i] - mean_y);
+    }
+    fit.slope = sxy / sxx;
+    fit.intercept = mean_y - fit.slope * mean_x;
+    return fit;
+}
+
+std::vector<double> residual_scores(const std::vector<double>& scores, const std::vector<double>& lengths,
+                                    const LengthResidual& fit) {
+    validate_lengths("residual_scores", scores, lengths);
+    if (!std::isfinite(fit.slope) || !std::isfinite(fit.intercept)) {
+        throw Error("residual_scores: the fit is not finite (slope " + std::to_string(fit.slope) +
+                    ", intercept " + std::to_string(fit.intercept) + ")");
+    }
+    std::vector<double> out(scores.size());
+    for (size_t i = 0; i < scores.size(); ++i) {
+        if (std::isnan(scores[i])) throw Error("residual_scores: score " + std::to_string(i) + " is NaN");
+        out[i] = scores[i] - (fit.slope * std::log(lengths[i]) + fit.intercept);
+    }
+    return out;
+}
+
 BinaryMetrics binary_metrics(const std::vector<double>& scores, const std::vector<int>& labels) {
     validate(scores, labels);
     const std::vector<Group> groups = group_by_score(scores, labels, order_desc(scores));
@@ -216,6 +361,7 @@ BinaryMetrics binary_metrics(const std::vector<double>& scores, const std::vecto
     m.auroc = auroc_of(groups);
     m.aupr = aupr_of(groups);
     m.fpr95 = fpr95_of(groups);
+    m.prr = prr_of(groups);
     return m;
 }
 

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <random>
 #include <set>
 #include <vector>
@@ -267,6 +268,213 @@ TEST(Metrics, BootstrapSeededAndSkipsOneClassResamples) {
     EXPECT_TRUE(std::isnan(one.lo) && std::isnan(one.hi));
     const AurocInterval empty = bootstrap_auroc({}, {}, 50);
     EXPECT_TRUE(std::isnan(empty.lo));
+}
+
+// LM-Polygraph's PredictionRejectionArea for one fixed order (best first): mean over k of the accuracy of
+// the first k.
+double polygraph_area(const std::vector<size_t>& order, const Labels& y) {
+    double sum = 0;
+    int correct = 0;
+    for (size_t k = 0; k < order.size(); ++k) {
+        correct += y[order[k]];
+        sum += (double)correct / (double)(k + 1);
+    }
+    return sum / (double)order.size();
+}
+
+// PRR as the mean over every order that ranks the scores descending (all tie-breaks), from the definition.
+double brute_prr(const Scores& s, const Labels& y) {
+    const size_t n = s.size();
+    const int P = (int)std::count(y.begin(), y.end(), 1);
+    const double random = (double)P / (double)n;
+    std::vector<size_t> oracle(n);
+    std::iota(oracle.begin(), oracle.end(), size_t{0});
+    std::stable_sort(oracle.begin(), oracle.end(), [&](size_t a, size_t b) { return y[a] > y[b]; });
+    const double best = polygraph_area(oracle, y);
+    std::vector<size_t> perm(n);
+    std::iota(perm.begin(), perm.end(), size_t{0});
+    double sum = 0;
+    int orders = 0;
+    do {
+        bool descending = true;
+        for (size_t k = 1; k < n; ++k) descending = descending && s[perm[k - 1]] >= s[perm[k]];
+        if (!descending) continue;
+        sum += polygraph_area(perm, y);
+        ++orders;
+    } while (std::next_permutation(perm.begin(), perm.end()));
+    return (sum / orders - random) / (best - random);
+}
+
+TEST(Prr, PerfectReversedConstant) {
+    const Labels y{1, 1, 0, 0, 1, 0};
+    EXPECT_DOUBLE_EQ(prr({6, 5, 1, 2, 4, 3}, y), 1.0);
+    // With balanced classes the reversed curve mirrors the oracle's around the accuracy.
+    EXPECT_DOUBLE_EQ(prr({1, 2, 6, 5, 3, 4}, y), -1.0);
+    EXPECT_NEAR(prr(Scores(6, 0.25), y), 0.0, 1e-15);
+    // Imbalanced: area 23/48 (0, 1/2, 2/3, 3/4 averaged), random 36/48, oracle 45/48.
+    EXPECT_DOUBLE_EQ(prr({1, 2, 3, 4}, {1, 1, 1, 0}), -13.0 / 9.0);
+}
+
+TEST(Prr, HandComputedWithTies) {
+    // Order 0.9 (correct), then 0.5 x {correct, wrong}, then 0.1 (wrong). The tied pair contributes half a
+    // correct answer at k = 2: acc = 1, 1.5/2, 2/3, 2/4; area = 35/48; random 1/2; oracle (1+1+2/3+1/2)/4.
+    const double area = (1.0 + 0.75 + 2.0 / 3.0 + 0.5) / 4.0, oracle = (2.0 + 2.0 / 3.0 + 0.5) / 4.0;
+    EXPECT_DOUBLE_EQ(prr({0.9, 0.5, 0.5, 0.1}, {1, 1, 0, 0}), (area - 0.5) / (oracle - 0.5));
+    EXPECT_DOUBLE_EQ(prr({0.9, 0.5, 0.5, 0.1}, {1, 0, 1, 0}), (area - 0.5) / (oracle - 0.5));
+}
+
+TEST(Prr, TiesAreTheMeanOverTieBreaks) {
+    std::mt19937_64 rng(13);
+    for (int trial = 0; trial < 40; ++trial) {
+        Scores s;
+        Labels y;
+        random_case(rng, 4 + trial % 4, trial % 2 ? 0.3 : 0.6, 2 + trial % 3, s, y);
+        SCOPED_TRACE("trial " + std::to_string(trial));
+        EXPECT_NEAR(prr(s, y), brute_prr(s, y), 1e-12);
+        // The input order does not matter, bit for bit.
+        std::vector<size_t> idx(s.size());
+        std::iota(idx.begin(), idx.end(), size_t{0});
+        std::shuffle(idx.begin(), idx.end(), rng);
+        Scores s2;
+        Labels y2;
+        for (size_t i : idx) {
+            s2.push_back(s[i]);
+            y2.push_back(y[i]);
+        }
+        EXPECT_EQ(prr(s2, y2), prr(s, y));
+    }
+}
+
+TEST(Prr, DegenerateAndInBinaryMetrics) {
+    EXPECT_TRUE(std::isnan(prr({}, {})));
+    EXPECT_TRUE(std::isnan(prr({0.1, 0.2}, {1, 1})));
+    EXPECT_TRUE(std::isnan(prr({0.1, 0.2}, {0, 0})));
+    EXPECT_THROW(prr({0.1, NAN}, {1, 0}), Error);
+    std::mt19937_64 rng(2);
+    Scores s;
+    Labels y;
+    random_case(rng, 300, 0.4, 20, s, y);
+    EXPECT_EQ(binary_metrics(s, y).prr, prr(s, y));
+    EXPECT_GT(prr(s, y), 0.0);  // random_case shifts the positives up
+}
+
+// Mann-Whitney over the pairs whose bins (floor(#strictly shorter * n_bins / n)) agree.
+double brute_within_bins(const Scores& s, const Labels& y, const std::vector<double>& len, int n_bins) {
+    const size_t n = s.size();
+    std::vector<size_t> bin(n);
+    for (size_t i = 0; i < n; ++i) {
+        size_t shorter = 0;
+        for (size_t j = 0; j < n; ++j) shorter += len[j] < len[i];
+        bin[i] = shorter * (size_t)n_bins / n;
+    }
+    double num = 0, pairs = 0;
+    for (size_t i = 0; i < n; ++i) {
+        for (size_t j = 0; j < n; ++j) {
+            if (y[i] != 1 || y[j] != 0 || bin[i] != bin[j]) continue;
+            pairs += 1;
+            num += s[i] > s[j] ? 1.0 : s[i] == s[j] ? 0.5 : 0.0;
+        }
+    }
+    return pairs ? num / pairs : NAN;
+}
+
+TEST(LengthBins, LengthExplainsTheWholeAuroc) {
+    // Short answers score high and are mostly correct; within a length the score is a coin flip.
+    const Scores s{0.9, 0.8, 0.85, 0.2, 0.1, 0.15};
+    const Labels y{1, 1, 0, 0, 0, 1};
+    const std::vector<double> len{10, 10, 10, 20, 20, 20};
+    EXPECT_DOUBLE_EQ(auroc(s, y), 6.0 / 9.0);
+    EXPECT_DOUBLE_EQ(auroc_within_bins(s, y, len, 2), 0.5);  // (1 of 2) + (1 of 2) pairs
+    EXPECT_EQ(auroc_within_bins(s, y, len, 1), auroc(s, y));
+}
+
+TEST(LengthBins, TiedLengthsShareABin) {
+    // 4 bins over 4 samples would split every sample off; the three of length 5 stay together (bin 0).
+    const Scores s{0.3, 0.2, 0.1, 0.9};
+    const Labels y{1, 0, 0, 1};
+    EXPECT_DOUBLE_EQ(auroc_within_bins(s, y, {5, 5, 5, 9}, 4), 1.0);
+    EXPECT_TRUE(std::isnan(auroc_within_bins(s, y, {5, 6, 7, 9}, 4)));  // every bin has one sample
+    // No bin with both classes.
+    EXPECT_TRUE(std::isnan(auroc_within_bins({1, 2, 3, 4}, {1, 1, 0, 0}, {1, 1, 2, 2}, 2)));
+    EXPECT_TRUE(std::isnan(auroc_within_bins({}, {}, {}, 3)));
+}
+
+TEST(LengthBins, MatchBruteForce) {
+    std::mt19937_64 rng(17);
+    std::uniform_int_distribution<int> length(1, 12);
+    for (size_t n : {5, 13, 60, 200}) {
+        for (int n_bins : {1, 2, 3, 7, 50, 1000}) {
+            Scores s;
+            Labels y;
+            random_case(rng, n, 0.5, 6, s, y);
+            std::vector<double> len(n);
+            for (double& l : len) l = length(rng);  // few distinct lengths: many ties
+            SCOPED_TRACE("n=" + std::to_string(n) + " bins=" + std::to_string(n_bins));
+            const double want = brute_within_bins(s, y, len, n_bins);
+            const double got = auroc_within_bins(s, y, len, n_bins);
+            if (std::isnan(want)) {
+                EXPECT_TRUE(std::isnan(got));
+            } else {
+                EXPECT_NEAR(got, want, 1e-12);
+            }
+        }
+    }
+}
+
+TEST(LengthBins, BadInputThrows) {
+    EXPECT_THROW(auroc_within_bins({0.1, 0.2}, {1, 0}, {1}, 2), Error);
+    EXPECT_THROW(auroc_within_bins({0.1, 0.2}, {1, 0}, {1, 2}, 0), Error);
+    EXPECT_THROW(auroc_within_bins({0.1, 0.2}, {1, 2}, {1, 2}, 2), Error);
+    try {
+        auroc_within_bins({0.1, 0.2}, {1, 0}, {1, NAN}, 2);
+        FAIL() << "no throw";
+    } catch (const Error& e) {
+        EXPECT_STREQ(e.what(), "auroc_within_bins: length 1 is NaN");
+    }
+}
+
+TEST(LengthResidualFit, ExactLineAndDevToTest) {
+    const std::vector<double> len{1, 3, 10, 40, 200};
+    Scores s;
+    for (double l : len) s.push_back(-0.5 * std::log(l) + 2.0);
+    const LengthResidual fit = fit_length_residual(s, len);
+    EXPECT_NEAR(fit.slope, -0.5, 1e-14);
+    EXPECT_NEAR(fit.intercept, 2.0, 1e-14);
+    for (double r : residual_scores(s, len, fit)) EXPECT_NEAR(r, 0.0, 1e-14);
+
+    // Applied to another set, the dev fit is used as is (no refit): residual = score - line.
+    const std::vector<double> test_len{2, 7};
+    const Scores test_s{5.0, -1.0};
+    const Scores r = residual_scores(test_s, test_len, fit);
+    EXPECT_NEAR(r[0], 5.0 - (-0.5 * std::log(2.0) + 2.0), 1e-14);
+    EXPECT_NEAR(r[1], -1.0 - (-0.5 * std::log(7.0) + 2.0), 1e-14);
+    EXPECT_EQ(residual_scores({INFINITY}, {3}, fit)[0], INFINITY);
+}
+
+TEST(LengthResidualFit, LeastSquaresAndEqualLengths) {
+    // Two lengths: the line passes through the mean score of each.
+    const LengthResidual fit = fit_length_residual({1, 3, 10, 14}, {1, 1, std::exp(2.0), std::exp(2.0)});
+    EXPECT_NEAR(fit.intercept, 2.0, 1e-12);
+    EXPECT_NEAR(fit.slope, 5.0, 1e-12);
+    const LengthResidual flat = fit_length_residual({1, 2, 6}, {7, 7, 7});
+    EXPECT_EQ(flat.slope, 0.0);
+    EXPECT_EQ(flat.intercept, 3.0);
+}
+
+TEST(LengthResidualFit, BadInputThrows) {
+    EXPECT_THROW(fit_length_residual({}, {}), Error);
+    EXPECT_THROW(fit_length_residual({1, 2}, {1}), Error);
+    EXPECT_THROW(fit_length_residual({1, INFINITY}, {1, 2}), Error);
+    EXPECT_THROW(fit_length_residual({1, 2}, {1, INFINITY}), Error);
+    EXPECT_THROW(fit_length_residual({1, 2}, {1, NAN}), Error);
+    EXPECT_THROW(residual_scores({1, NAN}, {1, 2}, {}), Error);
+    EXPECT_THROW(residual_scores({1}, {1}, {NAN, 0.0}), Error);
+    try {
+        residual_scores({1, 2}, {1, 0.5}, {});
+        FAIL() << "no throw";
+    } catch (const Error& e) {
+        EXPECT_STREQ(e.what(), "residual_scores: length 1 is 0.500000 (expected a finite number >= 1)");
+    }
 }
 
 }  // namespace

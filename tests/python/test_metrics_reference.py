@@ -1,8 +1,10 @@
-"""kvlens metrics (src/eval/metrics.cpp) against scikit-learn.
+"""kvlens metrics (src/eval/metrics.cpp) against scikit-learn, and against independent numpy versions where
+scikit-learn has none (PRR, AUROC within length bins, the length fit); the id split (src/eval/split.cpp)
+against FNV-1a written here.
 
 The test-only tool metrics-ref (tools/metrics_ref) prints the C++ metrics as JSON lines; ctest passes its path
 in KVLENS_METRICS_REF. Random cases have many ties (scores rounded to 1 or 2 decimals), imbalanced labels and
-n from 5 to 2000; every number must agree with sklearn within 1e-12. The bootstrap interval is checked
+n from 5 to 2000; every number must agree with the reference within 1e-12. The bootstrap interval is checked
 against a pure-Python resampling driven by a Python port of std::mt19937_64.
 """
 
@@ -107,7 +109,7 @@ def test_degenerate_inputs_are_null(metrics_ref):
     cases = [{"scores": [], "labels": []}, {"scores": [0.1, 0.2], "labels": [1, 1]},
              {"scores": [0.1, 0.2, 0.2], "labels": [0, 0, 0]}]
     for case, out in zip(cases, run_ref(metrics_ref, cases)):
-        assert out["auroc"] is None and out["aupr"] is None and out["fpr95"] is None
+        assert out["auroc"] is None and out["aupr"] is None and out["fpr95"] is None and out["prr"] is None
         assert out["roc"]["fpr"] == []
     bad = [{"scores": [0.1, 0.2], "labels": [1]}, {"scores": [0.1], "labels": [2]}]
     for out in run_ref(metrics_ref, bad):
@@ -177,3 +179,182 @@ def test_bootstrap_matches_resampling_with_sklearn(metrics_ref, skm):
         b = out["bootstrap"]
         assert b["resamples"] == 200 and b["skipped"] == skipped
         assert close(b["lo"], np.percentile(kept, 2.5)) and close(b["hi"], np.percentile(kept, 97.5))
+
+
+# --- PRR ----------------------------------------------------------------------------------------------------
+
+
+def prr_reference(s: np.ndarray, y: np.ndarray) -> float:
+    """From the definition (LM-Polygraph's PredictionRejectionArea, uncertainty = -score): acc_k = accuracy of
+    the k highest-scored, area = mean over k = 1..n; PRR = (area - accuracy) / (oracle area - accuracy).
+    Ties: every member of a tied group counts as the group's mean label, which makes the cumulative count
+    linear across the group (the mean over the group's orders)."""
+    n = len(y)
+
+    def area(order_key: np.ndarray) -> float:
+        _, inverse = np.unique(order_key, return_inverse=True)
+        group_mean = np.bincount(inverse, weights=y) / np.bincount(inverse)
+        averaged = group_mean[inverse]
+        desc = np.argsort(-order_key, kind="stable")
+        return float(np.mean(np.cumsum(averaged[desc]) / np.arange(1, n + 1)))
+
+    random = y.mean()
+    oracle = area(y.astype(float))  # correct answers first; ties among them change nothing
+    return (area(s) - random) / (oracle - random)
+
+
+def test_prr_matches_numpy(metrics_ref):
+    cases = random_cases()
+    for case, out in zip(cases, run_ref(metrics_ref, cases)):
+        s = np.array(case["scores"])
+        y = np.array(case["labels"])
+        where = f"n={len(y)} positives={int(y.sum())} distinct={len(np.unique(s))}"
+        assert "error" not in out, out["error"]
+        assert close(out["prr"], prr_reference(s, y)), where
+
+
+def test_prr_without_ties_is_lm_polygraphs_formula(metrics_ref):
+    # Distinct scores: PredictionRejectionArea's own steps (argsort of the uncertainty, cumsum / arange,
+    # flipped, summed / n), the oracle as its area with the label as the estimator, random = accuracy.
+    rng = np.random.default_rng(3)
+    cases = []
+    for n in (7, 50, 400):
+        y = (rng.random(n) < 0.4).astype(int)
+        y[0], y[1] = 1, 0
+        cases.append({"scores": (rng.random(n) + 0.5 * y).tolist(), "labels": y.tolist()})
+
+    def polygraph(estimator, target):
+        sorted_metrics = np.asarray(target, float)[np.argsort(estimator, kind="stable")]
+        return np.sum((np.cumsum(sorted_metrics) / np.arange(1, len(target) + 1))[::-1]) / len(target)
+
+    for case, out in zip(cases, run_ref(metrics_ref, cases)):
+        s = np.array(case["scores"])
+        y = np.array(case["labels"])
+        assert len(np.unique(s)) == len(s)
+        ue, oracle, random = polygraph(-s, y), polygraph(-y, y), y.mean()
+        assert close(out["prr"], (ue - random) / (oracle - random))
+
+
+def test_prr_is_order_free_under_ties(metrics_ref):
+    cases = [c for c in random_cases() if len(np.unique(c["scores"])) < len(c["scores"])][:20]
+    rng = np.random.default_rng(8)
+    shuffled = []
+    for c in cases:
+        p = rng.permutation(len(c["labels"]))
+        s, y = np.array(c["scores"]), np.array(c["labels"])
+        shuffled.append({"scores": s[p].tolist(), "labels": y[p].tolist()})
+    for a, b in zip(run_ref(metrics_ref, cases), run_ref(metrics_ref, shuffled)):
+        assert a["prr"] == b["prr"]
+
+
+# --- Length as a confound -----------------------------------------------------------------------------------
+
+
+def length_cases(seed: int = 99) -> list[dict]:
+    """Correct answers shorter on average, the score partly driven by length; integer lengths with ties."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for n in (8, 40, 300, 1500):
+        for n_bins in (1, 2, 5, 10, 10000):
+            for decimals in (1, None):
+                y = (rng.random(n) < 0.45).astype(int)
+                y[0], y[1] = 1, 0
+                lengths = np.maximum(1, np.round(rng.lognormal(4.0 - 0.5 * y, 0.8))).astype(int)
+                s = -0.3 * np.log(lengths) + rng.normal(size=n) + 0.4 * y
+                if decimals is not None:
+                    s = np.round(s, decimals)
+                m = max(2, n // 3)
+                test_lengths = np.maximum(1, np.round(rng.lognormal(4.0, 0.8, size=m)))
+                cases.append({"scores": s.tolist(), "labels": y.tolist(), "lengths": lengths.tolist(),
+                              "n_bins": n_bins, "test": {"scores": rng.normal(size=m).tolist(),
+                                                         "lengths": test_lengths.tolist()}})
+    return cases
+
+
+def within_bins_reference(skm, s, y, lengths, n_bins) -> float:
+    """Per-bin AUROC (scikit-learn) averaged with weights P_b * N_b. Bin = floor(#strictly shorter * n_bins
+    / n), so tied lengths share a bin."""
+    n = len(y)
+    shorter = np.searchsorted(np.sort(lengths), lengths, side="left")
+    bins = shorter * n_bins // n
+    num = den = 0.0
+    for b in np.unique(bins):
+        m = bins == b
+        P, N = int(y[m].sum()), int((1 - y[m]).sum())
+        if P and N:
+            num += skm.roc_auc_score(y[m], s[m]) * P * N
+            den += P * N
+    return num / den if den else math.nan
+
+
+def test_length_metrics_match_numpy(metrics_ref, skm):
+    cases = length_cases()
+    outs = run_ref(metrics_ref, cases)
+    for case, out in zip(cases, outs):
+        s = np.array(case["scores"])
+        y = np.array(case["labels"])
+        lengths = np.array(case["lengths"], dtype=float)
+        where = f"n={len(y)} n_bins={case['n_bins']} distinct lengths={len(np.unique(lengths))}"
+        assert "error" not in out, out["error"]
+        want = within_bins_reference(skm, s, y, lengths, case["n_bins"])
+        if math.isnan(want):
+            assert out["auroc_within_bins"] is None, where
+        else:
+            assert close(out["auroc_within_bins"], want), where
+        if case["n_bins"] == 1:
+            assert out["auroc_within_bins"] == out["auroc"], where
+
+        slope, intercept = np.polyfit(np.log(lengths), s, 1)
+        assert close(out["length_fit"]["slope"], slope), where
+        assert close(out["length_fit"]["intercept"], intercept), where
+        resid = s - (slope * np.log(lengths) + intercept)
+        assert np.max(np.abs(np.array(out["residual"]) - resid)) <= TOL, where
+        t_s, t_l = np.array(case["test"]["scores"]), np.array(case["test"]["lengths"])
+        t_resid = t_s - (slope * np.log(t_l) + intercept)
+        assert np.max(np.abs(np.array(out["test_residual"]) - t_resid)) <= TOL, where
+    # Guard on the data: binning changes the answer somewhere (length is a real confound here).
+    assert any(o["auroc_within_bins"] is not None and abs(o["auroc_within_bins"] - o["auroc"]) > 0.01
+               for o in outs)
+
+
+def test_length_errors(metrics_ref):
+    bad = [{"scores": [0.1, 0.2], "labels": [1, 0], "lengths": [1, 0.5]},
+           {"scores": [0.1, 0.2], "labels": [1, 0], "lengths": [1]},
+           {"scores": [0.1, 0.2], "labels": [1, 0], "lengths": [1, 2], "n_bins": 0}]
+    for out in run_ref(metrics_ref, bad):
+        assert "error" in out
+
+
+# --- Development/test split ---------------------------------------------------------------------------------
+
+
+def fnv1a64(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def test_fnv1a64_vectors():
+    assert fnv1a64(b"") == 0xCBF29CE484222325
+    assert fnv1a64(b"a") == 0xAF63DC4C8601EC8C  # published FNV-1a 64 test vectors
+    assert fnv1a64(b"foobar") == 0x85944171F73967E8
+
+
+def test_split_matches_python(metrics_ref):
+    rng = np.random.default_rng(4)
+    alphabet = list("abcdefghijklmnopqrstuvwxyz0123456789/-_.") + ["é", "ß", "中", "🙂"]
+    ids = [f"gsm8k/{i}" for i in range(300)] + [f"math500/test/algebra/{i}.json" for i in range(300)]
+    ids += ["".join(rng.choice(alphabet, size=rng.integers(1, 30))) for _ in range(400)]
+    for fraction in (0.0, 0.1, 0.3, 0.5, 1.0):
+        (out,) = run_ref(metrics_ref, [{"ids": ids, "dev_fraction": fraction}])
+        assert "error" not in out, out["error"]
+        hashes = [fnv1a64(i.encode("utf-8")) for i in ids]
+        assert out["hashes"] == hashes
+        parts = ["dev" if (h % 10000) < fraction * 10000 else "test" for h in hashes]
+        assert out["parts"] == parts
+        assert abs(parts.count("dev") / len(ids) - fraction) <= 0.03
+    (out,) = run_ref(metrics_ref, [{"ids": ids}])
+    assert out["parts"] == ["dev" if fnv1a64(i.encode()) % 10000 < 3000 else "test" for i in ids]  # default
+    for out in run_ref(metrics_ref, [{"ids": [""]}, {"ids": ["a"], "dev_fraction": 1.5}]):
+        assert "error" in out

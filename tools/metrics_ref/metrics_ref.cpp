@@ -1,9 +1,13 @@
 // metrics-ref: the kvlens metrics as JSON lines, for tests/python/test_metrics_reference.py (test-only tool).
 //
-// stdin, one JSON object a line: {"scores": [...], "labels": [0/1, ...]} and optionally
-// "bootstrap": {"resamples": B, "seed": S}. stdout, one line each:
-// {"n", "n_correct", "accuracy", "auroc", "aupr", "fpr95", "roc": {"fpr", "tpr", "thresholds"}[,
-// "bootstrap"]} NaN and the +inf first threshold print as null (JSON has neither). A line that cannot be
+// stdin, one JSON object a line, either
+//   {"scores": [...], "labels": [0/1, ...]} with optionally "bootstrap": {"resamples": B, "seed": S,
+//   "level"}, "lengths": [...] with "n_bins" (default 5), and "test": {"scores", "lengths"} (a set the length
+//   fit is applied to); stdout: {"n", "n_correct", "accuracy", "auroc", "aupr", "fpr95", "prr", "roc":
+//   {"fpr", "tpr", "thresholds"}[, "bootstrap"][, "auroc_within_bins", "length_fit": {"slope", "intercept"},
+//   "residual"[, "test_residual"]]}
+// or {"ids": [...]} with optionally "dev_fraction" (default 0.3); stdout: {"hashes", "parts":
+// ["dev"/"test"]}. NaN and the +inf first threshold print as null (JSON has neither). A line that cannot be
 // evaluated prints
 // {"error": "..."} and the tool goes on with the next line.
 #include <cstdint>
@@ -14,13 +18,25 @@
 #include <nlohmann/json.hpp>
 
 #include "eval/metrics.h"
+#include "eval/split.h"
 #include "util/error.h"
 
 using nlohmann::json;
 
 namespace {
 
+json split(const json& in) {
+    const double dev_fraction = in.value("dev_fraction", 0.3);
+    json hashes = json::array(), parts = json::array();
+    for (const std::string& id : in.at("ids").get<std::vector<std::string>>()) {
+        hashes.push_back(kvlens::split_hash(id));
+        parts.push_back(kvlens::part_name(kvlens::split_part(id, dev_fraction)));
+    }
+    return {{"hashes", hashes}, {"parts", parts}};
+}
+
 json evaluate(const json& in) {
+    if (in.contains("ids")) return split(in);
     const auto scores = in.at("scores").get<std::vector<double>>();
     const auto labels = in.at("labels").get<std::vector<int>>();
     const kvlens::BinaryMetrics m = kvlens::binary_metrics(scores, labels);
@@ -31,6 +47,7 @@ json evaluate(const json& in) {
                 {"auroc", m.auroc},
                 {"aupr", m.aupr},
                 {"fpr95", m.fpr95},
+                {"prr", m.prr},
                 {"roc", {{"fpr", roc.fpr}, {"tpr", roc.tpr}, {"thresholds", roc.thresholds}}}};
     if (in.contains("bootstrap")) {
         const json& b = in.at("bootstrap");
@@ -39,6 +56,19 @@ json evaluate(const json& in) {
                                     b.value("seed", std::uint64_t{0}), b.value("level", 0.95));
         out["bootstrap"] = {
             {"lo", ci.lo}, {"hi", ci.hi}, {"resamples", ci.resamples}, {"skipped", ci.skipped}};
+    }
+    if (in.contains("lengths")) {
+        const auto lengths = in.at("lengths").get<std::vector<double>>();
+        out["auroc_within_bins"] = kvlens::auroc_within_bins(scores, labels, lengths, in.value("n_bins", 5));
+        const kvlens::LengthResidual fit = kvlens::fit_length_residual(scores, lengths);
+        out["length_fit"] = {{"slope", fit.slope}, {"intercept", fit.intercept}};
+        out["residual"] = kvlens::residual_scores(scores, lengths, fit);
+        if (in.contains("test")) {
+            const json& test = in.at("test");
+            out["test_residual"] =
+                kvlens::residual_scores(test.at("scores").get<std::vector<double>>(),
+                                        test.at("lengths").get<std::vector<double>>(), fit);
+        }
     }
     return out;
 }
