@@ -15,9 +15,9 @@
 //               Generic: no default system message. (SmolLM2's template adds "You are a helpful AI
 //               assistant named SmolLM, trained by Hugging Face" when there is no system message; we do not.)
 //   Qwen2       ChatML, plus Qwen2.5's default system message "You are Qwen, created by Alibaba Cloud. You
-//   are
-//               a helpful assistant." when the first message is not a system message. (Qwen2 itself used
-//               "You are a helpful assistant."; we follow Qwen2.5.)
+//               are a helpful assistant." when the first message is not a system message. (Qwen2 itself used
+//               "You are a helpful assistant."; we follow Qwen2.5.) Without tools this is exactly what the
+//               Qwen2.5(-Coder)-Instruct templates render (checked against Jinja with their GGUFs' text).
 //   Qwen3       ChatML, no default system. As Qwen3's template does, assistant turns before the last user
 //               message lose their "<think>...</think>" part; an assistant turn after the last user message
 //               (a prefilled answer) is rendered as "<think>\n{reasoning}\n</think>\n\n{answer}".
