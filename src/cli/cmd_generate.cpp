@@ -118,6 +118,8 @@ void run_generate(const GenerateOptions& o) {
 
     std::unique_ptr<Model> model = load_model(o.model);
     const ModelInfo& mi = model->info();
+    for (const Calibration& c : cals)
+        check_calibration_model(c, calibration_model_of(model->path(), mi.name, mi.arch, mi.n_layer));
 
     std::string text = o.prompt;
     ChatTemplate tmpl = tmpl_flag;
@@ -157,8 +159,12 @@ void run_generate(const GenerateOptions& o) {
         scores = scorer->result(g.steps).named();
         for (const auto& [k, v] : calibrated_scores(scores, cals)) {
             scores[k] = v;
-            fprintf(stderr, "kvlens: %s = %.3f (raw %s = %.6g)\n", k.c_str(), v, cals[0].score.c_str(),
-                    scores.at(cals[0].score));
+            if (cals[0].method == CalibrationMethod::Logistic)
+                fprintf(stderr, "kvlens: %s = %.3f (from %zu scores)\n", k.c_str(), v,
+                        cals[0].features.size());
+            else
+                fprintf(stderr, "kvlens: %s = %.3f (raw %s = %.6g)\n", k.c_str(), v, cals[0].score.c_str(),
+                        scores.at(cals[0].score));
         }
     }
 

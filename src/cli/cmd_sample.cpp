@@ -3,7 +3,9 @@
 // evaluation.
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -11,6 +13,7 @@
 #include "engine/chat_template.h"
 #include "eval/matchers.h"
 #include "eval/sample_eval.h"
+#include "eval/split.h"
 #include "methods/calibration.h"
 #include "methods/sampling.h"
 #include "methods/selection.h"
@@ -58,6 +61,8 @@ void run_sample(const SampleOptions& o) {
 
     std::unique_ptr<Model> model = load_model(o.model);
     const ModelInfo& mi = model->info();
+    for (const Calibration& c : cals)
+        check_calibration_model(c, calibration_model_of(model->path(), mi.name, mi.arch, mi.n_layer));
     const ChatTemplate tmpl =
         tmpl_flag == ChatTemplate::Auto ? detect_chat_template(mi.chat_template, mi.arch) : tmpl_flag;
     std::vector<ChatMessage> msgs;
@@ -78,8 +83,8 @@ void run_sample(const SampleOptions& o) {
         const SampleOut& s = set.samples[i];
         const MatchResult m = match_answer(matcher, s.gen.text, o.reference);
         auto it = s.scores.find(score);
-        if (it == s.scores.end()) throw Error("--score '" + score + "': no such score");
-        const double p = cals.empty() ? it->second : cals[0].apply(it->second);
+        if (cals.empty() && it == s.scores.end()) throw Error("--score '" + score + "': no such score");
+        const double p = cals.empty() ? it->second : cals[0].apply(s.scores);  // a logistic one reads several
         cands.push_back({m.extracted, p});
         nlohmann::json j = {{"sample", i},
                             {"seed", o.sampling.seed + (uint32_t)i},
@@ -119,25 +124,81 @@ void run_sample(const SampleOptions& o) {
 }
 
 struct CalibrateOptions {
-    std::string from, score, method = "isotonic", out, model;
+    std::string from, score, method = "isotonic", out, model, features, name, part;
+    double ridge = 1.0;
 };
+
+std::vector<std::string> parse_name_list(const std::string& s);
 
 void run_calibrate(const CalibrateOptions& o) {
     if (o.out.empty() && o.model.empty())
         throw Error("calibrate: give -o FILE or -m MODEL (saved next to it)");
     const CalibrationMethod m = with_flag("--method", [&] { return parse_calibration_method(o.method); });
-    std::vector<double> s;
-    std::vector<int> y;
-    read_labelled_scores(o.from, o.score, s, y);
-    Calibration c = fit_calibration(m, s, y);
-    c.score = o.score;
+    const bool logistic = m == CalibrationMethod::Logistic;
+    std::vector<std::string> features;
+    if (logistic) {
+        if (!o.score.empty()) throw Error("--score: logistic combines --features (name it with --name)");
+        features = parse_name_list(o.features);
+        if (features.empty())
+            throw Error("--features: logistic needs the scores to combine, e.g. kv_coe_r,max_prob");
+    } else {
+        if (o.score.empty()) throw Error(std::string("--score: ") + to_string(m) + " calibrates one score");
+        if (!o.features.empty() || !o.name.empty())
+            throw Error("--features, --name: only with --method logistic");
+        features = {o.score};
+    }
+    // Logistic is meant to be reported on held-out questions: it trains on the development part by default.
+    const std::string part = o.part.empty() ? (logistic ? "dev" : "all") : o.part;
+    if (part != "dev" && part != "test" && part != "all")
+        throw Error("--part '" + part + "': expected dev, test or all");
+    std::function<bool(const std::string&)> keep;
+    if (part != "all") keep = [&](const std::string& id) { return part_name(split_part(id)) == part; };
+    const LabelledRows data = read_labelled_rows(o.from, features, keep);
+
+    Calibration c;
+    if (logistic) {
+        c = fit_logistic(features, data.rows, data.labels, o.ridge,
+                         o.name.empty() ? "combined" : "combined:" + o.name);
+    } else {
+        std::vector<double> s;
+        for (const auto& r : data.rows) s.push_back(r[0]);
+        c = fit_calibration(m, s, data.labels);
+        c.score = o.score;
+    }
     c.source = o.from;
-    const std::string path = o.out.empty() ? default_calibration_path(o.model, o.score) : o.out;
+    if (logistic || part != "all") c.part = part;
+    // The model it is for: the training run's (run.json beside the labels), else the one it is saved next to.
+    c.model = read_run_model(std::filesystem::path(o.from).parent_path().string());
+    if (!o.model.empty()) {
+        const CalibrationModel target = calibration_model_of(o.model, "", "", 0);
+        with_flag("-m", [&] {
+            check_calibration_model(c, target);
+            return 0;
+        });
+        if (c.model.empty()) c.model = target;
+    }
+    const std::string path = o.out.empty() ? default_calibration_path(o.model, c.score) : o.out;
     save_calibration(c, path);
-    printf(
-        "%s calibration of %s on %d samples (%d correct): P(correct) %s with the score, AUROC %.3f -> %s\n",
-        to_string(m), o.score.c_str(), c.n, c.n_correct, c.direction > 0 ? "increases" : "decreases",
-        c.train_auroc, path.c_str());
+
+    const std::string on =
+        std::to_string(c.n) + " samples (" + std::to_string(c.n_correct) + " correct" +
+        (part == "all" ? "" : "; the " + part + " part of " + std::to_string(data.n_lines) + " lines") +
+        (data.n_skipped ? "; " + std::to_string(data.n_skipped) + " skipped for a null score" : "") + ")";
+    if (!logistic) {
+        printf("%s calibration of %s on %s: P(correct) %s with the score, AUROC %.3f -> %s\n", to_string(m),
+               o.score.c_str(), on.c_str(), c.direction > 0 ? "increases" : "decreases", c.train_auroc,
+               path.c_str());
+    } else {
+        printf("logistic calibration '%s' of %zu scores on %s: training AUROC %.3f -> %s\n", c.score.c_str(),
+               features.size(), on.c_str(), c.train_auroc, path.c_str());
+        printf("  %-20s %10s %12s %12s   (weight per standard deviation; ridge %g)\n", "feature", "weight",
+               "mean", "std", c.ridge);
+        for (size_t j = 0; j < features.size(); ++j)
+            printf("  %-20s %+10.4f %12.6g %12.6g%s\n", features[j].c_str(), c.w[j], c.mean[j], c.sd[j],
+                   c.sd[j] > 0 ? "" : "   dropped: constant on the training set");
+        printf("  %-20s %+10.4f\n", "bias", c.bias);
+    }
+    if (!c.model.empty()) printf("  for model %s\n", c.model.describe().c_str());
 }
 
 std::vector<int> parse_int_list(const std::string& s) {
@@ -210,13 +271,23 @@ CLI::App* add_sample_command(CLI::App& app) {
     sub->callback([o] { run_sample(*o); });
 
     auto c = std::make_shared<CalibrateOptions>();
-    CLI::App* cal = app.add_subcommand("calibrate",
-                                       "fit a score -> P(correct) map on a labelled run (isotonic or Platt)");
+    CLI::App* cal = app.add_subcommand(
+        "calibrate", "fit a score -> P(correct) map (isotonic, Platt), or combine several scores (logistic)");
     cal->add_option("--from", c->from,
                     "labelled JSONL: samples.jsonl of eval coe / eval sample, or sample -o with --reference")
         ->required();
-    cal->add_option("--score", c->score, "score name, e.g. hs_coe_c, kv_coe_r, max_prob")->required();
-    cal->add_option("--method", c->method, "isotonic or platt")->capture_default_str();
+    cal->add_option("--score", c->score, "isotonic, platt: the score, e.g. hs_coe_c, kv_coe_r, max_prob");
+    cal->add_option("--method", c->method, "isotonic, platt or logistic")->capture_default_str();
+    cal->add_option(
+        "--features", c->features,
+        "logistic: the scores to combine, comma-separated, e.g. kv_coe_r,kv_coe_c,max_prob,neg_length");
+    cal->add_option("--name", c->name, "logistic: the score is combined:<name> (default: combined)");
+    cal->add_option("--ridge", c->ridge, "logistic: L2 penalty on the standardised weights (C = 1/ridge)")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    cal->add_option(
+        "--part", c->part,
+        "questions to train on, split by id: dev, test or all (default: dev for logistic, else all)");
     cal->add_option("-o,--out", c->out, "calibration file to write");
     cal->add_option("-m,--model", c->model,
                     "or: save next to this model as <model>.calibration.<score>.json");

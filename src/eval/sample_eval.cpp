@@ -47,7 +47,10 @@ void run_sample_eval(const SampleEvalParams& p) {
     for (int n : p.ns)
         if (n < 1 || n > 64) throw Error("--n: " + std::to_string(n) + " out of range 1..64");
     if (p.scores.empty()) throw Error("--scores: none given");
-    parse_calibration_method(p.calibration);
+    if (parse_calibration_method(p.calibration) == CalibrationMethod::Logistic)
+        throw Error(
+            "--calibration logistic: eval sample calibrates each score alone; combine scores with "
+            "kvlens calibrate --method logistic");
     const int n_max = *std::max_element(p.ns.begin(), p.ns.end());
     const DatasetConfig cfg = load_dataset_config(p.dataset, p.data_dir);
     const std::vector<Sample> samples = load_samples(cfg, p.limit);
@@ -202,6 +205,7 @@ void write_sample_report(const std::string& out_dir, const std::vector<json>& re
             full[s] = fit_calibration(method, all, ally);
             full[s].score = s;
             full[s].source = (dir / "samples.jsonl").string();
+            full[s].model = read_run_model(dir.string());  // generate/sample/serve refuse other models
             // Fold f is scored by the calibration fitted on the other fold.
             fold_cal[s] = {fit_calibration(method, xs[1], ys[1]), fit_calibration(method, xs[0], ys[0])};
             save_calibration(full[s], (dir / ("calibration." + s + ".json")).string());

@@ -267,7 +267,11 @@ Api::Api(const Model& model, const ApiParams& params) : model_(model), params_(p
             throw Error(std::string("--router: chat template ") + to_string(tmpl_) + " has no thinking mode");
         check_router_for_model(*router_, mi.arch, mi.n_layer, mi.n_head_kv, mi.head_dim, to_string(tmpl_));
     }
-    if (!params.calibration_path.empty()) calibration_.push_back(load_calibration(params.calibration_path));
+    if (!params.calibration_path.empty()) {
+        calibration_.push_back(load_calibration(params.calibration_path));
+        check_calibration_model(calibration_[0],
+                                calibration_model_of(model.path(), mi.name, mi.arch, mi.n_layer));
+    }
 }
 
 Api::~Api() = default;
@@ -395,7 +399,13 @@ ChatRequest Api::parse_chat(const json& body) const {
             if (!v->is_string()) bad("kvlens.score", "expected a score name, e.g. kv_coe_r");
             r.select_score = v->get<std::string>();
             const std::map<std::string, double> names = CoeResult{}.named();
-            if (!names.count(r.select_score))
+            const bool combined =
+                !calibration_.empty() && calibration_[0].method == CalibrationMethod::Logistic;
+            if (combined && r.select_score != calibration_[0].score)
+                bad("kvlens.score",
+                    "'" + r.select_score + "': the server's calibration combines several scores into '" +
+                        calibration_[0].score + "'; select by that (or leave kvlens.score out)");
+            if (!names.count(r.select_score) && !combined)
                 bad("kvlens.score",
                     "'" + r.select_score + "': no such score (e.g. kv_coe_r, hs_coe_c, inv_ppl)");
         }
@@ -599,8 +609,12 @@ json Api::chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt,
         split_reasoning(out, prompt_opens_think, reasoning, content);
         const json sj = scores_json(s.scores, calibration_);
         const auto it = s.scores.find(req.select_score);
-        if (it == s.scores.end()) bad("kvlens.score", "'" + req.select_score + "': no such score");
-        const double score = calibration_.empty() ? it->second : calibration_[0].apply(it->second);
+        const bool own = !calibration_.empty() && req.select_score == calibration_[0].score;
+        if (it == s.scores.end() && !own) bad("kvlens.score", "'" + req.select_score + "': no such score");
+        // The calibration's own score (a logistic one reads several); another score keeps the old behaviour.
+        const double score = calibration_.empty() ? it->second
+                             : own                ? calibration_[0].apply(s.scores)
+                                                  : calibration_[0].apply(it->second);
         const MatchResult m = match_answer(matcher, content, "");
         cands.push_back({m.extracted, score});
         json message = {{"role", "assistant"}, {"content", content}};

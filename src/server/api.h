@@ -35,7 +35,7 @@ struct ApiParams {
     int default_max_tokens = 512;
     std::string chat_template = "auto";
     std::string router_path;       // enables "think": "auto"
-    std::string calibration_path;  // a calibration of one KV-CoE score: adds P(correct)
+    std::string calibration_path;  // kvlens calibrate's file: adds P(correct); refused for another model
 };
 
 // A request the API refuses: HTTP status, the OpenAI error type and the offending parameter.

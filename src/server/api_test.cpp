@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
 
 using namespace kvlens;
@@ -158,6 +159,60 @@ TEST_F(ServerApi, RefusalsNameTheParameter) {
         EXPECT_EQ(e.param, "messages");
         EXPECT_NE(std::string(e.what()).find("context of 64"), std::string::npos) << e.what();
     }
+}
+
+// A logistic calibration: p_correct.combined per choice, the weighted vote on it, kvlens.score limited to
+// it; refused at start for another model.
+TEST_F(ServerApi, LogisticCalibration) {
+    Calibration c = calibration_from_json(
+        R"({"format":"kvlens-calibration","version":2,"method":"logistic","score":"combined","direction":1,)"
+        R"("features":["kv_coe_r","max_prob","neg_length"],"mean":[0,0.001,-3],"std":[0.1,0.001,1],)"
+        R"("weights":[0.5,1,0.3],"bias":0.2,"ridge":1})",
+        "test");
+    const ModelInfo& mi = llama->info();
+    c.model = calibration_model_of(llama->path(), mi.name, mi.arch, mi.n_layer);
+    ApiParams p;
+    p.session.n_ctx = 128;
+    p.calibration_path = testing::TempDir() + "/combined.json";
+    save_calibration(c, p.calibration_path);
+    const Api api(*llama, p);
+    const json body = {
+        {"messages", user("hi")}, {"n", 3}, {"max_tokens", 3}, {"kvlens", {{"select", "weighted"}}}};
+    const ChatRequest r = api.parse_chat(body);
+    EXPECT_EQ(r.select_score, "combined");
+    const json resp = api.chat(r);
+    for (const json& ch : resp["choices"]) {
+        const json& s = ch["kvlens"]["scores"];
+        std::map<std::string, double> m;
+        for (const auto& [k, v] : s.items())
+            if (v.is_number()) m[k] = v.get<double>();
+        EXPECT_DOUBLE_EQ(s["p_correct.combined"].get<double>(), c.apply(m));
+    }
+    EXPECT_EQ(resp["kvlens"]["selection"]["score"], "combined");
+    // Best-of-N: the confidence is the chosen answer's combined probability.
+    json best = body;
+    best["kvlens"]["select"] = "best";
+    const json rb = api.chat(api.parse_chat(best));
+    const json& sel = rb["kvlens"]["selection"];
+    EXPECT_DOUBLE_EQ(
+        sel["confidence"].get<double>(),
+        rb["choices"][sel["index"].get<int>()]["kvlens"]["scores"]["p_correct.combined"].get<double>());
+    json other = body;
+    other["kvlens"]["score"] = "kv_coe_r";
+    try {
+        api.parse_chat(other);
+        ADD_FAILURE() << "another selection score accepted beside a combined calibration";
+    } catch (const ApiError& e) {
+        EXPECT_EQ(e.param, "kvlens.score");
+    }
+    try {
+        const Api wrong(*qwen3, p);
+        ADD_FAILURE() << "a calibration for tiny-llama accepted for tiny-qwen3";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("'tiny-llama.gguf'"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("'tiny-qwen3.gguf'"), std::string::npos) << e.what();
+    }
+    std::remove(p.calibration_path.c_str());
 }
 
 TEST_F(ServerApi, EmbeddingRefusals) {

@@ -8,8 +8,22 @@ if(TARGET tiny-models)
   add_dependencies(sampling_test tiny-models)
 endif()
 
-# kvlens generate --calibration FILE|auto: P(correct) printed and in the --features line.
+# kvlens generate --calibration FILE|auto: P(correct) printed and in the --features line; a logistic file
+# (fitted on an eval coe run) in generate and sample, refused for another model.
 add_test(NAME cli_generate_calibration
          COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/generate_calibration_test.sh $<TARGET_FILE:kvlens-cli>
                  ${KVLENS_TEST_MODELS_DIR}/tiny-llama.gguf)
 set_tests_properties(cli_generate_calibration PROPERTIES LABELS cli TIMEOUT 300)
+
+# kvlens calibrate --method logistic vs scikit-learn's LogisticRegression, end to end through the CLI.
+if(Python3_Interpreter_FOUND)
+  add_test(NAME python_calibration_reference
+           COMMAND ${Python3_EXECUTABLE} -m pytest -q -rs -p no:cacheprovider --noconftest
+                   ${PROJECT_SOURCE_DIR}/tests/python/test_calibration_reference.py
+           WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+  # One BLAS thread: spinning numpy threads slow the tests beside them (see 30-python.cmake).
+  set_tests_properties(python_calibration_reference PROPERTIES
+    ENVIRONMENT "KVLENS_BIN=$<TARGET_FILE:kvlens-cli>;OPENBLAS_NUM_THREADS=1;OMP_NUM_THREADS=1;PYTHONDONTWRITEBYTECODE=1"
+    LABELS python
+    TIMEOUT 300)
+endif()
