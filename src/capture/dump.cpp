@@ -26,22 +26,27 @@ std::vector<float> gather(const RowRecorder& rec, Tap tap, int layer0, int n_lay
 
 }  // namespace
 
-KvDump dump_kv(Session& session, const std::vector<llama_token>& tokens, bool hidden) {
+KvDump dump_kv(Session& session, const std::vector<llama_token>& tokens, bool hidden, int decode_from) {
     const ModelInfo& mi = session.model().info();
     const int T = (int)tokens.size();
     if (T < 1) throw Error("dump: no tokens");
     if (T > session.n_ctx())
         throw Error("prompt: " + std::to_string(T) + " tokens do not fit the context of " +
                     std::to_string(session.n_ctx()) + " tokens (raise --ctx)");
+    if (decode_from < 0 || decode_from > T)
+        throw Error("decode-from: " + std::to_string(decode_from) + " is outside 0.." + std::to_string(T) +
+                    " (the number of tokens)");
     std::vector<Tap> taps = {Tap::K, Tap::V};
     if (hidden) taps.insert(taps.end(), {Tap::Embd, Tap::Hidden});
     RowRecorder rec(taps, 0);
     session.capture().subscribe(&rec);
-    std::vector<BatchToken> batch;
     // The last layer's residual stream only exists for tokens with logits: request them all for hidden.
-    for (int t = 0; t < T; ++t) batch.push_back({tokens[t], t, 0, hidden || t == T - 1});
+    const int first = decode_from > 0 ? decode_from : T;
+    std::vector<BatchToken> batch;
+    for (int t = 0; t < first; ++t) batch.push_back({tokens[t], t, 0, hidden || t == first - 1});
     try {
         session.decode(batch, /*keep_logits=*/false);
+        for (int t = first; t < T; ++t) session.decode({{tokens[t], t, 0, true}}, /*keep_logits=*/false);
     } catch (...) {
         session.capture().unsubscribe(&rec);
         throw;

@@ -108,6 +108,28 @@ std::vector<int> parse_layers(const std::string& s) {
 
 // ---- KvPool -----------------------------------------------------------------------------------------------
 
+std::vector<int> resolve_layers(const std::vector<int>& given_in, int n_layer) {
+    std::vector<int> given = given_in;  // as written, for messages
+    if (given.empty()) {
+        for (int l = 0; l < n_layer; ++l) given.push_back(l);
+    }
+    std::vector<int> out, first_as(n_layer, 0);
+    std::vector<bool> seen(n_layer, false);
+    for (int l : given) {
+        const int r = l < 0 ? n_layer + l : l;
+        if (r < 0 || r >= n_layer)
+            throw Error("layers: layer " + std::to_string(l) + " out of range for a " +
+                        std::to_string(n_layer) + "-layer model");
+        if (seen[r])
+            throw Error("layers: layer " + std::to_string(r) + " selected twice (as " +
+                        std::to_string(first_as[r]) + " and " + std::to_string(l) + ")");
+        seen[r] = true;
+        first_as[r] = l;
+        out.push_back(r);
+    }
+    return out;
+}
+
 KvPool::KvPool(const PoolSpec& spec, int n_layer, int n_head_kv, int head_dim)
     : spec_(spec), n_layer_(n_layer), n_head_kv_(n_head_kv), head_dim_(head_dim) {
     if (n_layer <= 0 || n_head_kv <= 0 || head_dim <= 0)
@@ -115,22 +137,9 @@ KvPool::KvPool(const PoolSpec& spec, int n_layer, int n_head_kv, int head_dim)
                     std::to_string(n_head_kv) + ", head_dim " + std::to_string(head_dim) + ")");
     if (spec.window < 0) throw Error("window: bad value " + std::to_string(spec.window) + " (expected >= 0)");
 
+    layers_ = resolve_layers(spec.layers, n_layer);
     slot_of_.assign(n_layer, -1);
-    std::vector<int> given = spec.layers;  // as written, for messages
-    if (given.empty()) {
-        for (int l = 0; l < n_layer; ++l) given.push_back(l);
-    }
-    for (int l : given) {
-        const int r = l < 0 ? n_layer + l : l;
-        if (r < 0 || r >= n_layer)
-            throw Error("layers: layer " + std::to_string(l) + " out of range for a " +
-                        std::to_string(n_layer) + "-layer model");
-        if (slot_of_[r] >= 0)
-            throw Error("layers: layer " + std::to_string(r) + " selected twice (as " +
-                        std::to_string(given[slot_of_[r]]) + " and " + std::to_string(l) + ")");
-        slot_of_[r] = (int)layers_.size();
-        layers_.push_back(r);
-    }
+    for (size_t s = 0; s < layers_.size(); ++s) slot_of_[layers_[s]] = (int)s;
 
     // Allocate only what pos_agg needs, and only for the parts used. "last" never needs the ring: the
     // newest row in the window is the newest row.

@@ -37,6 +37,9 @@ HeadAgg parse_head_agg(const std::string& s);
 LayerAgg parse_layer_agg(const std::string& s);
 // "all", "-4..-1" style ranges, or comma lists "0,3,-1".
 std::vector<int> parse_layers(const std::string& s);
+// Layer indices as parse_layers gives them -> non-negative indices of an n_layer model, in order (empty =
+// all); an index out of range or a layer selected twice -> Error.
+std::vector<int> resolve_layers(const std::vector<int>& given, int n_layer);
 const char* to_string(KvPart);
 const char* to_string(PosAgg);
 const char* to_string(HeadAgg);

@@ -17,6 +17,7 @@ struct DumpOptions {
     ModelOptions model;
     std::string prompt, tokens, out;
     bool hidden = false, no_bos = false;
+    int decode_from = 0;
 };
 
 std::vector<llama_token> parse_token_ids(const std::string& s, int n_vocab) {
@@ -56,7 +57,8 @@ void run_dump(const DumpOptions& o) {
 
     Session session(*model, session_params(o.model));
     // Everything is gathered first, so that a failure leaves no partial file behind.
-    const KvDump d = dump_kv(session, toks, o.hidden);
+    const KvDump d =
+        with_flag("--decode-from", [&] { return dump_kv(session, toks, o.hidden, o.decode_from); });
     const int L = d.n_layer, W = d.kv_width;
     std::vector<int32_t> pos(T);
     for (int t = 0; t < T; ++t) pos[t] = t;
@@ -94,6 +96,12 @@ CLI::App* add_dump_command(CLI::App& app) {
     sub->add_flag(
         "--hidden", o->hidden,
         "also write hidden [n_layer+1, pos, n_embd]: token embeddings, then the residual after each layer");
+    sub->add_option(
+           "--decode-from", o->decode_from,
+           "N > 0: the first N tokens as one batch, then one token per batch, as generate computes a "
+           "prompt of N tokens and its answer (0: one batch)")
+        ->check(CLI::Range(0, 1 << 24))
+        ->capture_default_str();
     sub->callback([o] { run_dump(*o); });
     return sub;
 }

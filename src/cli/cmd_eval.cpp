@@ -43,6 +43,8 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
         ->check(CLI::Range(0, 1024))
         ->capture_default_str();
     add_kv_source_option(coe, p->kv_source);
+    auto coe_opts = std::make_shared<TokenCoeOptions>();
+    add_token_coe_options(coe, *coe_opts);
     coe->add_option("--template", p->chat_template,
                     "chat template: auto, chatml, qwen2, qwen3, deepseek-r1, llama3")
         ->capture_default_str();
@@ -51,7 +53,15 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
         ->check(CLI::Range(10, 1000000))
         ->capture_default_str();
     coe->add_option("--seed", p->seed, "bootstrap seed")->capture_default_str();
-    coe->callback([p] { run_coe_eval(*p); });
+    coe->add_option("--dev-fraction", p->dev_fraction,
+                    "share of questions (by a hash of their id) in the development part, which chooses the "
+                    "token-axis configuration and fits the combined model; the report is on the rest")
+        ->check(CLI::Range(0.0, 1.0))
+        ->capture_default_str();
+    coe->callback([p, coe_opts] {
+        p->token_coe = token_coe_spec(*coe_opts);
+        run_coe_eval(*p);
+    });
     return eval;
 }
 

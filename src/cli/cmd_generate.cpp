@@ -28,6 +28,8 @@ struct GenerateOptions {
     RoutePolicy policy;
     bool no_switch = false;
     std::string calibration, score = "hs_coe_c";  // P(correct) of the answer
+    std::string scores_out;                       // --scores FILE
+    TokenCoeOptions coe;
 };
 
 // Which positions the features pool: all of them, the prompt, the generated tokens that were fed back, or
@@ -46,6 +48,7 @@ void run_generate_routed(const GenerateOptions& o) {
     if (o.raw) throw Error("--think auto: needs the chat template (not --raw)");
     if (!o.features.empty()) throw Error("--features: not available with --think auto");
     if (!o.calibration.empty()) throw Error("--calibration: not available with --think auto");
+    if (!o.scores_out.empty()) throw Error("--scores: not available with --think auto");
     const ChatTemplate tmpl_flag =
         with_flag("--template", [&] { return parse_chat_template(o.chat_template); });
     const RouterFile rf = load_router(o.router);
@@ -108,6 +111,7 @@ void run_generate(const GenerateOptions& o) {
         with_flag("--template", [&] { return parse_chat_template(o.chat_template); });
     const ThinkMode think = with_flag("--think", [&] { return parse_think_mode(o.think); });
     const PoolSpec spec = pool_spec(o.pool);
+    const TokenCoeSpec coe_spec = token_coe_spec(o.coe);
     // A calibration names its score; "auto" looks next to the model for --score's.
     std::vector<Calibration> cals;
     if (!o.calibration.empty()) {
@@ -146,7 +150,10 @@ void run_generate(const GenerateOptions& o) {
     }
 
     std::unique_ptr<CoeScorer> scorer;
-    if (!cals.empty()) scorer = std::make_unique<CoeScorer>(session, 0, (int)prompt.size());
+    if (!cals.empty() || !o.scores_out.empty())
+        scorer = with_flag("--coe-layers", [&] {
+            return std::make_unique<CoeScorer>(session, 0, (int)prompt.size(), coe_spec);
+        });
 
     GenerateParams gp;
     gp.max_tokens = o.max_tokens;
@@ -156,7 +163,8 @@ void run_generate(const GenerateOptions& o) {
     fflush(stdout);
     std::map<std::string, double> scores;
     if (scorer) {
-        scores = scorer->result(g.steps).named();
+        const CoeResult r = scorer->result(g.steps);
+        scores = r.named();
         for (const auto& [k, v] : calibrated_scores(scores, cals)) {
             scores[k] = v;
             if (cals[0].method == CalibrationMethod::Logistic)
@@ -165,6 +173,27 @@ void run_generate(const GenerateOptions& o) {
             else
                 fprintf(stderr, "kvlens: %s = %.3f (raw %s = %.6g)\n", k.c_str(), v, cals[0].score.c_str(),
                         scores.at(cals[0].score));
+        }
+        if (!o.scores_out.empty()) {
+            nlohmann::json j = {{"model", model->path()},
+                                {"token_coe",
+                                 {{"layers", scorer->token().layers()},
+                                  {"kv_part", to_string(coe_spec.kv_part)},
+                                  {"positions", to_string(coe_spec.positions)},
+                                  {"head_agg", to_string(coe_spec.head_agg)},
+                                  {"n_states", scorer->token().count()},
+                                  {"m", r.kv.m},
+                                  {"a", r.kv.a},
+                                  {"status", coe_status_string(r.kv.status)}}},
+                                {"prompt_tokens", g.prompt},
+                                {"output_tokens", g.output},
+                                {"stop", to_string(g.stop)},
+                                {"text", g.text},
+                                {"scores", scores}};
+            std::ofstream f(o.scores_out, std::ios::app);
+            if (!f) throw Error("--scores '" + o.scores_out + "': cannot open for writing");
+            f << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+            if (!f) throw Error("--scores '" + o.scores_out + "': write failed");
         }
     }
 
@@ -223,6 +252,10 @@ CLI::App* add_generate_command(CLI::App& app) {
                     "calibration file (kvlens calibrate) or 'auto' (<model>.calibration.<score>.json): print "
                     "P(correct) of the answer; --features lines also get the scores");
     sub->add_option("--score", o->score, "the score --calibration auto looks for")->capture_default_str();
+    sub->add_option("--scores", o->scores_out,
+                    "append one JSON line with every score of the answer (KV-CoE on both axes, hidden-state "
+                    "CoE, output baselines), the token-axis chain's steps and the tokens");
+    add_token_coe_options(sub, o->coe);
     sub->add_option("--router", o->router, "router file for --think auto (kvlens router train)");
     sub->add_option("--check-every", o->policy.check_every,
                     "--think auto: tokens between two windowed predictions while decoding")

@@ -30,6 +30,7 @@ struct SampleOptions {
     std::string matcher = "last_number", reference, strategy = "majority", score = "hs_coe_c", calibration,
                 out;
     double abstain_below = -1;
+    TokenCoeOptions coe;
 };
 
 void run_sample(const SampleOptions& o) {
@@ -72,6 +73,7 @@ void run_sample(const SampleOptions& o) {
 
     Session session(*model, session_params(o.model, o.n));
     SampleParams sp;
+    sp.token_coe = token_coe_spec(o.coe);
     sp.n = o.n;
     sp.max_tokens = o.max_tokens;
     sp.sampling = o.sampling;
@@ -235,6 +237,7 @@ CLI::App* add_sample_command(CLI::App& app) {
                                        "N samples of one prompt decoded together (shared prompt cache), "
                                        "scored; choose one answer or abstain");
     add_model_options(sub, o->model);
+    add_token_coe_options(sub, o->coe);
     sub->add_option("-p,--prompt", o->prompt, "the user message")->required();
     sub->add_option("-s,--system", o->system, "system message");
     sub->add_option("-n,--samples", o->n, "samples N")->check(CLI::Range(1, 64))->capture_default_str();
@@ -330,10 +333,13 @@ CLI::App* add_sample_command(CLI::App& app) {
         ->check(CLI::Range(0, 1024))
         ->capture_default_str();
     add_kv_source_option(ev, p->kv_source);
+    auto coe_opts = std::make_shared<TokenCoeOptions>();
+    add_token_coe_options(ev, *coe_opts);
     ev->add_option("--template", p->chat_template, "chat template")->capture_default_str();
     ev->add_option("--think", p->think, "thinking mode: on, off, default")->capture_default_str();
-    ev->callback([ev, p, ns, scores] {
+    ev->callback([ev, p, ns, scores, coe_opts] {
         SampleEvalParams q = *p;
+        q.token_coe = token_coe_spec(*coe_opts);
         q.ns = with_flag("--n", [&] { return parse_int_list(*ns); });
         q.scores = parse_name_list(*scores);
         // main() keeps argv to itself; the given options, as parsed, stand in for the command line.

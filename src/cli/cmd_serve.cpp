@@ -15,6 +15,7 @@ struct ServeOptions {
     ServerParams server;
     ApiParams api;
     std::string calibration, score = "hs_coe_c";
+    TokenCoeOptions coe;
 };
 
 extern "C" void on_signal(int) {
@@ -24,6 +25,7 @@ extern "C" void on_signal(int) {
 void run_serve(const ServeOptions& o) {
     ApiParams ap = o.api;
     ap.session = session_params(o.model);
+    ap.token_coe = token_coe_spec(o.coe);
     if (!o.calibration.empty())
         ap.calibration_path =
             o.calibration == "auto" ? default_calibration_path(o.model.model, o.score) : o.calibration;
@@ -48,6 +50,7 @@ CLI::App* add_serve_command(CLI::App& app) {
         "serve",
         "OpenAI-compatible HTTP server: chat completions with KV-CoE scores and routing, embeddings");
     add_model_options(cmd, o->model);
+    add_token_coe_options(cmd, o->coe);
     cmd->get_option("--ctx")
         ->description("most tokens one request may use, prompt + answer (0: min(training context, 4096))")
         ->check(CLI::Range(0, 1 << 20));

@@ -8,6 +8,7 @@
 
 #include "capture/pooling.h"
 #include "engine/model.h"
+#include "methods/coe.h"
 #include "util/error.h"
 
 namespace kvlens::cli {
@@ -40,6 +41,16 @@ void add_kv_source_option(CLI::App* app, std::string& kv_source);
 // --kv-part, --pos-agg, --head-agg, --layer-agg, --layers, --normalize, --window.
 void add_pool_options(CLI::App* app, PoolOptions& o);
 PoolSpec pool_spec(const PoolOptions& o);  // throws Error naming the flag
+
+// The token-axis KV-CoE knobs (kv_coe_*): --coe-layers, --coe-kv-part, --coe-positions, --coe-head-agg.
+// Defaults are TokenCoeSpec's.
+struct TokenCoeOptions {
+    std::string layers = TokenCoeSpec{}.layers, kv_part = to_string(TokenCoeSpec{}.kv_part),
+                positions = to_string(TokenCoeSpec{}.positions),
+                head_agg = to_string(TokenCoeSpec{}.head_agg);
+};
+void add_token_coe_options(CLI::App* app, TokenCoeOptions& o);
+TokenCoeSpec token_coe_spec(const TokenCoeOptions& o);  // throws Error naming the flag
 
 // Runs f, prefixing a kvlens::Error's message with the flag whose value caused it.
 template <typename F>

@@ -84,6 +84,28 @@ PoolSpec pool_spec(const PoolOptions& o) {
     return s;
 }
 
+void add_token_coe_options(CLI::App* app, TokenCoeOptions& o) {
+    app->add_option("--coe-layers", o.layers,
+                    "KV-CoE (token axis): layers averaged per token: all, -4..-1, 0,3,-1")
+        ->capture_default_str();
+    app->add_option("--coe-kv-part", o.kv_part, "KV-CoE (token axis): k, v or kv_cat")->capture_default_str();
+    app->add_option("--coe-positions", o.positions,
+                    "KV-CoE (token axis): producer (last prompt position + generated) or generated")
+        ->capture_default_str();
+    app->add_option("--coe-head-agg", o.head_agg, "KV-CoE (token axis): heads flatten or mean")
+        ->capture_default_str();
+}
+
+TokenCoeSpec token_coe_spec(const TokenCoeOptions& o) {
+    TokenCoeSpec s;
+    with_flag("--coe-layers", [&] { return parse_layers(o.layers); });  // syntax now, range on the model
+    s.layers = o.layers;
+    s.kv_part = with_flag("--coe-kv-part", [&] { return parse_kv_part(o.kv_part); });
+    s.positions = with_flag("--coe-positions", [&] { return parse_coe_positions(o.positions); });
+    s.head_agg = with_flag("--coe-head-agg", [&] { return parse_head_agg(o.head_agg); });
+    return s;
+}
+
 }  // namespace kvlens::cli
 
 int main(int argc, char** argv) {

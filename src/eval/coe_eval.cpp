@@ -4,8 +4,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
+#include <random>
 #include <set>
 #include <sstream>
 #include <tuple>
@@ -13,7 +15,9 @@
 #include "engine/generate.h"
 #include "eval/metrics.h"
 #include "eval/results_file.h"
+#include "eval/split.h"
 #include "eval/svg_plot.h"
+#include "methods/calibration.h"
 #include "methods/coe.h"
 #include "util/error.h"
 #include "util/progress.h"
@@ -24,18 +28,29 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 const std::vector<std::string>& coe_report_scores() {
-    static const std::vector<std::string> names = {"kv_coe_r", "kv_coe_c", "k_coe_r",    "k_coe_c",
-                                                   "v_coe_r",  "v_coe_c",  "hs_coe_r",   "hs_coe_c",
-                                                   "max_prob", "inv_ppl",  "inv_entropy"};
+    static const std::vector<std::string> names = {
+        "kv_coe_r",      "kv_coe_c",      "kv_layer_coe_r", "kv_layer_coe_c", "k_layer_coe_r",
+        "k_layer_coe_c", "v_layer_coe_r", "v_layer_coe_c",  "hs_coe_r",       "hs_coe_c",
+        "max_prob",      "inv_ppl",       "inv_entropy",    "neg_length"};
     return names;
 }
 
 static std::string score_label(const std::string& s) {
     static const std::map<std::string, std::string> labels = {
-        {"kv_coe_r", "KV-CoE-R (K;V)"},    {"kv_coe_c", "KV-CoE-C (K;V)"},    {"k_coe_r", "KV-CoE-R (K)"},
-        {"k_coe_c", "KV-CoE-C (K)"},       {"v_coe_r", "KV-CoE-R (V)"},       {"v_coe_c", "KV-CoE-C (V)"},
-        {"hs_coe_r", "HS-CoE-R (hidden)"}, {"hs_coe_c", "HS-CoE-C (hidden)"}, {"max_prob", "mean max-prob"},
-        {"inv_ppl", "1/perplexity"},       {"inv_entropy", "1/entropy"}};
+        {"kv_coe_r", "KV-CoE-R (token axis)"},
+        {"kv_coe_c", "KV-CoE-C (token axis)"},
+        {"kv_layer_coe_r", "KV-CoE-R (layer axis, K;V)"},
+        {"kv_layer_coe_c", "KV-CoE-C (layer axis, K;V)"},
+        {"k_layer_coe_r", "KV-CoE-R (layer axis, K)"},
+        {"k_layer_coe_c", "KV-CoE-C (layer axis, K)"},
+        {"v_layer_coe_r", "KV-CoE-R (layer axis, V)"},
+        {"v_layer_coe_c", "KV-CoE-C (layer axis, V)"},
+        {"hs_coe_r", "HS-CoE-R (hidden, layer axis)"},
+        {"hs_coe_c", "HS-CoE-C (hidden, layer axis)"},
+        {"max_prob", "mean max-prob"},
+        {"inv_ppl", "1/perplexity"},
+        {"inv_entropy", "1/entropy"},
+        {"neg_length", "length alone (shorter = correct)"}};
     auto it = labels.find(s);
     return it == labels.end() ? s : it->second;
 }
@@ -50,7 +65,27 @@ static json run_identity(const CoeEvalParams& p, const DatasetConfig& cfg, int m
             {"matcher", to_string(cfg.matcher)},
             {"max_tokens", max_tokens},
             {"template", p.chat_template},
-            {"think", p.think}};
+            {"think", p.think},
+            {"coe_version", 2},  // token-axis KV-CoE and its grid: records of version 1 lack them
+            {"token_coe", to_string(p.token_coe)}};
+}
+
+std::string token_grid_key(const TokenCoeSpec& s) {
+    return s.layers + "|" + to_string(s.kv_part) + "|" + to_string(s.positions) + "|" + to_string(s.head_agg);
+}
+
+std::vector<TokenCoeSpec> token_coe_grid(int n_layer) {
+    std::vector<std::string> layer_sets = {"all", "-4..-1", "-8..-1"};
+    if (n_layer / 2 > 8) layer_sets.push_back("-" + std::to_string(n_layer / 2) + "..-1");
+    std::vector<TokenCoeSpec> grid;
+    for (const std::string& layers : layer_sets) {
+        if (layers != "all" && std::stoi(layers.substr(1)) > n_layer) continue;  // tiny models
+        for (KvPart part : {KvPart::KV, KvPart::K, KvPart::V})
+            for (CoePositions pos : {CoePositions::Producer, CoePositions::Generated})
+                for (HeadAgg head : {HeadAgg::Flatten, HeadAgg::Mean})
+                    grid.push_back({layers, part, pos, head});
+    }
+    return grid;
 }
 
 // The K/V source joins the identity only when it is not the default, so that existing runs still resume.
@@ -86,11 +121,15 @@ void run_coe_eval(const CoeEvalParams& p) {
     // the hidden-state trajectory would take if stored per token.
     json memory;
     for (int n : {100, 2000}) {
-        KvCoe kv(mi, 0, 1);
+        TokenCoe tok(mi, 0, 1, p.token_coe);
+        KvLayerCoe kv(mi, 0, 1);
         HiddenCoe hs(mi, 0, 1);
-        std::vector<float> row(std::max(mi.kv_width(), mi.n_embd), 0.5f);
+        std::vector<float> row(std::max(mi.kv_width(), mi.n_embd));
         for (int t = 0; t < n; ++t) {
+            for (size_t i = 0; i < row.size(); ++i) row[i] = (float)((t * 31 + i * 7) % 13) - 6.0f;
             for (int l = 0; l < mi.n_layer; ++l) {
+                tok.add_row(Tap::K, l, t, row.data());
+                tok.add_row(Tap::V, l, t, row.data());
                 kv.pool().add_k(l, row.data());
                 kv.pool().add_v(l, row.data());
                 hs.add_row(l, row.data());
@@ -98,8 +137,11 @@ void run_coe_eval(const CoeEvalParams& p) {
             hs.add_row(-1, row.data());
         }
         memory[std::to_string(n)] = {
-            {"kv_coe_state_bytes", kv.state_bytes()},
+            {"kv_coe_state_bytes", tok.state_bytes()},
+            {"kv_layer_coe_state_bytes", kv.state_bytes()},
             {"hs_coe_state_bytes", hs.state_bytes()},
+            // The cache's own K and V rows for these tokens (F16, every layer).
+            {"kv_cache_bytes", (size_t)mi.n_layer * 2 * mi.kv_width() * 2 * (size_t)n},
             {"hidden_trajectory_bytes", hidden_trajectory_bytes(mi.n_layer, mi.n_embd, n)}};
     }
 
@@ -137,6 +179,7 @@ void run_coe_eval(const CoeEvalParams& p) {
         sp.capture_source = parse_capture_source(p.kv_source);
         sp.n_batch = std::min(sp.n_ctx, 2048);
         Session session(model, sp);
+        const std::vector<TokenCoeSpec> grid = token_coe_grid(mi.n_layer);
 
         Progress progress("eval coe " + cfg.name, (int64_t)samples.size(),
                           (int64_t)(samples.size() - todo.size()));
@@ -145,9 +188,17 @@ void run_coe_eval(const CoeEvalParams& p) {
             const size_t end = std::min(todo.size(), begin + (size_t)p.parallel);
             std::vector<std::vector<llama_token>> batch(prompts.begin() + begin, prompts.begin() + end);
             std::vector<std::unique_ptr<CoeScorer>> scorers;
-            for (size_t i = 0; i < batch.size(); ++i)
+            // Every grid configuration per sequence, so that the development part can choose one later.
+            std::vector<std::vector<std::unique_ptr<TokenCoe>>> grids(batch.size());
+            for (size_t i = 0; i < batch.size(); ++i) {
                 scorers.push_back(
-                    std::make_unique<CoeScorer>(session, (llama_seq_id)i, (int)batch[i].size()));
+                    std::make_unique<CoeScorer>(session, (llama_seq_id)i, (int)batch[i].size(), p.token_coe));
+                for (const TokenCoeSpec& spec : grid) {
+                    grids[i].push_back(
+                        std::make_unique<TokenCoe>(mi, (llama_seq_id)i, (int)batch[i].size(), spec));
+                    session.capture().subscribe(grids[i].back().get());
+                }
+            }
             GenerateParams gp;
             gp.max_tokens = max_tokens;
             const std::vector<Generation> gens = generate(session, batch, gp);
@@ -155,6 +206,11 @@ void run_coe_eval(const CoeEvalParams& p) {
                 const Sample& s = *todo[begin + i];
                 const Generation& g = gens[i];
                 const CoeResult r = scorers[i]->result(g.steps);
+                json grid_scores = json::object();
+                for (const auto& t : grids[i]) {
+                    const CoeScores gs = t->scores();
+                    grid_scores[token_grid_key(t->spec())] = {gs.r, gs.c};
+                }
                 const MatchResult m = match_answer(cfg.matcher, g.text, s.reference);
                 const bool truncated = g.stop != StopReason::EndOfTurn;
                 const bool correct = m.correct && !truncated;  // cut answers count as wrong (method.md)
@@ -172,7 +228,12 @@ void run_coe_eval(const CoeEvalParams& p) {
                     {"n_output_tokens", g.output.size()},
                     {"n_producer", r.n_producer},
                     {"scores", r.named()},
-                    {"kv_steps", {{"m", r.kv.m}, {"a", r.kv.a}, {"status", coe_status_string(r.kv.status)}}},
+                    {"token_grid", grid_scores},
+                    {"kv_status", coe_status_string(r.kv.status)},
+                    {"kv_layer_steps",
+                     {{"m", r.kv_layer.m},
+                      {"a", r.kv_layer.a},
+                      {"status", coe_status_string(r.kv_layer.status)}}},
                     {"hs_steps", {{"m", r.hs.m}, {"a", r.hs.a}, {"status", coe_status_string(r.hs.status)}}},
                     {"coe_state_bytes", scorers[i]->state_bytes()},
                     {"prompt_tokens", g.prompt},
@@ -182,6 +243,9 @@ void run_coe_eval(const CoeEvalParams& p) {
                 ++n_new;
                 progress.add(1, "acc " + fmt(100.0 * n_correct / n_new, 1) + "%");
             }
+            for (auto& g : grids)
+                for (auto& t : g) session.capture().unsubscribe(t.get());
+            grids.clear();
             scorers.clear();
             session.clear();
         }
@@ -196,7 +260,7 @@ void run_coe_eval(const CoeEvalParams& p) {
         if (wanted.count(r["index"].get<int>())) records.push_back(r);
     std::sort(records.begin(), records.end(),
               [](const json& a, const json& b) { return a["index"].get<int>() < b["index"].get<int>(); });
-    write_coe_report(p.out_dir, records, run_info, p.bootstrap, p.seed);
+    write_coe_report(p.out_dir, records, run_info, p.bootstrap, p.seed, p.dev_fraction);
 }
 
 // Mean of per-step arrays over the records of one class; steps are layer transitions (same count for all).
@@ -216,46 +280,239 @@ static std::vector<double> mean_steps(const std::vector<json>& records, const ch
     return sum;
 }
 
+namespace {
+
+// One score column of the report, split into the development and test parts.
+struct Column {
+    std::string name, label;
+    std::vector<double> dev, test;
+};
+
+// Paired bootstrap of AUROC(a) - AUROC(b) on the same samples: the (1-level)/2 and (1+level)/2 quantiles.
+std::pair<double, double> auroc_diff_interval(const std::vector<double>& a, const std::vector<double>& b,
+                                              const std::vector<int>& labels, int resamples, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::uniform_int_distribution<size_t> pick(0, labels.size() - 1);
+    std::vector<double> diffs, ra, rb;
+    std::vector<int> rl;
+    for (int k = 0; k < resamples; ++k) {
+        ra.clear();
+        rb.clear();
+        rl.clear();
+        for (size_t i = 0; i < labels.size(); ++i) {
+            const size_t j = pick(rng);
+            ra.push_back(a[j]);
+            rb.push_back(b[j]);
+            rl.push_back(labels[j]);
+        }
+        const int pos = (int)std::count(rl.begin(), rl.end(), 1);
+        if (pos == 0 || pos == (int)rl.size()) continue;  // no AUROC without both classes
+        diffs.push_back(auroc(ra, rl) - auroc(rb, rl));
+    }
+    if (diffs.empty()) return {NAN, NAN};
+    std::sort(diffs.begin(), diffs.end());
+    auto q = [&](double f) {  // linear interpolation, as numpy.percentile
+        const double x = f * (double)(diffs.size() - 1);
+        const size_t i = (size_t)x;
+        return i + 1 < diffs.size() ? diffs[i] + (x - (double)i) * (diffs[i + 1] - diffs[i]) : diffs[i];
+    };
+    return {q(0.025), q(0.975)};
+}
+
+bool has_both(const std::vector<int>& labels) {
+    const int pos = (int)std::count(labels.begin(), labels.end(), 1);
+    return pos > 0 && pos < (int)labels.size();
+}
+
+std::string f3(double v) {
+    return std::isfinite(v) ? fmt(v, 3) : "n/a";
+}
+
+}  // namespace
+
+const std::vector<std::string>& combined_features() {
+    static const std::vector<std::string> f = {"kv_coe_r", "kv_coe_c", "kv_layer_coe_r", "kv_layer_coe_c",
+                                               "max_prob", "inv_ppl",  "inv_entropy",    "neg_length"};
+    return f;
+}
+
 void write_coe_report(const std::string& out_dir, const std::vector<json>& records, const json& run_info,
-                      int bootstrap, uint64_t seed) {
+                      int bootstrap, uint64_t seed, double dev_fraction) {
     const fs::path dir(out_dir);
-    std::vector<int> labels;
+    // The split depends on the question id only (eval/split.h): a sample keeps its part whatever the limit.
+    std::vector<size_t> dev_i, test_i;
+    std::vector<int> labels, dev_y, test_y;
+    std::vector<double> dev_len, test_len;
     int n_truncated = 0;
-    for (const json& r : records) {
-        labels.push_back(r["correct"].get<bool>() ? 1 : 0);
+    for (size_t i = 0; i < records.size(); ++i) {
+        const json& r = records[i];
+        std::string id = r.value("id", std::string());
+        if (id.empty()) id = std::to_string(r["index"].get<int>());
+        const int y = r["correct"].get<bool>() ? 1 : 0;
+        const double len = std::max(1.0, (double)r["n_output_tokens"].get<int64_t>());
+        labels.push_back(y);
         n_truncated += r["truncated"].get<bool>();
+        if (split_part(id, dev_fraction) == Part::Dev) {
+            dev_i.push_back(i);
+            dev_y.push_back(y);
+            dev_len.push_back(len);
+        } else {
+            test_i.push_back(i);
+            test_y.push_back(y);
+            test_len.push_back(len);
+        }
     }
     const int n = (int)labels.size();
     const int n_correct = (int)std::count(labels.begin(), labels.end(), 1);
-    const bool both_classes = n_correct > 0 && n_correct < n;
+    const int test_correct = (int)std::count(test_y.begin(), test_y.end(), 1);
+    const int dev_correct = (int)std::count(dev_y.begin(), dev_y.end(), 1);
+    const bool dev_ok = has_both(dev_y), test_ok = has_both(test_y);
 
+    auto column = [&](const std::string& name, const std::string& label,
+                      const std::function<double(const json&)>& get) {
+        Column c{name, label, {}, {}};
+        for (size_t i : dev_i) c.dev.push_back(get(records[i]));
+        for (size_t i : test_i) c.test.push_back(get(records[i]));
+        return c;
+    };
+    std::vector<Column> cols;
+    for (const std::string& name : coe_report_scores())
+        cols.push_back(
+            column(name, score_label(name), [&](const json& r) { return r["scores"][name].get<double>(); }));
+
+    // The token-axis configuration chosen on the development part (highest dev AUROC over the grid, R or C).
+    json selected = nullptr;
+    std::vector<std::vector<std::string>> grid_rows;
+    if (!records.empty() && records[0].contains("token_grid")) {
+        double best = -1;
+        std::string best_key;
+        int best_which = 0;
+        for (const auto& [key, v] : records[0]["token_grid"].items()) {
+            std::vector<std::string> row = {"`" + key + "`"};
+            for (int which : {0, 1}) {
+                std::vector<double> x;
+                for (size_t i : dev_i) x.push_back(records[i]["token_grid"][key][which].get<double>());
+                const double a = dev_ok ? auroc(x, dev_y) : NAN;
+                row.push_back(f3(a));
+                if (a > best) {
+                    best = a;
+                    best_key = key;
+                    best_which = which;
+                }
+            }
+            grid_rows.push_back(row);
+        }
+        if (!best_key.empty()) {
+            const std::string rc = best_which == 0 ? "R" : "C";
+            cols.push_back(
+                column("kv_coe_dev", "KV-CoE-" + rc + " (token axis, chosen on dev: `" + best_key + "`)",
+                       [&](const json& r) { return r["token_grid"][best_key][best_which].get<double>(); }));
+            selected = {{"key", best_key}, {"score", rc}, {"dev_auroc", best}};
+        }
+    }
+
+    // The combined confidence: a logistic model over the free signals, fitted on the development part.
+    json combined = nullptr;
+    std::string combined_note;
+    if (dev_ok) {
+        try {
+            std::vector<std::vector<double>> rows;
+            for (size_t i : dev_i) {
+                std::vector<double> row;
+                for (const std::string& f : combined_features())
+                    row.push_back(records[i]["scores"][f].get<double>());
+                rows.push_back(row);
+            }
+            const Calibration cal = fit_logistic(combined_features(), rows, dev_y);
+            cols.push_back(column(
+                "combined", "combined (logistic on the free signals, fit on dev)",
+                [&](const json& r) { return cal.apply(r["scores"].get<std::map<std::string, double>>()); }));
+            combined = json::parse(calibration_to_json(cal));
+        } catch (const Error& e) {
+            combined_note = e.what();
+        }
+    }
+
+    // Test-part metrics per column.
     std::vector<std::vector<std::string>> rows;
     std::vector<Series> roc_series;
-    json summary = {
-        {"n", n}, {"n_correct", n_correct}, {"n_truncated", n_truncated}, {"scores", json::object()}};
+    json summary = {{"n", n},
+                    {"n_correct", n_correct},
+                    {"n_truncated", n_truncated},
+                    {"dev_fraction", dev_fraction},
+                    {"n_dev", dev_i.size()},
+                    {"n_dev_correct", dev_correct},
+                    {"n_test", test_i.size()},
+                    {"n_test_correct", test_correct},
+                    {"selected", selected},
+                    {"combined", combined},
+                    {"scores", json::object()}};
     int color = 0;
-    for (const std::string& name : coe_report_scores()) {
-        std::vector<double> scores;
-        for (const json& r : records) scores.push_back(r["scores"][name].get<double>());
-        if (!both_classes) {
-            rows.push_back({score_label(name), "n/a", "n/a", "n/a", "n/a"});
+    for (const Column& c : cols) {
+        if (!test_ok) {
+            rows.push_back({c.label, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a"});
             continue;
         }
-        const BinaryMetrics m = binary_metrics(scores, labels);
-        const AurocInterval ci = bootstrap_auroc(scores, labels, bootstrap, seed);
-        rows.push_back({score_label(name), fmt(m.auroc, 3), "[" + fmt(ci.lo, 3) + ", " + fmt(ci.hi, 3) + "]",
-                        fmt(m.aupr, 3), fmt(m.fpr95, 3)});
-        summary["scores"][name] = {
-            {"auroc", m.auroc}, {"auroc_ci", {ci.lo, ci.hi}}, {"aupr", m.aupr}, {"fpr95", m.fpr95}};
-        const RocCurve roc = roc_curve(scores, labels);
+        const BinaryMetrics m = binary_metrics(c.test, test_y);
+        const AurocInterval ci = bootstrap_auroc(c.test, test_y, bootstrap, seed);
+        const double binned = auroc_within_bins(c.test, test_y, test_len, 5);
+        double resid = NAN;
+        if (c.name != "neg_length" && !c.dev.empty()) {
+            try {
+                const LengthResidual fit = fit_length_residual(c.dev, dev_len);
+                resid = auroc(residual_scores(c.test, test_len, fit), test_y);
+            } catch (const Error&) {
+                // a non-finite score: no residual
+            }
+        }
+        rows.push_back({c.label, f3(m.auroc), "[" + f3(ci.lo) + ", " + f3(ci.hi) + "]", f3(m.aupr),
+                        f3(m.fpr95), f3(m.prr), f3(binned), f3(resid)});
+        summary["scores"][c.name] = {{"label", c.label},
+                                     {"auroc", m.auroc},
+                                     {"auroc_ci", {ci.lo, ci.hi}},
+                                     {"aupr", m.aupr},
+                                     {"fpr95", m.fpr95},
+                                     {"prr", m.prr},
+                                     {"auroc_within_length_bins", binned},
+                                     {"auroc_length_residual", resid},
+                                     {"dev_auroc", dev_ok ? auroc(c.dev, dev_y) : NAN}};
+        const RocCurve roc = roc_curve(c.test, test_y);
         Series s;
-        s.label = score_label(name) + " (" + fmt(m.auroc, 3) + ")";
+        s.label = c.label.substr(0, c.label.find(" (chosen")) + " (" + f3(m.auroc) + ")";
         s.x = roc.fpr;
         s.y = roc.tpr;
-        s.dashed = color >= 8;  // the palette has 8 colours; the output baselines come last, dashed
+        s.dashed = color >= 8;  // the palette has 8 colours
         roc_series.push_back(s);
         ++color;
     }
+
+    // Does KV-CoE reach hidden-state CoE? Paired bootstrap of the AUROC difference on the test part.
+    std::vector<std::string> verdicts;
+    json verdict_json = json::array();
+    auto col = [&](const std::string& name) -> const Column* {
+        for (const Column& c : cols)
+            if (c.name == name) return &c;
+        return nullptr;
+    };
+    const std::pair<const char*, const char*> pairs[] = {{"kv_coe_r", "hs_coe_r"},
+                                                         {"kv_coe_c", "hs_coe_c"},
+                                                         {"kv_coe_dev", "hs_coe_c"},
+                                                         {"kv_coe_dev", "hs_coe_r"}};
+    for (const auto& [a, b] : pairs) {
+        const Column *ca = col(a), *cb = col(b);
+        if (!ca || !cb || !test_ok) continue;
+        const double da = auroc(ca->test, test_y), db = auroc(cb->test, test_y);
+        const auto [lo, hi] = auroc_diff_interval(ca->test, cb->test, test_y, bootstrap, seed);
+        const char* v = hi < 0   ? "no: below hidden-state CoE"
+                        : lo > 0 ? "yes: above hidden-state CoE"
+                                 : "yes: within the interval";
+        verdicts.push_back("- " + ca->label + " " + f3(da) + " vs " + cb->label + " " + f3(db) +
+                           ": difference " + f3(da - db) + " [" + f3(lo) + ", " + f3(hi) + "]: **" + v +
+                           "**");
+        verdict_json.push_back(
+            {{"kv", a}, {"hs", b}, {"diff", da - db}, {"diff_ci", {lo, hi}}, {"verdict", v}});
+    }
+    summary["verdicts"] = verdict_json;
 
     std::ostringstream md;
     const json& id = run_info["identity"];
@@ -269,46 +526,87 @@ void write_coe_report(const std::string& out_dir, const std::vector<json>& recor
     md << "- chat template: " << run_info["chat_template_used"].get<std::string>()
        << ", think: " << id["think"].get<std::string>() << ", greedy, max " << id["max_tokens"]
        << " tokens\n";
+    md << "- kv_coe_* configuration: `" << id.value("token_coe", std::string("?")) << "`\n";
     md << "- matcher: " << id["matcher"].get<std::string>() << "; samples: " << n
        << ", correct: " << n_correct << " (accuracy " << fmt(n ? 100.0 * n_correct / n : 0, 1)
-       << "%), cut by the token limit (counted wrong): " << n_truncated << "\n\n";
-    md << "Correct answers are the positive class. AUROC with a bootstrap 95% interval (" << bootstrap
-       << " resamples, seed " << seed
-       << "); FPR95 = false-positive rate at 95% true-positive rate (lower is better).\n\n";
-    md << markdown_table({"score", "AUROC", "95% CI", "AUPR", "FPR95"}, rows) << "\n";
-    if (!both_classes) md << "All samples fall in one class: the separation metrics are undefined.\n\n";
+       << "%), cut by the token limit (counted wrong): " << n_truncated << "\n";
+    md << "- split by question id (FNV-1a hash, " << fmt(100 * dev_fraction, 0)
+       << "% development): development " << dev_i.size() << " samples (" << dev_correct << " correct), test "
+       << test_i.size() << " (" << test_correct << " correct, accuracy "
+       << fmt(test_i.empty() ? 0 : 100.0 * test_correct / test_i.size(), 1) << "%)\n\n";
+    md << "## Test part\n\nEvery number below is measured on the test part; the development part chose the "
+          "token-axis configuration and fitted the combined model and the length regressions, nothing else. "
+          "Correct answers are the positive class. AUROC with a bootstrap 95% interval ("
+       << bootstrap << " resamples, seed " << seed
+       << "); FPR95 = false-positive rate at 95% true-positive rate (lower is better); PRR = "
+          "prediction-rejection "
+          "ratio (1 perfect, 0 chance); *within length bins* = AUROC over pairs of answers in the same "
+          "length "
+          "quintile; *length residual* = AUROC of the score minus its regression on log(length) fitted on "
+          "the "
+          "development part: what the score adds beyond length.\n\n";
+    md << markdown_table({"score", "AUROC", "95% CI", "AUPR", "FPR95", "PRR", "AUROC within length bins",
+                          "AUROC length residual"},
+                         rows)
+       << "\n";
+    if (!test_ok) md << "The test part lacks a class: the separation metrics are undefined.\n\n";
+    if (!combined_note.empty()) md << "Combined model not fitted: " << combined_note << "\n\n";
+    if (!verdicts.empty()) {
+        md << "Does KV-CoE reach hidden-state CoE (paired bootstrap 95% interval of the AUROC "
+              "difference)?\n\n";
+        for (const std::string& v : verdicts) md << v << "\n";
+        md << "\n";
+    }
+    if (!combined.is_null()) {
+        md << "Combined model (standardised features, L2 ridge " << combined["ridge"] << "): ";
+        const auto& fs_ = combined["features"];
+        for (size_t j = 0; j < fs_.size(); ++j)
+            md << (j ? ", " : "") << fs_[j].get<std::string>() << " "
+               << fmt(combined["weights"][j].get<double>(), 2);
+        md << "; bias " << fmt(combined["bias"].get<double>(), 2) << ".\n\n";
+    }
 
     md << "## Memory of the score state per sequence\n\n";
     std::vector<std::vector<std::string>> mem_rows;
     for (const char* t : {"100", "2000"}) {
         const json& m = run_info["memory"][t];
-        mem_rows.push_back({t, std::to_string(m["kv_coe_state_bytes"].get<size_t>()),
-                            std::to_string(m["hs_coe_state_bytes"].get<size_t>()),
-                            std::to_string(m["hidden_trajectory_bytes"].get<size_t>())});
+        auto b = [&](const char* k) { return m.contains(k) ? std::to_string(m[k].get<size_t>()) : "n/a"; };
+        mem_rows.push_back({t, b("kv_coe_state_bytes"), b("kv_layer_coe_state_bytes"),
+                            b("hs_coe_state_bytes"), b("kv_cache_bytes"), b("hidden_trajectory_bytes")});
     }
-    md << markdown_table({"generated tokens", "KV-CoE state (bytes)", "HS-CoE streaming state (bytes)",
+    md << markdown_table({"generated tokens", "KV-CoE token axis (bytes)", "KV-CoE layer axis (bytes)",
+                          "HS-CoE streaming (bytes)", "the KV cache itself, F16 (bytes)",
                           "hidden trajectory stored per token (bytes)"},
                          mem_rows)
        << "\nMeasured by feeding the accumulators 100 and 2000 rows; the KV rows themselves are the "
           "cache's.\n\n";
-    md << "## Plots\n\n![ROC](roc.svg)\n\n![KV chain per layer step](layers-kv.svg)\n\n"
+
+    if (!grid_rows.empty()) {
+        md << "## Development part: the token-axis configurations\n\nAUROC on the " << dev_i.size()
+           << " development samples (key: layers|kv_part|positions|head_agg). The highest, R or C, is the "
+              "*chosen on dev* row above.\n\n";
+        md << markdown_table({"configuration", "dev AUROC R", "dev AUROC C"}, grid_rows) << "\n";
+    }
+    md << "## Plots\n\n![ROC (test part)](roc.svg)\n\n![Layer-axis KV chain per layer "
+          "step](layers-kv.svg)\n\n"
           "![Hidden chain per layer step](layers-hs.svg)\n";
     write_text_file((dir / "report.md").string(), md.str());
     write_text_file((dir / "summary.json").string(), summary.dump(2) + "\n");
 
     PlotSpec roc;
-    roc.title = "ROC: " + id["dataset"].get<std::string>() + " (correct = positive)";
+    roc.title = "ROC: " + id["dataset"].get<std::string>() + ", test part (correct = positive)";
     roc.x_label = "false-positive rate";
     roc.y_label = "true-positive rate";
     roc.x_min = roc.y_min = 0;
     roc.x_max = roc.y_max = 1;
     roc.diagonal = true;
-    roc.width = 720;
-    roc.height = 560;
+    roc.width = 760;
+    roc.height = 600;
     write_text_file((dir / "roc.svg").string(), svg_line_plot(roc, roc_series));
 
     for (const auto& [chain, title, file] :
-         {std::tuple<const char*, const char*, const char*>{"kv_steps", "KV chain (K;V)", "layers-kv.svg"},
+         {std::tuple<const char*, const char*, const char*>{"kv_layer_steps", "layer-axis KV chain (K;V)",
+                                                            "layers-kv.svg"},
           {"hs_steps", "hidden-state chain", "layers-hs.svg"}}) {
         std::vector<Series> ss;
         for (const auto& [what, name] :

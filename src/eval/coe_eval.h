@@ -5,7 +5,9 @@
 // Output directory:
 //   samples.jsonl  one line per sample (resumable: a rerun skips what is done, never writes a sample twice)
 //   run.json       what produced it (model, dataset, settings); a rerun with other settings is refused
-//   report.md      table per score (AUROC with bootstrap 95% CI, AUPR, FPR95), accuracy, truncations
+//   report.md      test-part table per score (AUROC with bootstrap 95% CI, AUPR, FPR95, PRR,
+//   length-controlled
+//                  AUROCs), the configuration chosen on the development part, verdicts, accuracy, truncations
 //   roc.svg, layers-kv.svg, layers-hs.svg   ROC curves; mean magnitude / angle per layer step
 #pragma once
 
@@ -16,6 +18,7 @@
 
 #include "engine/chat_template.h"
 #include "eval/dataset.h"
+#include "methods/coe.h"
 
 namespace kvlens {
 
@@ -33,19 +36,32 @@ struct CoeEvalParams {
         "graph";  // where K/V come from (kv_capture.h); "cache" is part of the run identity
     std::string chat_template = "auto";
     std::string think = "default";
+    TokenCoeSpec token_coe;  // the configuration of kv_coe_* (a grid of others is scored beside it)
     int bootstrap = 1000;
     uint64_t seed = 0;
-    std::string command_line;  // recorded in the report
+    double dev_fraction = 0.3;  // questions (by id hash) in the development part; the rest is the test part
+    std::string command_line;   // recorded in the report
 };
 
 // Runs (or resumes) the evaluation and writes the report. Throws Error on bad input.
 void run_coe_eval(const CoeEvalParams& p);
 
+// The token-axis configurations every run scores beside kv_coe_* ("token_grid" in samples.jsonl, key
+// token_grid_key(): "layers|kv_part|positions|head_agg"), so that a development part can choose one.
+std::vector<TokenCoeSpec> token_coe_grid(int n_layer);
+std::string token_grid_key(const TokenCoeSpec& spec);
+
 // Scores in report order: KV-CoE (kv_cat, k, v), hidden-state CoE, output baselines.
 const std::vector<std::string>& coe_report_scores();
 
-// Writes report.md and the SVG plots from the records of samples.jsonl.
+// The free signals the report's combined confidence (a logistic model fitted on the development part) uses.
+const std::vector<std::string>& combined_features();
+
+// Writes report.md, summary.json and the SVG plots from the records of samples.jsonl: the development part
+// (split_part(id, dev_fraction)) chooses the token-axis configuration and fits the combined model and the
+// length regressions; every reported metric is on the test part.
 void write_coe_report(const std::string& out_dir, const std::vector<nlohmann::json>& records,
-                      const nlohmann::json& run_info, int bootstrap, uint64_t seed);
+                      const nlohmann::json& run_info, int bootstrap, uint64_t seed,
+                      double dev_fraction = 0.3);
 
 }  // namespace kvlens

@@ -302,8 +302,10 @@ MatcherKind parse_matcher(const std::string& name) {
     if (name == "boxed") return MatcherKind::Boxed;
     if (name == "choice_letter") return MatcherKind::ChoiceLetter;
     if (name == "last_number") return MatcherKind::LastNumber;
-    throw Error("matcher '" + name +
-                "': unknown (expected number_after_answer, boxed, choice_letter or last_number)");
+    if (name == "boxed_number") return MatcherKind::BoxedNumber;
+    throw Error(
+        "matcher '" + name +
+        "': unknown (expected number_after_answer, boxed, boxed_number, choice_letter or last_number)");
 }
 
 const char* to_string(MatcherKind kind) {
@@ -316,12 +318,14 @@ const char* to_string(MatcherKind kind) {
             return "choice_letter";
         case MatcherKind::LastNumber:
             return "last_number";
+        case MatcherKind::BoxedNumber:
+            return "boxed_number";
     }
     return "?";
 }
 
 std::vector<std::string> matcher_names() {
-    return {"number_after_answer", "boxed", "choice_letter", "last_number"};
+    return {"number_after_answer", "boxed", "boxed_number", "choice_letter", "last_number"};
 }
 
 std::optional<std::string> last_number(const std::string& text) {
@@ -455,6 +459,19 @@ MatchResult match_boxed(const std::string& output, const std::string& reference)
     return r;
 }
 
+MatchResult match_boxed_number(const std::string& output, const std::string& reference) {
+    MatchResult r = match_boxed(output, reference);
+    if (r.extracted.empty() || r.correct) return r;
+    // A plain number once "$", "%" and thousands commas are gone ("\\$1,234.50" -> 1234.5): compare the
+    // values. Anything else ("x+1", "18 or 19") stays a text comparison.
+    std::string a = normalize_latex_answer(r.extracted), digits;
+    for (char ch : a)
+        if (ch != '$' && ch != '%' && ch != ',') digits += ch;
+    const auto num = last_number(digits), want = last_number(reference);
+    r.correct = num && want && *num == digits && numbers_equal(*num, *want);
+    return r;
+}
+
 MatchResult match_choice_letter(const std::string& output, const std::string& reference) {
     MatchResult r;
     const auto tail = after_last_answer(output);
@@ -488,6 +505,8 @@ MatchResult match_answer(MatcherKind kind, const std::string& output, const std:
             return match_choice_letter(output, reference);
         case MatcherKind::LastNumber:
             return match_last_number(output, reference);
+        case MatcherKind::BoxedNumber:
+            return match_boxed_number(output, reference);
     }
     return {};
 }

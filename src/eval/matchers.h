@@ -8,6 +8,9 @@
 //   boxed                the content of the last \boxed{...} or \fbox{...} (brace-balanced), compared with
 //   the
 //                        reference after normalize_latex_answer() on both sides.
+//   boxed_number         boxed, and when the boxed content is a plain number (after the same normalisation,
+//                        "$", "%" and thousands commas dropped) a numeric comparison with the reference's
+//                        number: for GSM8K / MGSM with Qwen's "put your final answer within \boxed{}" prompt.
 //   choice_letter        the option letter A-E after the last "Answer:" ("B", "(B)", "B)", "**B**", "b.").
 //   last_number          the last number anywhere in the output, compared numerically: for small models that
 //                        ignore the requested answer format (the classic GSM8K fallback). Lenient by design.
@@ -24,7 +27,7 @@ struct MatchResult {
     bool correct = false;
 };
 
-enum class MatcherKind { NumberAfterAnswer, Boxed, ChoiceLetter, LastNumber };
+enum class MatcherKind { NumberAfterAnswer, Boxed, ChoiceLetter, LastNumber, BoxedNumber };
 
 // "number_after_answer" | "boxed" | "choice_letter" | "last_number"; anything else -> kvlens::Error listing
 // the names.
@@ -37,6 +40,7 @@ MatchResult match_number_after_answer(const std::string& output, const std::stri
 MatchResult match_boxed(const std::string& output, const std::string& reference);
 MatchResult match_choice_letter(const std::string& output, const std::string& reference);
 MatchResult match_last_number(const std::string& output, const std::string& reference);
+MatchResult match_boxed_number(const std::string& output, const std::string& reference);
 
 // Building blocks, exposed for the tests.
 

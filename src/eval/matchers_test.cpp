@@ -176,6 +176,22 @@ TEST(Matchers, Normalize) {
     EXPECT_EQ(normalize_latex_answer("\\sqrt[3]2"), "\\sqrt[3]{2}");
 }
 
+TEST(Matchers, BoxedNumber) {
+    // Qwen's GSM8K answers: the value in the last box, compared as a number.
+    EXPECT_TRUE(match_boxed_number("so \\boxed{18}", "18").correct);
+    EXPECT_TRUE(match_boxed_number("\\boxed{18.00}", "18").correct);
+    EXPECT_TRUE(match_boxed_number("\\boxed{\\$1,080}", "1080").correct);
+    EXPECT_TRUE(match_boxed_number("\\boxed{18 \\text{ dollars}}", "18").correct);
+    EXPECT_TRUE(match_boxed_number("\\boxed{50\\%}", "50").correct);
+    EXPECT_TRUE(match_boxed_number("first \\boxed{3}, then \\boxed{-4}", "-4").correct);
+    EXPECT_EQ(match_boxed_number("\\boxed{1,080}", "1080").extracted, "1,080");
+    EXPECT_FALSE(match_boxed_number("\\boxed{19}", "18").correct);
+    EXPECT_FALSE(match_boxed_number("\\boxed{18 or 19}", "18").correct);  // not a plain number
+    EXPECT_FALSE(match_boxed_number("\\boxed{x+18}", "18").correct);
+    EXPECT_FALSE(match_boxed_number("The answer is 18.", "18").correct);  // no box, no answer
+    EXPECT_TRUE(match_answer(MatcherKind::BoxedNumber, "\\boxed{18}", "18").correct);
+}
+
 TEST(Matchers, ParseNames) {
     for (const std::string& n : matcher_names()) EXPECT_EQ(to_string(parse_matcher(n)), n);
     try {
@@ -183,8 +199,8 @@ TEST(Matchers, ParseNames) {
         FAIL() << "no throw";
     } catch (const Error& e) {
         EXPECT_STREQ(e.what(),
-                     "matcher 'regex': unknown (expected number_after_answer, boxed, choice_letter or "
-                     "last_number)");
+                     "matcher 'regex': unknown (expected number_after_answer, boxed, boxed_number, "
+                     "choice_letter or last_number)");
     }
 }
 

@@ -39,7 +39,9 @@ static json run_identity(const SampleEvalParams& p, const DatasetConfig& cfg, in
             {"temperature", p.temperature},
             {"top_k", p.top_k},
             {"top_p", p.top_p},
-            {"seed", p.seed}};
+            {"seed", p.seed},
+            {"coe_version", 2},  // token-axis kv_coe_*: records of version 1 hold the layer axis under that name
+            {"token_coe", to_string(p.token_coe)}};
 }
 
 void run_sample_eval(const SampleEvalParams& p) {
@@ -110,6 +112,7 @@ void run_sample_eval(const SampleEvalParams& p) {
             const Sample& s = *todo[q];
             SampleParams sp_q;
             sp_q.n = n_max;
+            sp_q.token_coe = p.token_coe;
             sp_q.max_tokens = max_tokens;
             sp_q.sampling = sampling;
             sp_q.sampling.seed = p.seed + (uint32_t)s.index * (uint32_t)n_max;

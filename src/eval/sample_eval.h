@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "methods/coe.h"
+
 namespace kvlens {
 
 struct SampleEvalParams {
@@ -42,6 +44,7 @@ struct SampleEvalParams {
     std::string chat_template = "auto", think = "default";
     std::vector<std::string> scores = {"kv_coe_r", "kv_coe_c", "hs_coe_c", "max_prob", "inv_ppl"};
     std::string calibration = "isotonic";
+    TokenCoeSpec token_coe;  // the configuration of kv_coe_*
     std::string command_line;
 };
 

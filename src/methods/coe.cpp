@@ -58,6 +58,49 @@ double angle(const double* a, const double* b, double aa, double bb, int w) {
     return theta;
 }
 
+// The scores from the raw step lengths and angles and the endpoints' distance and angle: the one place the
+// formulas live, for the chain as a matrix and for the streamed token-axis chain alike.
+CoeScores scores_from_steps(const std::vector<double>& d, const std::vector<double>& a, double endpoint_dist,
+                            double endpoint_angle, uint32_t status) {
+    CoeScores s;
+    const int N = (int)d.size();
+    if (N == 0) {
+        s.status = kCoeNoStep;  // as for a one-state matrix: nothing else is looked at
+        return s;
+    }
+    s.status = status;
+    s.endpoint_dist = endpoint_dist;
+    s.endpoint_angle = endpoint_angle;
+    double dist_norm = endpoint_dist, angle_norm = endpoint_angle;
+    if (dist_norm == 0) {
+        dist_norm = 1;
+        s.status |= kCoeEqualEndpoints;
+    }
+    if (angle_norm == 0) {
+        angle_norm = 1;
+        s.status |= kCoeParallelEndpoints;
+    }
+    s.m.resize(N);
+    s.a.resize(N);
+    double sum_m = 0, sum_a = 0, sum_mcos = 0, sum_msin = 0;
+    for (int i = 0; i < N; ++i) {
+        const double m = d[i] / dist_norm;
+        const double an = a[i] / angle_norm;
+        s.m[i] = m;
+        s.a[i] = an;
+        sum_m += m;
+        sum_a += an;
+        sum_mcos += m * std::cos(an);
+        sum_msin += m * std::sin(an);
+    }
+    s.mag = sum_m / N;
+    s.ang = sum_a / N;
+    s.r = s.mag - s.ang;
+    const double x = sum_mcos / N, y = sum_msin / N;
+    s.c = std::sqrt(x * x + y * y);
+    return s;
+}
+
 }  // namespace
 
 CoeScores coe_scores(const double* h, int n_states, int width) {
@@ -83,37 +126,13 @@ CoeScores coe_scores(const double* h, int n_states, int width) {
         if (sq[i] == 0) s.status |= kCoeZeroNorm;
     }
 
-    s.endpoint_dist = dist(row(N), row(0), width);
-    s.endpoint_angle = angle(row(N), row(0), sq[N], sq[0], width);
-    double dist_norm = s.endpoint_dist, angle_norm = s.endpoint_angle;
-    if (dist_norm == 0) {
-        dist_norm = 1;
-        s.status |= kCoeEqualEndpoints;
-    }
-    if (angle_norm == 0) {
-        angle_norm = 1;
-        s.status |= kCoeParallelEndpoints;
-    }
-
-    s.m.resize(N);
-    s.a.resize(N);
-    double sum_m = 0, sum_a = 0, sum_mcos = 0, sum_msin = 0;
+    std::vector<double> d(N), a(N);
     for (int i = 0; i < N; ++i) {
-        const double m = dist(row(i + 1), row(i), width) / dist_norm;
-        const double a = angle(row(i + 1), row(i), sq[i + 1], sq[i], width) / angle_norm;
-        s.m[i] = m;
-        s.a[i] = a;
-        sum_m += m;
-        sum_a += a;
-        sum_mcos += m * std::cos(a);
-        sum_msin += m * std::sin(a);
+        d[i] = dist(row(i + 1), row(i), width);
+        a[i] = angle(row(i + 1), row(i), sq[i + 1], sq[i], width);
     }
-    s.mag = sum_m / N;
-    s.ang = sum_a / N;
-    s.r = s.mag - s.ang;
-    const double x = sum_mcos / N, y = sum_msin / N;
-    s.c = std::sqrt(x * x + y * y);
-    return s;
+    return scores_from_steps(d, a, dist(row(N), row(0), width), angle(row(N), row(0), sq[N], sq[0], width),
+                             s.status);
 }
 
 CoeScores coe_scores(const float* h, int n_states, int width) {
@@ -122,7 +141,8 @@ CoeScores coe_scores(const float* h, int n_states, int width) {
     return coe_scores(d.data(), n_states, width);
 }
 
-// ---- KV chain ---------------------------------------------------------------------------------------------
+// ---- token-axis KV chain
+// ---------------------------------------------------------------------------------------------
 
 namespace {
 
@@ -143,11 +163,117 @@ PoolSpec coe_pool_spec() {
 
 }  // namespace
 
-KvCoe::KvCoe(const ModelInfo& mi, llama_seq_id seq, int n_prompt)
+CoePositions parse_coe_positions(const std::string& s) {
+    if (s == "producer") return CoePositions::Producer;
+    if (s == "generated") return CoePositions::Generated;
+    throw Error("positions: bad value '" + s + "' (expected producer or generated)");
+}
+
+const char* to_string(CoePositions p) {
+    return p == CoePositions::Producer ? "producer" : "generated";
+}
+
+std::string to_string(const TokenCoeSpec& spec) {
+    return "layers=" + spec.layers + " kv_part=" + to_string(spec.kv_part) +
+           " positions=" + to_string(spec.positions) + " head_agg=" + to_string(spec.head_agg);
+}
+
+TokenCoe::TokenCoe(const ModelInfo& mi, llama_seq_id seq, int n_prompt, const TokenCoeSpec& spec)
+    : spec_(spec),
+      seq_(seq),
+      pos_begin_(producer_begin(n_prompt) + (spec.positions == CoePositions::Generated ? 1 : 0)),
+      n_head_kv_(mi.n_head_kv),
+      head_dim_(mi.head_dim) {
+    if (mi.n_layer < 1 || mi.n_head_kv < 1 || mi.head_dim < 1)
+        throw Error("coe: bad model shape (n_layer " + std::to_string(mi.n_layer) + ", n_head_kv " +
+                    std::to_string(mi.n_head_kv) + ", head_dim " + std::to_string(mi.head_dim) + ")");
+    layers_ = resolve_layers(parse_layers(spec.layers), mi.n_layer);
+    uses_layer_.assign(mi.n_layer, false);
+    for (int l : layers_) uses_layer_[l] = true;
+    part_width_ = spec.head_agg == HeadAgg::Flatten ? mi.kv_width() : mi.head_dim;
+    const int n_parts = spec.kv_part == KvPart::KV ? 2 : 1;
+    width_ = n_parts * part_width_;
+    rows_per_state_ = n_parts * (int)layers_.size();
+}
+
+bool TokenCoe::wants(Tap tap, int layer) const {
+    if (layer < 0 || layer >= (int)uses_layer_.size() || !uses_layer_[layer]) return false;
+    if (tap == Tap::K) return spec_.kv_part != KvPart::V;
+    if (tap == Tap::V) return spec_.kv_part != KvPart::K;
+    return false;
+}
+
+void TokenCoe::on_rows(const TapRows& rows) {
+    // Runs inside llama.cpp's eval callback: rows of an unexpected width (never seen) are dropped rather
+    // than throwing through C code; the chain then misses that position, which count() shows.
+    if (rows.width != n_head_kv_ * head_dim_) return;
+    for (int i = 0; i < rows.n_rows; ++i)
+        if (rows.has_seq(i, seq_)) add_row(rows.tap, rows.layer, rows.pos(i), rows.row(i));
+}
+
+void TokenCoe::add_row(Tap tap, int layer, llama_pos pos, const float* row) {
+    if (pos < pos_begin_ || !wants(tap, layer)) return;
+    Pending& p = pending_[pos];
+    if (p.sum.empty()) p.sum.assign(width_, 0.0);
+    // [K ; V] for kv_cat; the part's own row otherwise. Heads flattened, or averaged.
+    double* out = p.sum.data() + (spec_.kv_part == KvPart::KV && tap == Tap::V ? part_width_ : 0);
+    if (spec_.head_agg == HeadAgg::Flatten) {
+        for (int j = 0; j < part_width_; ++j) out[j] += row[j];
+    } else {
+        for (int h = 0; h < n_head_kv_; ++h)
+            for (int j = 0; j < head_dim_; ++j) out[j] += (double)row[h * head_dim_ + j] / n_head_kv_;
+    }
+    ++p.rows;
+    // Complete positions join the chain in order (all rows of a batch arrive before the next batch's).
+    while (!pending_.empty() && pending_.begin()->second.rows == rows_per_state_) {
+        auto it = pending_.begin();
+        complete(it->second.sum);
+        pending_.erase(it);
+    }
+}
+
+void TokenCoe::complete(std::vector<double>& e) {
+    const double n = (double)layers_.size();
+    for (double& x : e) x /= n;
+    const double sq = dot(e.data(), e.data(), width_);
+    if (sq == 0) zero_norm_ = true;
+    if (n_states_ == 0) {
+        first_ = e;
+        sq_first_ = sq;
+    } else {
+        step_dist_.push_back(dist(e.data(), last_.data(), width_));
+        step_angle_.push_back(angle(e.data(), last_.data(), sq, sq_last_, width_));
+    }
+    last_.swap(e);
+    sq_last_ = sq;
+    ++n_states_;
+}
+
+CoeScores TokenCoe::scores() const {
+    if (n_states_ < 2) {
+        CoeScores s;
+        s.status = kCoeNoStep;
+        return s;
+    }
+    return scores_from_steps(step_dist_, step_angle_, dist(last_.data(), first_.data(), width_),
+                             angle(last_.data(), first_.data(), sq_last_, sq_first_, width_),
+                             zero_norm_ ? kCoeZeroNorm : kCoeOk);
+}
+
+size_t TokenCoe::state_bytes() const {
+    size_t b = (first_.size() + last_.size()) * sizeof(double) +
+               (step_dist_.size() + step_angle_.size()) * sizeof(double);
+    for (const auto& [pos, p] : pending_) b += p.sum.size() * sizeof(double);
+    return b;
+}
+
+// ---- layer-axis KV chain ----------------------------------------------------------------------------------
+
+KvLayerCoe::KvLayerCoe(const ModelInfo& mi, llama_seq_id seq, int n_prompt)
     : pool_(coe_pool_spec(), mi.n_layer, mi.n_head_kv, mi.head_dim),
       observer_(pool_, seq, producer_begin(n_prompt)) {}
 
-Chain KvCoe::chain(KvPart part) const {
+Chain KvLayerCoe::chain(KvPart part) const {
     const Pooled p = pool_.result();  // one [K ; V] row per layer
     const int half = p.width / 2;
     const int begin = part == KvPart::V ? half : 0;
@@ -241,7 +367,7 @@ ProbScores prob_scores(const std::vector<StepStats>& steps) {
 std::map<std::string, double> CoeResult::named() const {
     std::map<std::string, double> out;
     const std::pair<const char*, const CoeScores*> chains[] = {
-        {"kv", &kv}, {"k", &k}, {"v", &v}, {"hs", &hs}};
+        {"kv", &kv}, {"kv_layer", &kv_layer}, {"k_layer", &k_layer}, {"v_layer", &v_layer}, {"hs", &hs}};
     for (const auto& [name, s] : chains) {
         const std::string p = std::string(name) + "_coe_";
         out[p + "r"] = s->r;
@@ -252,30 +378,36 @@ std::map<std::string, double> CoeResult::named() const {
     out["max_prob"] = prob.max_prob;
     out["inv_ppl"] = prob.inv_ppl;
     out["inv_entropy"] = prob.inv_entropy;
+    out["neg_length"] = -(double)n_generated;
     return out;
 }
 
-CoeScorer::CoeScorer(Session& session, llama_seq_id seq, int n_prompt)
+CoeScorer::CoeScorer(Session& session, llama_seq_id seq, int n_prompt, const TokenCoeSpec& spec)
     : capture_(session.capture()),
+      token_(session.model().info(), seq, n_prompt, spec),
       kv_(session.model().info(), seq, n_prompt),
       hidden_(session.model().info(), seq, n_prompt) {
+    capture_.subscribe(&token_);
     capture_.subscribe(&kv_.observer());
     capture_.subscribe(&hidden_);
 }
 
 CoeScorer::~CoeScorer() {
+    capture_.unsubscribe(&token_);
     capture_.unsubscribe(&kv_.observer());
     capture_.unsubscribe(&hidden_);
 }
 
 CoeResult CoeScorer::result(const std::vector<StepStats>& steps) const {
     CoeResult r;
-    r.kv = kv_.scores(KvPart::KV);
-    r.k = kv_.scores(KvPart::K);
-    r.v = kv_.scores(KvPart::V);
+    r.kv = token_.scores();
+    r.kv_layer = kv_.scores(KvPart::KV);
+    r.k_layer = kv_.scores(KvPart::K);
+    r.v_layer = kv_.scores(KvPart::V);
     r.hs = hidden_.scores();
     r.prob = prob_scores(steps);
     r.n_producer = kv_.count();
+    r.n_generated = (int64_t)steps.size();
     return r;
 }
 

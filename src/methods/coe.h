@@ -1,14 +1,21 @@
-// KV-CoE (method.md section 2): confidence scores from the trajectory of a response's representation across
-// layers, the chain h_0 -> h_1 -> ... -> h_N.
+// KV-CoE (method.md section 2): confidence scores from the trajectory of a response's representation, the
+// chain h_0 -> h_1 -> ... -> h_N of Chain-of-Embedding (Wang et al., ICLR 2025).
 //
-// Two chains per generated response, both pooled by a mean over the *producer positions* (the last prompt
-// position and every generated token fed back; the last generated token never gets K/V):
-//   - KV chain: one state per layer l = 0..L-1, h_l = mean_t [K_l[t] ; V_l[t]] (heads flattened), or K or V
-//     alone: L states, L-1 steps. Free: the K/V rows are computed anyway.
-//   - Hidden chain (the original CoE): token embeddings, then the residual stream after each layer: L+1
-//     states, L steps.
-// Both are accumulated while the model decodes, in O(layers x width) memory per sequence whatever the output
-// length, and can be scored at any decoding step.
+// Three chains per generated response, all streamed while the model decodes:
+//   - Token-axis KV chain (the paper's KV-CoE, `kv_coe_*`): one state per answer position t,
+//     e_t = (1/|S|) sum_{l in S} vec(part(K_l[t], V_l[t])), heads flattened (or averaged), over the selected
+//     layers S. States are the producer positions (the last prompt position and every generated token fed
+//     back; the last generated token never gets K/V) or the generated tokens only. TokenCoeSpec holds the
+//     knobs. Memory: two states of O(width) plus 16 bytes per token (a step's length and angle: CoE-C
+//     normalises by the endpoints, known only at the end).
+//   - Layer-axis KV chain (`kv_layer_coe_*`, `k_layer_coe_*`, `v_layer_coe_*`; a variant): one state per
+//   layer
+//     l = 0..L-1, h_l = mean over the producer positions of [K_l[t] ; V_l[t]] (or K or V alone). O(L x
+//     width).
+//   - Hidden chain (the original CoE, `hs_coe_*`): token embeddings, then the residual stream after each
+//     layer, each a mean over the producer positions: L+1 states. O(L x n_embd).
+// Every chain can be scored at any decoding step; a score read after k tokens equals the score of the answer
+// cut after k tokens.
 //
 // Scores on a chain h_0..h_N (N steps, i = 0..N-1), computed in double:
 //   M_i = ||h_{i+1} - h_i|| / ||h_N - h_0||
@@ -85,19 +92,83 @@ inline CoeScores coe_scores(const Chain& ch) {
     return coe_scores(ch.data.data(), ch.n_states, ch.width);
 }
 
-// ---- chains from one generation, streamed -----------------------------------------------------------------
+// ---- the token-axis chain (the paper's KV-CoE), streamed --------------------------------------------------
 
-// The KV chain of one sequence: a KvPool (kv_cat, mean over positions, heads flattened, one row per layer,
-// all layers) fed the producer positions, pos >= n_prompt - 1. K and V are pooled together; the pooled row of
-// a layer is [K ; V], and the K-only and V-only chains are its halves.
+enum class CoePositions : uint8_t { Producer, Generated };  // "producer" | "generated"
+CoePositions parse_coe_positions(const std::string& s);     // else Error naming the value
+const char* to_string(CoePositions p);
+
+// The knobs of the token-axis chain. Defaults: method.md section 2 (chosen on development splits: see
+// docs/results/README.md).
+struct TokenCoeSpec {
+    std::string layers = "all";  // parse_layers syntax: "all", "-4..-1", "0,3,-1"
+    KvPart kv_part = KvPart::KV;
+    CoePositions positions = CoePositions::Producer;
+    HeadAgg head_agg = HeadAgg::Flatten;
+};
+// "layers=all kv_part=kv_cat positions=producer head_agg=flatten"
+std::string to_string(const TokenCoeSpec& spec);
+
+// The token-axis chain of one sequence, fed K/V rows as they are computed. A position's state e_t is complete
+// once every selected layer's rows (K and/or V) of that position have arrived; complete positions join the
+// chain in position order. Keeps e_first and e_last (double), one (length, angle) pair per step, and the
+// partial sums of positions still in flight (within one batch).
+class TokenCoe : public KvObserver {
+public:
+    // n_prompt >= 1: the chain starts at position n_prompt - 1 (producer) or n_prompt (generated). Throws
+    // Error on a bad layer selection or model shape.
+    TokenCoe(const ModelInfo& mi, llama_seq_id seq, int n_prompt, const TokenCoeSpec& spec = {});
+
+    bool wants(Tap tap, int layer) const override;
+    void on_rows(const TapRows& rows) override;
+    // One K or V row (n_head_kv * head_dim floats) of one layer at one position; rows of unused layers,
+    // parts, or positions before the chain's start are ignored. Positions must complete in order.
+    void add_row(Tap tap, int layer, llama_pos pos, const float* row);
+
+    int64_t count() const { return n_states_; }  // positions in the chain so far
+    int width() const { return width_; }         // floats in one state
+    const std::vector<int>& layers() const { return layers_; }
+    const TokenCoeSpec& spec() const { return spec_; }
+    // Scores of the chain so far: equal (bit for bit) to coe_scores() on the matrix of the states.
+    CoeScores scores() const;
+    // Bytes held: 2 x width doubles, 16 per step, and positions in flight (vector growth may reserve up to
+    // twice the per-step part).
+    size_t state_bytes() const;
+
+private:
+    struct Pending {
+        std::vector<double> sum;
+        int rows = 0;
+    };
+    void complete(std::vector<double>& e);
+
+    TokenCoeSpec spec_;
+    llama_seq_id seq_;
+    llama_pos pos_begin_;
+    int n_head_kv_, head_dim_, part_width_, width_, rows_per_state_;
+    std::vector<int> layers_;
+    std::vector<bool> uses_layer_;
+    std::map<llama_pos, Pending> pending_;
+    std::vector<double> first_, last_;
+    double sq_first_ = 0, sq_last_ = 0;
+    bool zero_norm_ = false;
+    int64_t n_states_ = 0;
+    std::vector<double> step_dist_, step_angle_;  // raw ||e_{i+1} - e_i|| and angle(e_{i+1}, e_i)
+};
+
+// ---- layer-axis chains, streamed --------------------------------------------------------------------------
+
+// The layer-axis KV chain of one sequence: a KvPool (kv_cat, mean over positions, heads flattened, one row
+// per layer, all layers) fed the producer positions, pos >= n_prompt - 1. K and V are pooled together; the
+// pooled row of a layer is [K ; V], and the K-only and V-only chains are its halves.
 //
 // Not copyable or movable (the observer refers to the pool). Subscribe observer() to the session's capture
 // before the prompt is decoded, or feed pool() directly.
-class KvCoe {
+class KvLayerCoe {
 public:
-    KvCoe(const ModelInfo& mi, llama_seq_id seq, int n_prompt);
-    KvCoe(const KvCoe&) = delete;
-    KvCoe& operator=(const KvCoe&) = delete;
+    KvLayerCoe(const ModelInfo& mi, llama_seq_id seq, int n_prompt);
+    KvLayerCoe(const KvLayerCoe&) = delete;
+    KvLayerCoe& operator=(const KvLayerCoe&) = delete;
 
     KvObserver& observer() { return observer_; }
     KvPool& pool() { return pool_; }
@@ -163,32 +234,38 @@ ProbScores prob_scores(const std::vector<StepStats>& steps);
 // ---- everything for one sequence --------------------------------------------------------------------------
 
 struct CoeResult {
-    CoeScores kv, k, v, hs;  // per-step M_i / A_i included
+    CoeScores kv;                              // token axis (the paper's KV-CoE), per-step M_i / A_i included
+    CoeScores kv_layer, k_layer, v_layer, hs;  // layer axis: K;V, K, V; hidden states
     ProbScores prob;
-    int64_t n_producer = 0;  // producer positions pooled
-    // Every score by name: {kv,k,v,hs}_coe_{r,c,mag,ang}, max_prob, inv_ppl, inv_entropy.
+    int64_t n_producer = 0;   // producer positions pooled (layer-axis and hidden chains)
+    int64_t n_generated = 0;  // generated tokens (steps)
+    // Every score by name: kv_coe_*, kv_layer_coe_*, k_layer_coe_*, v_layer_coe_*, hs_coe_* (each _r, _c,
+    // _mag, _ang), max_prob, inv_ppl, inv_entropy, neg_length (= -n_generated: shorter = more confident).
     std::map<std::string, double> named() const;
 };
 
-// Subscribes a KvCoe and a HiddenCoe for one sequence to a session's capture (and unsubscribes on
-// destruction; the session must outlive the scorer). Create it before generate() decodes the prompt. For N
-// sequences decoded together, one scorer per sequence: CoeScorer(session, first_seq + i, prompts[i].size()).
+// Subscribes a TokenCoe (configured by `spec`), a KvLayerCoe and a HiddenCoe for one sequence to a session's
+// capture (and unsubscribes on destruction; the session must outlive the scorer). Create it before generate()
+// decodes the prompt. For N sequences decoded together, one scorer per sequence: CoeScorer(session, first_seq
+// + i, prompts[i].size()).
 class CoeScorer {
 public:
-    CoeScorer(Session& session, llama_seq_id seq, int n_prompt);
+    CoeScorer(Session& session, llama_seq_id seq, int n_prompt, const TokenCoeSpec& spec = {});
     ~CoeScorer();
     CoeScorer(const CoeScorer&) = delete;
     CoeScorer& operator=(const CoeScorer&) = delete;
 
-    const KvCoe& kv() const { return kv_; }
+    const TokenCoe& token() const { return token_; }
+    const KvLayerCoe& kv_layer() const { return kv_; }
     const HiddenCoe& hidden() const { return hidden_; }
     // Scores now: at the end of a generation, or mid-way (e.g. from GenerateParams::on_token with g.steps).
     CoeResult result(const std::vector<StepStats>& steps) const;
-    size_t state_bytes() const { return kv_.state_bytes() + hidden_.state_bytes(); }
+    size_t state_bytes() const { return token_.state_bytes() + kv_.state_bytes() + hidden_.state_bytes(); }
 
 private:
     KvCapture& capture_;
-    KvCoe kv_;
+    TokenCoe token_;
+    KvLayerCoe kv_;
     HiddenCoe hidden_;
 };
 

@@ -249,7 +249,7 @@ TEST(CoeStreaming, StateBytesDoNotGrowWithLength) {
     std::mt19937 rng(3);
     std::normal_distribution<float> g;
     std::vector<float> kv_row(mi.kv_width()), h_row(mi.n_embd);
-    auto feed = [&](KvCoe& kv, HiddenCoe& hs, int n_pos) {
+    auto feed = [&](KvLayerCoe& kv, HiddenCoe& hs, int n_pos) {
         for (int p = 0; p < n_pos; ++p) {
             for (int l = 0; l < mi.n_layer; ++l) {
                 for (float& x : kv_row) x = g(rng);
@@ -263,7 +263,7 @@ TEST(CoeStreaming, StateBytesDoNotGrowWithLength) {
             }
         }
     };
-    KvCoe kv100(mi, 0, 10), kv2000(mi, 0, 10);
+    KvLayerCoe kv100(mi, 0, 10), kv2000(mi, 0, 10);
     HiddenCoe hs100(mi, 0, 10), hs2000(mi, 0, 10);
     const size_t kv_bytes0 = kv100.state_bytes(), hs_bytes0 = hs100.state_bytes();
     feed(kv100, hs100, 100);
@@ -296,7 +296,7 @@ TEST(CoeStreaming, KAndVChainsAreTheHalvesOfTheKvChain) {
     mi.n_embd = 8;
     mi.n_head_kv = 2;
     mi.head_dim = 4;
-    KvCoe kv(mi, 0, 1);
+    KvLayerCoe kv(mi, 0, 1);
     std::vector<float> k(8), v(8);
     for (int l = 0; l < 3; ++l) {
         for (int i = 0; i < 8; ++i) {
@@ -316,8 +316,156 @@ TEST(CoeStreaming, KAndVChainsAreTheHalvesOfTheKvChain) {
             EXPECT_EQ(cat.row(l)[8 + i], vc.row(l)[i]);
         }
     }
-    EXPECT_THROW(KvCoe(mi, 0, 0), Error);
+    EXPECT_THROW(KvLayerCoe(mi, 0, 0), Error);
     EXPECT_THROW(HiddenCoe(mi, 0, 0), Error);
+}
+
+// ---- the token-axis chain ---------------------------------------------------------------------------------
+
+// e_t for one position from its rows, in the order TokenCoe sums them (layers in order; heads in order).
+std::vector<double> token_state(const std::vector<std::vector<float>>& k_rows,
+                                const std::vector<std::vector<float>>& v_rows, const std::vector<int>& layers,
+                                const TokenCoeSpec& spec, int H, int D) {
+    const int pw = spec.head_agg == HeadAgg::Flatten ? H * D : D;
+    const int n_parts = spec.kv_part == KvPart::KV ? 2 : 1;
+    std::vector<double> e(n_parts * pw, 0.0);
+    for (int l : layers) {
+        for (int part = 0; part < 2; ++part) {
+            if ((part == 0 && spec.kv_part == KvPart::V) || (part == 1 && spec.kv_part == KvPart::K))
+                continue;
+            const std::vector<float>& row = part == 0 ? k_rows[l] : v_rows[l];
+            double* out = e.data() + (spec.kv_part == KvPart::KV && part == 1 ? pw : 0);
+            if (spec.head_agg == HeadAgg::Flatten) {
+                for (int j = 0; j < pw; ++j) out[j] += row[j];
+            } else {
+                for (int h = 0; h < H; ++h)
+                    for (int j = 0; j < D; ++j) out[j] += (double)row[h * D + j] / H;
+            }
+        }
+    }
+    for (double& x : e) x /= (double)layers.size();
+    return e;
+}
+
+std::vector<TokenCoeSpec> all_token_specs() {
+    std::vector<TokenCoeSpec> specs;
+    for (const char* layers : {"all", "-2..-1", "0,3"})
+        for (KvPart part : {KvPart::KV, KvPart::K, KvPart::V})
+            for (CoePositions pos : {CoePositions::Producer, CoePositions::Generated})
+                for (HeadAgg head : {HeadAgg::Flatten, HeadAgg::Mean})
+                    specs.push_back({layers, part, pos, head});
+    return specs;
+}
+
+void expect_scores_equal(const CoeScores& got, const CoeScores& want) {
+    EXPECT_EQ(got.status, want.status);
+    EXPECT_EQ(got.r, want.r);
+    EXPECT_EQ(got.c, want.c);
+    EXPECT_EQ(got.mag, want.mag);
+    EXPECT_EQ(got.ang, want.ang);
+    EXPECT_EQ(got.m, want.m);
+    EXPECT_EQ(got.a, want.a);
+}
+
+// Rows arrive as llama.cpp delivers them: per batch, layer by layer, V before K here, several positions per
+// batch (including prompt positions before the chain's start). At every step the streamed scores equal the
+// scores of the state matrix of the positions so far, bit for bit, for every knob.
+TEST(TokenCoe, StreamedScoresEqualTheMatrixAtEveryStepForEveryKnob) {
+    ModelInfo mi;
+    mi.n_layer = 5;
+    mi.n_embd = 16;
+    mi.n_head_kv = 2;
+    mi.head_dim = 4;
+    const int W = mi.kv_width(), n_prompt = 4, n_pos = 13;
+    std::mt19937 rng(11);
+    std::normal_distribution<float> g;
+    // rows[pos][layer]
+    std::vector<std::vector<std::vector<float>>> K(n_pos), V(n_pos);
+    for (int p = 0; p < n_pos; ++p) {
+        for (int l = 0; l < mi.n_layer; ++l) {
+            K[p].emplace_back(W);
+            V[p].emplace_back(W);
+            for (float& x : K[p][l]) x = g(rng);
+            for (float& x : V[p][l]) x = g(rng);
+        }
+    }
+    for (const TokenCoeSpec& spec : all_token_specs()) {
+        SCOPED_TRACE(to_string(spec));
+        TokenCoe tok(mi, 0, n_prompt, spec);
+        const llama_pos begin = n_prompt - (spec.positions == CoePositions::Producer ? 1 : 0);
+        std::vector<std::vector<double>> states;
+        // Batches: the whole prompt, then one position at a time, then two at once.
+        std::vector<std::pair<int, int>> batches = {{0, n_prompt}};
+        for (int p = n_prompt; p < 9; ++p) batches.push_back({p, p + 1});
+        batches.push_back({9, 11});
+        batches.push_back({11, 13});
+        for (const auto& [b0, b1] : batches) {
+            for (int l = 0; l < mi.n_layer; ++l) {
+                for (int p = b0; p < b1; ++p) tok.add_row(Tap::V, l, p, V[p][l].data());
+                for (int p = b0; p < b1; ++p) tok.add_row(Tap::K, l, p, K[p][l].data());
+            }
+            for (int p = std::max(b0, (int)begin); p < b1; ++p)
+                states.push_back(token_state(K[p], V[p], tok.layers(), spec, mi.n_head_kv, mi.head_dim));
+            ASSERT_EQ(tok.count(), (int64_t)states.size());
+            if (states.empty()) {
+                EXPECT_EQ(tok.scores().status, kCoeNoStep);
+                continue;
+            }
+            Chain ch;
+            ch.n_states = (int)states.size();
+            ch.width = tok.width();
+            for (const auto& e : states) ch.data.insert(ch.data.end(), e.begin(), e.end());
+            ASSERT_EQ((int)states[0].size(), ch.width);
+            expect_scores_equal(tok.scores(), coe_scores(ch));
+        }
+        EXPECT_EQ(tok.count(), n_pos - begin);
+    }
+}
+
+TEST(TokenCoe, WidthsLayersAndErrors) {
+    ModelInfo mi;
+    mi.n_layer = 6;
+    mi.n_head_kv = 3;
+    mi.head_dim = 4;
+    EXPECT_EQ(TokenCoe(mi, 0, 1).width(), 24);
+    EXPECT_EQ(TokenCoe(mi, 0, 1, {"all", KvPart::K, CoePositions::Producer, HeadAgg::Flatten}).width(), 12);
+    EXPECT_EQ(TokenCoe(mi, 0, 1, {"all", KvPart::KV, CoePositions::Producer, HeadAgg::Mean}).width(), 8);
+    EXPECT_EQ(TokenCoe(mi, 0, 1, {"-4..-1", KvPart::V, CoePositions::Producer, HeadAgg::Mean}).layers(),
+              (std::vector<int>{2, 3, 4, 5}));
+    TokenCoe k_only(mi, 0, 1, {"0,5", KvPart::K, CoePositions::Producer, HeadAgg::Flatten});
+    EXPECT_TRUE(k_only.wants(Tap::K, 5));
+    EXPECT_FALSE(k_only.wants(Tap::V, 5));
+    EXPECT_FALSE(k_only.wants(Tap::K, 3));
+    EXPECT_FALSE(k_only.wants(Tap::Hidden, 0));
+    EXPECT_THROW(TokenCoe(mi, 0, 1, {"6", KvPart::KV, CoePositions::Producer, HeadAgg::Flatten}), Error);
+    EXPECT_THROW(TokenCoe(mi, 0, 1, {"1,1", KvPart::KV, CoePositions::Producer, HeadAgg::Flatten}), Error);
+    EXPECT_THROW(TokenCoe(mi, 0, 1, {"x", KvPart::KV, CoePositions::Producer, HeadAgg::Flatten}), Error);
+    EXPECT_THROW(TokenCoe(mi, 0, 0), Error);
+    EXPECT_THROW(parse_coe_positions("prompt"), Error);
+    EXPECT_EQ(parse_coe_positions("generated"), CoePositions::Generated);
+    EXPECT_EQ(to_string(TokenCoeSpec{}), "layers=all kv_part=kv_cat positions=producer head_agg=flatten");
+}
+
+// O(width) plus 16 bytes per token: the two endpoint states and one (length, angle) pair per step.
+TEST(TokenCoe, StateIsTwoStatesPlusSixteenBytesPerStep) {
+    ModelInfo mi;
+    mi.n_layer = 4;
+    mi.n_head_kv = 2;
+    mi.head_dim = 8;
+    std::vector<float> row(mi.kv_width());
+    for (int n : {100, 2000}) {
+        TokenCoe tok(mi, 0, 1);
+        for (int p = 0; p < n; ++p) {
+            for (size_t i = 0; i < row.size(); ++i) row[i] = std::sin(0.1f * (float)(p * 17 + i));
+            for (int l = 0; l < mi.n_layer; ++l) {
+                tok.add_row(Tap::K, l, p, row.data());
+                tok.add_row(Tap::V, l, p, row.data());
+            }
+        }
+        EXPECT_EQ(tok.count(), n);
+        EXPECT_EQ(tok.state_bytes(), 2 * (size_t)tok.width() * sizeof(double) + 16 * (size_t)(n - 1));
+        expect_finite(tok.scores());
+    }
 }
 
 // ---- on a model -------------------------------------------------------------------------------------------
@@ -390,7 +538,7 @@ TEST_F(CoeModel, StreamedScoresEqualARecomputationAndChangeDuringGeneration) {
     std::vector<CoeResult> mid;
     gp.on_token = [&](int, const Generation& g) {
         // Every forward pass so far produced one output token: the counts follow the tokens, in every state.
-        EXPECT_EQ(scorer.kv().count(), (int64_t)g.output.size());
+        EXPECT_EQ(scorer.kv_layer().count(), (int64_t)g.output.size());
         EXPECT_EQ(scorer.hidden().counts(), std::vector<int64_t>(mi.n_layer + 1, (int64_t)g.output.size()));
         mid.push_back(scorer.result(g.steps));
         return true;
@@ -412,13 +560,17 @@ TEST_F(CoeModel, StreamedScoresEqualARecomputationAndChangeDuringGeneration) {
     EXPECT_NE(mid[1].prob.inv_ppl, fin.prob.inv_ppl);
 
     const auto named = fin.named();
-    for (const char* key : {"kv_coe_r", "kv_coe_c", "k_coe_r", "k_coe_c", "v_coe_r", "v_coe_c", "hs_coe_r",
-                            "hs_coe_c", "kv_coe_mag", "hs_coe_ang", "max_prob", "inv_ppl", "inv_entropy"}) {
+    for (const char* key : {"kv_coe_r", "kv_coe_c", "kv_layer_coe_r", "kv_layer_coe_c", "k_layer_coe_r",
+                            "k_layer_coe_c", "v_layer_coe_r", "v_layer_coe_c", "hs_coe_r", "hs_coe_c",
+                            "kv_coe_mag", "hs_coe_ang", "max_prob", "inv_ppl", "inv_entropy", "neg_length"}) {
         ASSERT_EQ(named.count(key), 1u) << key;
         EXPECT_TRUE(std::isfinite(named.at(key))) << key;
     }
-    EXPECT_EQ(named.size(), 19u);
-    EXPECT_EQ((int)fin.kv.m.size(), mi.n_layer - 1);
+    EXPECT_EQ(named.size(), 24u);
+    EXPECT_EQ(named.at("neg_length"), -(double)n_out);
+    EXPECT_EQ((int)fin.kv_layer.m.size(), mi.n_layer - 1);
+    // The token axis: one state per producer position, so n_out - 1 steps.
+    EXPECT_EQ((int)fin.kv.m.size(), n_out - 1);
     EXPECT_EQ((int)fin.hs.m.size(), mi.n_layer);
 
     // Recompute from the recorded rows over the producer positions [n_prompt - 1, n_prompt + n_out - 1).
@@ -447,7 +599,7 @@ TEST_F(CoeModel, StreamedScoresEqualARecomputationAndChangeDuringGeneration) {
     const Chain hs = recompute(rec, h_states, p0, p1, mi.n_embd);
 
     // The KV pool hands out float means (relative rounding 6e-8); the hidden chain keeps double means.
-    const Chain got_kv = scorer.kv().chain(KvPart::KV), got_hs = scorer.hidden().chain();
+    const Chain got_kv = scorer.kv_layer().chain(KvPart::KV), got_hs = scorer.hidden().chain();
     ASSERT_EQ(got_kv.data.size(), kv.data.size());
     for (size_t i = 0; i < kv.data.size(); ++i)
         EXPECT_NEAR(got_kv.data[i], kv.data[i], 1e-6 * (1 + std::fabs(kv.data[i])));
@@ -455,9 +607,24 @@ TEST_F(CoeModel, StreamedScoresEqualARecomputationAndChangeDuringGeneration) {
     for (size_t i = 0; i < hs.data.size(); ++i)
         EXPECT_NEAR(got_hs.data[i], hs.data[i], 1e-12 * (1 + std::fabs(hs.data[i])));
 
-    expect_scores_near(fin.kv, coe_scores(kv), 1e-5);
-    expect_scores_near(fin.k, coe_scores(k), 1e-5);
-    expect_scores_near(fin.v, coe_scores(v), 1e-5);
+    // The token axis from the same rows: after k tokens the streamed reading equals the chain of the first k
+    // producer positions (the answer cut there), bit for bit.
+    std::vector<double> token_rows;
+    for (int n = 1; n <= n_out; ++n) {
+        std::vector<std::vector<float>> K, V;
+        for (int l = 0; l < mi.n_layer; ++l) {
+            K.push_back(*rec.get(Tap::K, l, 0, p0 + n - 1));
+            V.push_back(*rec.get(Tap::V, l, 0, p0 + n - 1));
+        }
+        const std::vector<double> e =
+            token_state(K, V, scorer.token().layers(), TokenCoeSpec{}, mi.n_head_kv, mi.head_dim);
+        token_rows.insert(token_rows.end(), e.begin(), e.end());
+        SCOPED_TRACE("after " + std::to_string(n) + " tokens");
+        expect_scores_equal(mid[n - 1].kv, coe_scores(token_rows.data(), n, (int)e.size()));
+    }
+    expect_scores_near(fin.kv_layer, coe_scores(kv), 1e-5);
+    expect_scores_near(fin.k_layer, coe_scores(k), 1e-5);
+    expect_scores_near(fin.v_layer, coe_scores(v), 1e-5);
     expect_scores_near(fin.hs, coe_scores(hs), 1e-10);
 
     const ProbScores prob = prob_scores(g.steps);
@@ -528,7 +695,8 @@ TEST(CoeRealModel, SmolLM2ChainsAreRegular) {
     const CoeResult r = scorer.result(g.steps);
     EXPECT_EQ(r.n_producer, (int64_t)g.output.size());
     EXPECT_EQ(scorer.hidden().counts(), std::vector<int64_t>(mi.n_layer + 1, r.n_producer));
-    for (const CoeScores* c : {&r.kv, &r.k, &r.v, &r.hs}) EXPECT_EQ(c->status, kCoeOk);
+    for (const CoeScores* c : {&r.kv, &r.kv_layer, &r.k_layer, &r.v_layer, &r.hs})
+        EXPECT_EQ(c->status, kCoeOk);
     std::string line;
     for (const auto& [name, value] : r.named()) {
         EXPECT_TRUE(std::isfinite(value)) << name;

@@ -34,7 +34,7 @@ SampleSet sample_n(Session& session, const std::vector<llama_token>& prompt, con
     std::vector<std::unique_ptr<CoeScorer>> scorers;
     std::vector<SamplerPtr> samplers;
     for (int i = 0; i < n; ++i) {
-        scorers.push_back(std::make_unique<CoeScorer>(session, first_seq + i, n_prompt));
+        scorers.push_back(std::make_unique<CoeScorer>(session, first_seq + i, n_prompt, params.token_coe));
         samplers.push_back(make_sampler(params.sampling, params.sampling.seed + (uint32_t)i));
         out.samples[i].gen.seq = first_seq + i;
         out.samples[i].gen.prompt = prompt;

@@ -27,6 +27,7 @@ struct SampleParams {
     int n = 4;  // samples
     int max_tokens = 256;
     SamplingParams sampling;  // sample i uses seed + i
+    TokenCoeSpec token_coe;   // the configuration of kv_coe_*
 };
 
 struct SampleOut {

@@ -516,7 +516,7 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
                           {"n_dropped", r.n_dropped},
                           {"checks", checks}};
     } else {
-        CoeScorer scorer(session, 0, (int)prompt.size());
+        CoeScorer scorer(session, 0, (int)prompt.size(), params_.token_coe);
         GenerateParams gp;
         gp.max_tokens = max_tokens;
         gp.sampling = req.sampling;
@@ -591,6 +591,7 @@ json Api::chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt,
     sp.n_seq_max = req.n;
     Session session(model_, sp);
     SampleParams p;
+    p.token_coe = params_.token_coe;
     p.n = req.n;
     p.max_tokens = max_tokens;
     p.sampling = req.sampling;

@@ -21,6 +21,7 @@
 #include "engine/generate.h"
 #include "engine/model.h"
 #include "methods/calibration.h"
+#include "methods/coe.h"
 #include "methods/router.h"
 #include "util/error.h"
 
@@ -36,6 +37,7 @@ struct ApiParams {
     std::string chat_template = "auto";
     std::string router_path;       // enables "think": "auto"
     std::string calibration_path;  // kvlens calibrate's file: adds P(correct); refused for another model
+    TokenCoeSpec token_coe;        // the configuration of kv_coe_*
 };
 
 // A request the API refuses: HTTP status, the OpenAI error type and the offending parameter.
