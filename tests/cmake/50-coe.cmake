@@ -29,3 +29,21 @@ if(Python3_Interpreter_FOUND)
 else()
   message(WARNING "kvlens: no Python 3 interpreter found; the test python_coe_reference is not registered")
 endif()
+
+# eval coe's report (write_coe_report: dev/test split, test-part metrics, the configuration chosen on dev,
+# the combined logistic model) recomputed with numpy and scikit-learn from a run on tiny-llama whose
+# samples.jsonl is rewritten with synthetic records (tests/python/test_coe_report_reference.py). Seconds.
+if(Python3_Interpreter_FOUND)
+  add_test(NAME python_coe_report_reference
+           COMMAND ${Python3_EXECUTABLE} -m pytest -q -rs -p no:cacheprovider --noconftest
+                   ${PROJECT_SOURCE_DIR}/tests/python/test_coe_report_reference.py
+           WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+  # One BLAS thread: spinning numpy threads slow the tests beside them (see 30-python.cmake).
+  set_tests_properties(python_coe_report_reference PROPERTIES
+    ENVIRONMENT "KVLENS_BIN=$<TARGET_FILE:kvlens-cli>;KVLENS_TEST_MODELS_DIR=${KVLENS_TEST_MODELS_DIR};OPENBLAS_NUM_THREADS=1;OMP_NUM_THREADS=1;PYTHONDONTWRITEBYTECODE=1"
+    LABELS python
+    TIMEOUT 300)
+else()
+  message(WARNING
+          "kvlens: no Python 3 interpreter found; the test python_coe_report_reference is not registered")
+endif()
