@@ -380,6 +380,20 @@ void write_coe_report(const std::string& out_dir, const std::vector<json>& recor
         cols.push_back(
             column(name, score_label(name), [&](const json& r) { return r["scores"][name].get<double>(); }));
 
+    // The product's default configuration, when this run was made with another one (it is in the grid).
+    const std::string default_key = token_grid_key(TokenCoeSpec{});
+    if (!records.empty() && records[0].contains("token_grid") &&
+        records[0]["token_grid"].contains(default_key) &&
+        run_info["identity"].value("token_coe", std::string()) != to_string(TokenCoeSpec{})) {
+        for (int which : {0, 1}) {
+            const std::string rc = which == 0 ? "R" : "C";
+            cols.push_back(
+                column("kv_coe_default_" + std::string(which == 0 ? "r" : "c"),
+                       "KV-CoE-" + rc + " (token axis, kvlens default `" + default_key + "`)",
+                       [&](const json& r) { return r["token_grid"][default_key][which].get<double>(); }));
+        }
+    }
+
     // The token-axis configuration chosen on the development part (highest dev AUROC over the grid, R or C).
     json selected = nullptr;
     std::vector<std::vector<std::string>> grid_rows;
@@ -478,7 +492,9 @@ void write_coe_report(const std::string& out_dir, const std::vector<json>& recor
                                      {"dev_auroc", dev_ok ? auroc(c.dev, dev_y) : NAN}};
         const RocCurve roc = roc_curve(c.test, test_y);
         Series s;
-        s.label = c.label.substr(0, c.label.find(" (chosen")) + " (" + f3(m.auroc) + ")";
+        const size_t cut = c.label.find(", chosen on dev");  // the key is in the table, not the legend
+        s.label = (cut == std::string::npos ? c.label : c.label.substr(0, cut) + ", chosen on dev)") + " (" +
+                  f3(m.auroc) + ")";
         s.x = roc.fpr;
         s.y = roc.tpr;
         s.dashed = color >= 8;  // the palette has 8 colours
@@ -551,6 +567,10 @@ void write_coe_report(const std::string& out_dir, const std::vector<json>& recor
        << "\n";
     if (!test_ok) md << "The test part lacks a class: the separation metrics are undefined.\n\n";
     if (!combined_note.empty()) md << "Combined model not fitted: " << combined_note << "\n\n";
+    if (!dev_ok)
+        md << "The development part lacks a class: no configuration is chosen and no combined model is "
+              "fitted "
+              "(their rows and verdicts are absent).\n\n";
     if (!verdicts.empty()) {
         md << "Does KV-CoE reach hidden-state CoE (paired bootstrap 95% interval of the AUROC "
               "difference)?\n\n";

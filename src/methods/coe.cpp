@@ -187,7 +187,12 @@ TokenCoe::TokenCoe(const ModelInfo& mi, llama_seq_id seq, int n_prompt, const To
     if (mi.n_layer < 1 || mi.n_head_kv < 1 || mi.head_dim < 1)
         throw Error("coe: bad model shape (n_layer " + std::to_string(mi.n_layer) + ", n_head_kv " +
                     std::to_string(mi.n_head_kv) + ", head_dim " + std::to_string(mi.head_dim) + ")");
-    layers_ = resolve_layers(parse_layers(spec.layers), mi.n_layer);
+    // "The last k layers" ("-k..-1") means all of them on a model with fewer: the default works everywhere.
+    std::vector<int> given = parse_layers(spec.layers);
+    bool last_k = !given.empty() && given.back() == -1;
+    for (size_t i = 0; i + 1 < given.size(); ++i) last_k = last_k && given[i] + 1 == given[i + 1];
+    if (last_k && (int)given.size() > mi.n_layer) given.erase(given.begin(), given.end() - mi.n_layer);
+    layers_ = resolve_layers(given, mi.n_layer);
     uses_layer_.assign(mi.n_layer, false);
     for (int l : layers_) uses_layer_[l] = true;
     part_width_ = spec.head_agg == HeadAgg::Flatten ? mi.kv_width() : mi.head_dim;

@@ -427,7 +427,8 @@ TEST(TokenCoe, WidthsLayersAndErrors) {
     mi.n_layer = 6;
     mi.n_head_kv = 3;
     mi.head_dim = 4;
-    EXPECT_EQ(TokenCoe(mi, 0, 1).width(), 24);
+    EXPECT_EQ(TokenCoe(mi, 0, 1).width(), 4);  // the default: K, heads averaged
+    EXPECT_EQ(TokenCoe(mi, 0, 1, {"all", KvPart::KV, CoePositions::Producer, HeadAgg::Flatten}).width(), 24);
     EXPECT_EQ(TokenCoe(mi, 0, 1, {"all", KvPart::K, CoePositions::Producer, HeadAgg::Flatten}).width(), 12);
     EXPECT_EQ(TokenCoe(mi, 0, 1, {"all", KvPart::KV, CoePositions::Producer, HeadAgg::Mean}).width(), 8);
     EXPECT_EQ(TokenCoe(mi, 0, 1, {"-4..-1", KvPart::V, CoePositions::Producer, HeadAgg::Mean}).layers(),
@@ -443,7 +444,12 @@ TEST(TokenCoe, WidthsLayersAndErrors) {
     EXPECT_THROW(TokenCoe(mi, 0, 0), Error);
     EXPECT_THROW(parse_coe_positions("prompt"), Error);
     EXPECT_EQ(parse_coe_positions("generated"), CoePositions::Generated);
-    EXPECT_EQ(to_string(TokenCoeSpec{}), "layers=all kv_part=kv_cat positions=producer head_agg=flatten");
+    EXPECT_EQ(to_string(TokenCoeSpec{}), "layers=-4..-1 kv_part=k positions=producer head_agg=mean");
+    // The last k layers of a shallower model: all of them; other out-of-range selections stay errors.
+    EXPECT_EQ(TokenCoe(mi, 0, 1, {"-9..-1", KvPart::KV, CoePositions::Producer, HeadAgg::Flatten}).layers(),
+              (std::vector<int>{0, 1, 2, 3, 4, 5}));
+    EXPECT_THROW(TokenCoe(mi, 0, 1, {"-9..-2", KvPart::KV, CoePositions::Producer, HeadAgg::Flatten}), Error);
+    EXPECT_THROW(TokenCoe(mi, 0, 1, {"-7,-1", KvPart::KV, CoePositions::Producer, HeadAgg::Flatten}), Error);
 }
 
 // O(width) plus 16 bytes per token: the two endpoint states and one (length, angle) pair per step.

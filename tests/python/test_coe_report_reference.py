@@ -489,8 +489,6 @@ def test_dev_part_without_a_correct_answer(kvlens, model, sk, real_run, tmp_path
     assert "## Development part" in report  # the grid's table is still there, every AUROC n/a
 
 
-@pytest.mark.xfail(strict=True, reason="write_coe_report writes no note when the development part lacks a "
-                                       "class: the combined and chosen-on-dev rows just vanish")
 def test_dev_part_without_a_class_is_explained(kvlens, model, sk, real_run, tmp_path):
     real_dir, records = real_run
     summary, report = rerun(kvlens, model, real_dir, synthesize(records, seed=7, dev_all_wrong=True),
