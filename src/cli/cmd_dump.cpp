@@ -57,8 +57,10 @@ void run_dump(const DumpOptions& o) {
 
     Session session(*model, session_params(o.model));
     // Everything is gathered first, so that a failure leaves no partial file behind.
-    const KvDump d =
-        with_flag("--decode-from", [&] { return dump_kv(session, toks, o.hidden, o.decode_from); });
+    if (o.decode_from > T)
+        throw Error("--decode-from: " + std::to_string(o.decode_from) + " is more than the " +
+                    std::to_string(T) + " tokens");
+    const KvDump d = dump_kv(session, toks, o.hidden, o.decode_from);
     const int L = d.n_layer, W = d.kv_width;
     std::vector<int32_t> pos(T);
     for (int t = 0; t < T; ++t) pos[t] = t;

@@ -112,6 +112,9 @@ void run_generate(const GenerateOptions& o) {
     const ThinkMode think = with_flag("--think", [&] { return parse_think_mode(o.think); });
     const PoolSpec spec = pool_spec(o.pool);
     const TokenCoeSpec coe_spec = token_coe_spec(o.coe);
+    // Before any work: a file that cannot be written would lose the generation's scores.
+    if (!o.scores_out.empty() && !std::ofstream(o.scores_out, std::ios::app))
+        throw Error("--scores '" + o.scores_out + "': cannot open for writing");
     // A calibration names its score; "auto" looks next to the model for --score's.
     std::vector<Calibration> cals;
     if (!o.calibration.empty()) {

@@ -56,6 +56,13 @@ expect token-id-range "--tokens" -- dump -m "$model" --tokens 1,999999999 -o "$t
 expect token-id-syntax "--tokens" -- dump -m "$model" --tokens 1,abc -o "$tmp/x.npz"
 expect unwritable-out "$tmp/no/such/dir/x.npz" -- dump -m "$model" --tokens 1,2 -o "$tmp/no/such/dir/x.npz"
 expect unknown-flag "--nosuch" -- generate -m "$model" -p hi --nosuch
+expect coe-layers-range "--coe-layers: layers: layer 7 out of range" -- generate -m "$model" -p hi --scores "$tmp/s.jsonl" --coe-layers 7
+expect coe-layers-syntax "--coe-layers" -- generate -m "$model" -p hi --scores "$tmp/s.jsonl" --coe-layers last4
+expect coe-kv-part "--coe-kv-part" -- generate -m "$model" -p hi --scores "$tmp/s.jsonl" --coe-kv-part kv
+expect coe-positions "--coe-positions: positions: bad value 'prompt'" -- generate -m "$model" -p hi --scores "$tmp/s.jsonl" --coe-positions prompt
+expect coe-head-agg "--coe-head-agg" -- eval coe -m "$model" --dataset arith --limit 1 -o "$tmp/e" --coe-head-agg sum
+expect scores-unwritable "--scores '$tmp/no/such/dir/s.jsonl'" -- generate -m "$model" -p hi -n 2 --scores "$tmp/no/such/dir/s.jsonl"
+expect decode-from-range "--decode-from: 9 is more than the 2 tokens" -- dump -m "$model" --tokens 1,2 --decode-from 9 -o "$tmp/x.npz"
 
 [ -e "$tmp/x.npz" ] && { echo "FAIL: a failed dump left a file behind"; fails=$((fails + 1)); }
 echo "$fails failure(s)"
