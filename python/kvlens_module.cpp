@@ -104,9 +104,27 @@ PYBIND11_MODULE(kvlens, m) {
         .def(py::init([](const kvlens::Model& model, int n_ctx, int threads, int parallel, int max_tokens,
                          const std::string& chat_template, const std::string& router,
                          const std::string& calibration, const std::string& flash_attn,
-                         const std::string& kv_source) {
+                         const std::string& kv_source, const std::string& coe_layers,
+                         const std::string& coe_kv_part, const std::string& coe_positions,
+                         const std::string& coe_head_agg) {
                  kvlens::ApiParams p;
                  p.session = session_params(n_ctx, threads, flash_attn, kv_source);
+                 // The token-axis KV-CoE knobs (kv_coe_*), as the CLI's --coe-* flags.
+                 auto knob = [](const char* name, auto parse) {
+                     try {
+                         return parse();
+                     } catch (const kvlens::Error& e) {
+                         throw kvlens::Error(std::string(name) + ": " + e.what());
+                     }
+                 };
+                 knob("coe_layers", [&] { return kvlens::parse_layers(coe_layers); });
+                 p.token_coe.layers = coe_layers;
+                 p.token_coe.kv_part =
+                     knob("coe_kv_part", [&] { return kvlens::parse_kv_part(coe_kv_part); });
+                 p.token_coe.positions =
+                     knob("coe_positions", [&] { return kvlens::parse_coe_positions(coe_positions); });
+                 p.token_coe.head_agg =
+                     knob("coe_head_agg", [&] { return kvlens::parse_head_agg(coe_head_agg); });
                  p.parallel = parallel;
                  p.default_max_tokens = max_tokens;
                  p.chat_template = chat_template;
@@ -116,7 +134,10 @@ PYBIND11_MODULE(kvlens, m) {
              }),
              "model"_a, "n_ctx"_a = 0, "threads"_a = 0, "parallel"_a = 1, "max_tokens"_a = 512,
              "chat_template"_a = "auto", "router"_a = "", "calibration"_a = "", "flash_attn"_a = "auto",
-             "kv_source"_a = "graph", py::keep_alive<1, 2>())
+             "kv_source"_a = "graph", "coe_layers"_a = kvlens::TokenCoeSpec{}.layers,
+             "coe_kv_part"_a = kvlens::to_string(kvlens::TokenCoeSpec{}.kv_part),
+             "coe_positions"_a = kvlens::to_string(kvlens::TokenCoeSpec{}.positions),
+             "coe_head_agg"_a = kvlens::to_string(kvlens::TokenCoeSpec{}.head_agg), py::keep_alive<1, 2>())
         .def("models", [](const kvlens::Api& a) { return from_json(a.models()); })
         .def(
             "chat",

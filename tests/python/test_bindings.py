@@ -62,6 +62,20 @@ def test_chat_equals_kvlens_generate(api):
     assert api.models()["data"][0]["kvlens"]["router"] is True
 
 
+def test_token_coe_knobs(api):
+    """The coe_* arguments configure kv_coe_* as generate's --coe-* flags do; a bad value names its argument."""
+    model = kvlens.Model(MODEL)
+    other = kvlens.Api(model, threads=1, coe_layers="all", coe_kv_part="kv_cat", coe_head_agg="flatten")
+    a, b = chat(api, think="on")["kvlens"]["scores"], chat(other, think="on")["kvlens"]["scores"]
+    assert a["hs_coe_c"] == b["hs_coe_c"] and a["kv_coe_c"] != b["kv_coe_c"]
+    out = subprocess.run([BIN, "generate", "-m", MODEL, "-p", QUESTION, "--think", "on", "-n", "300", "-t", "2",
+                          "--scores", "/dev/stdout", "--coe-layers", "all", "--coe-kv-part", "kv_cat",
+                          "--coe-head-agg", "flatten"], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1])["scores"]["kv_coe_c"] == pytest.approx(b["kv_coe_c"], rel=1e-12)
+    with pytest.raises(kvlens.Error, match="coe_kv_part"):
+        kvlens.Api(model, coe_kv_part="kv")
+
+
 def test_streaming_callback(api):
     full = chat(api, think="on")
     chunks = []
