@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# `cmake --install` of a built tree into a fresh prefix, then a project outside the tree (tests/consumer/)
+# configured with find_package(kvlens) against that prefix only, built and run on a tiny model: it must print
+# both CoE scores. Also: the install tree's layout, every installed kvlens header compiling on its own (no
+# header reaches for one that is not installed), the prefix moved after installing (the package is
+# relocatable), the consumer's build never naming the source or build tree, and the installed CLI answering
+# --help.
+# Usage: install_consumer_test.sh CMAKE BUILD_DIR SOURCE_DIR MODEL.gguf GENERATOR CXX_COMPILER
+set -u
+CMAKE=$1
+BUILD=$2
+SRC=$3
+MODEL=$4
+GEN=$5
+CXX=$6
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+"$CMAKE" --install "$BUILD" --prefix "$T/staged" > "$T/install.log" 2>&1 \
+    || { cat "$T/install.log"; fail "cmake --install"; }
+# Relocatable: the config finds everything relative to itself.
+mv "$T/staged" "$T/prefix"
+P=$T/prefix
+
+files="include/kvlens/methods/coe.h include/kvlens/engine/model.h include/kvlens/engine/generate.h
+       include/kvlens/util/error.h lib/libkvlens.a lib/cmake/kvlens/kvlensConfig.cmake
+       lib/cmake/kvlens/kvlensConfigVersion.cmake bin/kvlens"
+# The tree's llama.cpp is installed beside kvlens (an installed llama.cpp package is found again instead).
+if grep -q "kvlens::llama" "$P/lib/cmake/kvlens/kvlensConfig.cmake" 2> /dev/null; then
+    files="$files include/llama.h include/ggml.h include/ggml-cpu.h lib/libllama.a lib/libggml.a
+           lib/libggml-base.a lib/libggml-cpu.a"
+fi
+for f in $files; do
+    [ -e "$P/$f" ] || { find "$P" | sort; fail "not installed: $f"; }
+done
+[ -x "$P/bin/kvlens" ] || fail "bin/kvlens is not executable"
+for d in cli server; do
+    [ ! -e "$P/include/kvlens/$d" ] || fail "front-end headers installed: include/kvlens/$d"
+done
+! find "$P/include/kvlens" -name '*_test*' | grep -q . || fail "test headers installed"
+
+# Each installed header on its own, with only the prefix's include directories (those of kvlens::kvlens).
+n=0
+while IFS= read -r h; do
+    rel=${h#"$P/include/kvlens/"}
+    echo "#include \"$rel\"" > "$T/one.cpp"
+    "$CXX" -std=c++17 -fsyntax-only -I "$P/include/kvlens" -I "$P/include" "$T/one.cpp" 2> "$T/hdr.err" \
+        || { cat "$T/hdr.err"; fail "installed header does not compile on its own: $rel"; }
+    n=$((n + 1))
+done < <(find "$P/include/kvlens" -name '*.h' | sort)
+[ "$n" -ge 20 ] || fail "only $n kvlens headers installed"
+
+"$CMAKE" -S "$SRC/tests/consumer" -B "$T/build" -G "$GEN" -DCMAKE_CXX_COMPILER="$CXX" \
+    -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$P" -DCMAKE_EXPORT_COMPILE_COMMANDS=ON \
+    > "$T/configure.log" 2>&1 || { cat "$T/configure.log"; fail "configuring the consumer project"; }
+grep -q "kvlens 0\.[0-9]*\.[0-9]* from $P/lib/cmake/kvlens" "$T/configure.log" \
+    || { cat "$T/configure.log"; fail "find_package(kvlens) did not use the installed prefix"; }
+"$CMAKE" --build "$T/build" > "$T/build.log" 2>&1 || { cat "$T/build.log"; fail "building the consumer project"; }
+grep -qi "warning" "$T/build.log" && { cat "$T/build.log"; fail "warnings building the consumer project"; }
+# Headers and archives come from the prefix, never from the kvlens tree.
+for tree in "$SRC/src" "$BUILD"; do
+    ! grep -rqF "$tree" "$T/build/compile_commands.json" "$T/build/build.ninja" \
+        || fail "the consumer build refers to $tree"
+done
+
+"$T/build/kvlens-consumer" "$MODEL" > "$T/out" 2> "$T/err" || { cat "$T/out" "$T/err"; fail "kvlens-consumer"; }
+cat "$T/out"
+for s in kv_coe_c hs_coe_c; do
+    grep -Eq "^$s -?[0-9]+\.[0-9]+$" "$T/out" || fail "no finite $s in the consumer's output"
+done
+grep -Eq "[1-9][0-9]* tokens generated" "$T/out" || fail "the consumer generated no tokens"
+
+"$P/bin/kvlens" --help > "$T/help" 2>&1 || { cat "$T/help"; fail "installed kvlens --help"; }
+grep -q "generate" "$T/help" || { cat "$T/help"; fail "installed kvlens --help lists no generate command"; }
+echo "OK: installed into a prefix ($n kvlens headers), consumer built with find_package(kvlens) and run"
