@@ -58,11 +58,12 @@ const char* kMinimalConfig = R"({"name": "t", "file": "d.jsonl", "question_field
 
 TEST(Dataset, BuiltinNames) {
     const std::vector<std::string> want = {"arith",         "arith-reasoner", "arith-reasoner-train",
-                                           "commonsenseqa", "gsm8k",          "math500",
-                                           "mgsm-bn",       "mgsm-de",        "mgsm-en",
-                                           "mgsm-es",       "mgsm-fr",        "mgsm-ja",
-                                           "mgsm-ru",       "mgsm-sw",        "mgsm-te",
-                                           "mgsm-th",       "mgsm-zh"};
+                                           "commonsenseqa", "gsm8k",          "gsm8k-boxed",
+                                           "math500",       "mgsm-bn",        "mgsm-de",
+                                           "mgsm-en",       "mgsm-en-boxed",  "mgsm-es",
+                                           "mgsm-fr",       "mgsm-ja",        "mgsm-ru",
+                                           "mgsm-sw",       "mgsm-te",        "mgsm-th",
+                                           "mgsm-zh"};
     EXPECT_EQ(builtin_dataset_names(kBuiltin), want);
 }
 
@@ -74,6 +75,7 @@ TEST(Dataset, BuiltinsLoadEveryRow) {
     };
     for (const Want& w :
          {Want{"gsm8k", 1319, MatcherKind::NumberAfterAnswer}, Want{"math500", 500, MatcherKind::Boxed},
+          Want{"gsm8k-boxed", 1319, MatcherKind::BoxedNumber},
           Want{"commonsenseqa", 1221, MatcherKind::ChoiceLetter},
           Want{"arith-reasoner", 500, MatcherKind::NumberAfterAnswer},
           Want{"arith-reasoner-train", 2000, MatcherKind::NumberAfterAnswer}}) {
@@ -255,7 +257,7 @@ TEST(Dataset, ConfigErrors) {
     EXPECT_EQ(err(R"({"name": "t", "file": "d.jsonl", "question_field": "q", "answer_field": "a",
                      "prompt_template": "{question}", "matcher": "regex"})"),
               "dataset config 'c.json': matcher 'regex': unknown (expected number_after_answer, boxed, "
-              "choice_letter or last_number)");
+              "boxed_number, choice_letter or last_number)");
     EXPECT_EQ(err(R"({"name": "t", "file": "d.jsonl", "question_field": "q", "answer_field": "a",
                      "prompt_template": "{question}", "matcher": "boxed", "reference": "last_line"})"),
               "dataset config 'c.json': reference 'last_line' is unknown (expected as_is or after_hashes)");
@@ -271,8 +273,8 @@ TEST(Dataset, UnknownNameListsBuiltins) {
     EXPECT_EQ(
         error_of([] { load_dataset_config("gsm9k", kBuiltin); }),
         "dataset 'gsm9k': unknown (built-in: arith, arith-reasoner, arith-reasoner-train, commonsenseqa, "
-        "gsm8k, math500, mgsm-bn, mgsm-de, "
-        "mgsm-en, "
+        "gsm8k, gsm8k-boxed, math500, mgsm-bn, mgsm-de, "
+        "mgsm-en, mgsm-en-boxed, "
         "mgsm-es, mgsm-fr, mgsm-ja, mgsm-ru, mgsm-sw, mgsm-te, mgsm-th, mgsm-zh; or give the path of a .json "
         "config)");
     EXPECT_EQ(error_of([] {
