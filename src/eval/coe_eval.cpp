@@ -1,6 +1,7 @@
 #include "eval/coe_eval.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -201,7 +202,10 @@ void run_coe_eval(const CoeEvalParams& p) {
             }
             GenerateParams gp;
             gp.max_tokens = max_tokens;
+            const auto t0 = std::chrono::steady_clock::now();
             const std::vector<Generation> gens = generate(session, batch, gp);
+            const double batch_seconds =
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             for (size_t i = 0; i < gens.size(); ++i) {
                 const Sample& s = *todo[begin + i];
                 const Generation& g = gens[i];
@@ -236,6 +240,9 @@ void run_coe_eval(const CoeEvalParams& p) {
                       {"status", coe_status_string(r.kv_layer.status)}}},
                     {"hs_steps", {{"m", r.hs.m}, {"a", r.hs.a}, {"status", coe_status_string(r.hs.status)}}},
                     {"coe_state_bytes", scorers[i]->state_bytes()},
+                    {"batch_seconds",
+                     batch_seconds},  // the wall time of the batch this answer was decoded in
+                    {"batch_size", gens.size()},
                     {"prompt_tokens", g.prompt},
                     {"output_tokens", g.output}};
                 results.append(rec);
@@ -546,6 +553,16 @@ void write_coe_report(const std::string& out_dir, const std::vector<json>& recor
     md << "- matcher: " << id["matcher"].get<std::string>() << "; samples: " << n
        << ", correct: " << n_correct << " (accuracy " << fmt(n ? 100.0 * n_correct / n : 0, 1)
        << "%), cut by the token limit (counted wrong): " << n_truncated << "\n";
+    double seconds = 0;
+    int timed = 0;
+    for (const json& r : records) {
+        if (!r.contains("batch_seconds")) continue;
+        seconds += r["batch_seconds"].get<double>() / r["batch_size"].get<double>();
+        ++timed;
+    }
+    if (timed > 0)
+        md << "- decoding time: " << fmt(seconds, 0) << " s for " << timed
+           << " answers (the wall time of their batches; answers decoded together share it)\n";
     md << "- split by question id (FNV-1a hash, " << fmt(100 * dev_fraction, 0)
        << "% development): development " << dev_i.size() << " samples (" << dev_correct << " correct), test "
        << test_i.size() << " (" << test_correct << " correct, accuracy "
