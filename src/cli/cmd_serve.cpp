@@ -34,8 +34,9 @@ void run_serve(const ServeOptions& o) {
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     run_server(api, o.server, [&](int port) {
-        fprintf(stderr, "kvlens: serving %s on http://%s:%d (parallel %d)\n", api.model_id().c_str(),
-                o.server.host.c_str(), port, ap.parallel);
+        fprintf(stderr, "kvlens: serving %s on http://%s:%d (parallel %d, queue %d, %s)\n",
+                api.model_id().c_str(), o.server.host.c_str(), port, ap.parallel, ap.queue,
+                o.server.api_key.empty() ? "no API key" : "API key required");
         fflush(stderr);
     });
     fprintf(stderr, "kvlens: server stopped\n");
@@ -46,6 +47,11 @@ void run_serve(const ServeOptions& o) {
 CLI::App* add_serve_command(CLI::App& app) {
     auto o = std::make_shared<ServeOptions>();
     o->model.ctx = 0;
+    // The server's bounds where the library's Api has none or a looser one: 16 requests waiting, 8 samples
+    // per request, 10 minutes per answer.
+    o->api.queue = 16;
+    o->api.max_n = 8;
+    o->api.timeout_s = 600;
     CLI::App* cmd = app.add_subcommand(
         "serve",
         "OpenAI-compatible HTTP server: chat completions with KV-CoE scores and routing, embeddings");
@@ -54,15 +60,41 @@ CLI::App* add_serve_command(CLI::App& app) {
     cmd->get_option("--ctx")
         ->description("most tokens one request may use, prompt + answer (0: min(training context, 4096))")
         ->check(CLI::Range(0, 1 << 20));
-    cmd->add_option("--host", o->server.host, "address to listen on")->capture_default_str();
+    cmd->add_option("--host", o->server.host,
+                    "address to listen on (default: loopback only; 0.0.0.0 for every interface, then set "
+                    "--api-key)")
+        ->capture_default_str();
+    cmd->add_option("--api-key", o->server.api_key,
+                    "require \"Authorization: Bearer KEY\" on every route but GET /health and the page at / "
+                    "(401 otherwise; compared in constant time)")
+        ->envname("KVLENS_API_KEY");
     cmd->add_option("--port", o->server.port, "port (0: any free one; the chosen port is printed)")
         ->check(CLI::Range(0, 65535))
         ->capture_default_str();
     cmd->add_option("--parallel", o->api.parallel, "requests computed at once; more wait in line")
         ->check(CLI::Range(1, 256))
         ->capture_default_str();
-    cmd->add_option("--http-threads", o->server.http_threads, "connections served at once")
+    cmd->add_option("--queue", o->api.queue,
+                    "requests that may wait beyond the --parallel ones; more get 503 with Retry-After")
+        ->check(CLI::Range(0, 4096))
+        ->capture_default_str();
+    cmd->add_option("--http-threads", o->server.http_threads,
+                    "connections served at once (more are started for admitted requests)")
         ->check(CLI::Range(2, 1024))
+        ->capture_default_str();
+    cmd->add_option("--max-body-bytes", o->server.max_body, "largest request body; larger ones get 413")
+        ->check(CLI::Range(size_t(1024), size_t(1) << 30))
+        ->capture_default_str();
+    cmd->add_option("--max-n", o->api.max_n, "most samples (\"n\") one request may ask for")
+        ->check(CLI::Range(1, 256))
+        ->capture_default_str();
+    cmd->add_option("--max-messages", o->api.max_messages, "most messages in one request")
+        ->check(CLI::Range(1, 1 << 20))
+        ->capture_default_str();
+    cmd->add_option("--timeout-s", o->api.timeout_s,
+                    "a single-answer completion generating longer stops with what it has (finish_reason "
+                    "length, kvlens.timeout true; 0: never)")
+        ->check(CLI::Range(0.0, 1e7))
         ->capture_default_str();
     cmd->add_option("--alias", o->api.model_id, "model id in responses (default: the file name)");
     cmd->add_option("--max-tokens", o->api.default_max_tokens, "answer length when a request sets none")

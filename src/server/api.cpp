@@ -1,6 +1,8 @@
 #include "server/api.h"
 
 #include <algorithm>
+#include <cctype>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <ctime>
@@ -19,12 +21,33 @@ namespace kvlens {
 
 using nlohmann::json;
 
-json api_error_json(const std::string& message, const std::string& type, const std::string& param) {
+json api_error_json(const std::string& message, const std::string& type, const std::string& param,
+                    const std::string& code) {
     return {{"error",
              {{"message", message},
               {"type", type},
               {"param", param.empty() ? json(nullptr) : json(param)},
-              {"code", nullptr}}}};
+              {"code", code.empty() ? json(nullptr) : json(code)}}}};
+}
+
+bool same_secret(const std::string& a, const std::string& b) {
+    const size_t n = std::max(a.size(), b.size());
+    volatile unsigned char diff = a.size() != b.size() ? 1 : 0;  // volatile: no early exit is compiled in
+    for (size_t i = 0; i < n; ++i) {
+        const unsigned char x = i < a.size() ? (unsigned char)a[i] : 0;
+        const unsigned char y = i < b.size() ? (unsigned char)b[i] : 0;
+        diff = diff | (unsigned char)(x ^ y);
+    }
+    return diff == 0;
+}
+
+bool bearer_matches(const std::string& authorization, const std::string& key) {
+    static const char scheme[] = "bearer ";
+    if (authorization.size() < 7) return false;
+    for (size_t i = 0; i < 7; ++i)
+        if (std::tolower((unsigned char)authorization[i]) != scheme[i]) return false;
+    const size_t start = authorization.find_first_not_of(' ', 7);
+    return same_secret(start == std::string::npos ? "" : authorization.substr(start), key);
 }
 
 std::string floats_base64(const std::vector<float>& v) {
@@ -60,25 +83,30 @@ const json* field(const json& body, const char* key) {
     return it == body.end() || it->is_null() ? nullptr : &*it;
 }
 
-double number_in(const json& body, const char* key, double lo, double hi, double def) {
+// `in` names the object the field is in ("kvlens" for kvlens.scores_every), empty for the body.
+double number_in(const json& body, const char* key, double lo, double hi, double def,
+                 const std::string& in = "") {
     const json* v = field(body, key);
     if (!v) return def;
-    if (!v->is_number()) bad(key, "expected a number");
+    const std::string param = in.empty() ? key : in + "." + key;
+    if (!v->is_number()) bad(param, "expected a number");
     const double x = v->get<double>();
     if (!(x >= lo && x <= hi)) {
         std::ostringstream m;
         m << "must be in [" << lo << ", " << hi << "]";
-        bad(key, m.str());
+        bad(param, m.str());
     }
     return x;
 }
 
-int64_t integer_in(const json& body, const char* key, int64_t lo, int64_t hi, int64_t def) {
+int64_t integer_in(const json& body, const char* key, int64_t lo, int64_t hi, int64_t def,
+                   const std::string& in = "") {
     const json* v = field(body, key);
     if (!v) return def;
-    if (!v->is_number_integer()) bad(key, "expected an integer");
+    const std::string param = in.empty() ? key : in + "." + key;
+    if (!v->is_number_integer()) bad(param, "expected an integer");
     const int64_t x = v->get<int64_t>();
-    if (x < lo || x > hi) bad(key, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    if (x < lo || x > hi) bad(param, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
     return x;
 }
 
@@ -261,6 +289,9 @@ Api::Api(const Model& model, const ApiParams& params) : model_(model), params_(p
                                       : std::min(mi.n_ctx_train > 0 ? mi.n_ctx_train : 4096, 4096);
     if (params.parallel < 1) throw Error("parallel: must be >= 1");
     if (params.default_max_tokens < 1) throw Error("default max tokens: must be >= 1");
+    if (params.max_n < 1) throw Error("max n: must be >= 1");
+    if (params.max_messages < 1) throw Error("max messages: must be >= 1");
+    if (!(params.timeout_s >= 0)) throw Error("timeout: must be >= 0 seconds");
     if (!params.router_path.empty()) {
         router_ = std::make_unique<RouterFile>(load_router(params.router_path));
         if (!has_thinking(tmpl_))
@@ -283,6 +314,21 @@ Api::Slot::Slot(const Api& api) : api_(api) {
     ++api.serving_;
     ++api.busy_;
     api.cv_.notify_all();
+}
+
+std::shared_ptr<void> Api::admit() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (params_.queue >= 0 && admitted_ >= params_.parallel + params_.queue)
+        throw ApiError(503, "",
+                       "server busy: " + std::to_string(params_.parallel) + " requests computing and " +
+                           std::to_string(params_.queue) +
+                           " waiting, the most it takes (server --parallel, --queue); retry later",
+                       "server_error", "overloaded");
+    ++admitted_;
+    return std::shared_ptr<void>(nullptr, [this](void*) {
+        std::lock_guard<std::mutex> l(mu_);
+        --admitted_;
+    });
 }
 
 Api::Slot::~Slot() {
@@ -317,6 +363,10 @@ ChatRequest Api::parse_chat(const json& body) const {
     const json* msgs = field(body, "messages");
     if (!msgs || !msgs->is_array() || msgs->empty())
         bad("messages", "required: a non-empty array of messages");
+    if (msgs->size() > (size_t)params_.max_messages)
+        bad("messages", std::to_string(msgs->size()) + " messages, more than the " +
+                            std::to_string(params_.max_messages) +
+                            " the server takes (server --max-messages)");
     for (size_t i = 0; i < msgs->size(); ++i) {
         const json& m = (*msgs)[i];
         const std::string p = "messages[" + std::to_string(i) + "]";
@@ -332,8 +382,15 @@ ChatRequest Api::parse_chat(const json& body) const {
     }
     if (r.messages.back().role == "assistant")
         bad("messages", "the last message must not be the assistant's");
-    const int64_t mt = integer_in(body, "max_tokens", 1, 1 << 24, 0);
-    r.max_tokens = (int)integer_in(body, "max_completion_tokens", 1, 1 << 24, mt);
+    // A length that can never fit the context is refused; one that fits it but not beside this prompt is cut
+    // to what the prompt leaves (finish_reason "length"), as llama-server does.
+    for (const char* k : {"max_tokens", "max_completion_tokens"}) {
+        const int64_t x = integer_in(body, k, 1, 1 << 24, 0);
+        if (x >= n_ctx_)
+            bad(k, std::to_string(x) + " tokens do not fit the context of " + std::to_string(n_ctx_) +
+                       " tokens (prompt + answer; server --ctx)");
+        if (x > 0) r.max_tokens = (int)x;  // max_completion_tokens, the newer name, wins
+    }
     r.sampling.temperature = (float)number_in(body, "temperature", 0, 2, 1.0);
     r.sampling.top_p = (float)number_in(body, "top_p", 1e-9, 1, 1.0);
     r.sampling.top_k = (int)integer_in(body, "top_k", 0, 1 << 20, 0);
@@ -343,7 +400,10 @@ ChatRequest Api::parse_chat(const json& body) const {
         std::random_device rd;
         r.sampling.seed = rd();
     }
-    r.n = (int)integer_in(body, "n", 1, 64, 1);
+    if (const json* n = field(body, "n"); n && n->is_number_integer() && n->get<int64_t>() > params_.max_n)
+        bad("n", std::to_string(n->get<int64_t>()) + " samples, more than the " +
+                     std::to_string(params_.max_n) + " the server takes (server --max-n)");
+    r.n = (int)integer_in(body, "n", 1, params_.max_n, 1);
     if (const json* s = field(body, "stop")) {
         if (s->is_string()) {
             r.stop.push_back(s->get<std::string>());
@@ -355,8 +415,12 @@ ChatRequest Api::parse_chat(const json& body) const {
         } else {
             bad("stop", "expected a string or an array of up to 4 strings");
         }
-        for (const std::string& x : r.stop)
+        for (const std::string& x : r.stop) {
             if (x.empty()) bad("stop", "empty stop strings are not allowed");
+            if (x.size() > params_.max_stop_bytes)
+                bad("stop", "a stop string of " + std::to_string(x.size()) + " bytes, longer than the " +
+                                std::to_string(params_.max_stop_bytes) + " allowed");
+        }
     }
     r.stream = boolean(body, "stream", false);
     if (const json* so = field(body, "stream_options")) {
@@ -418,8 +482,8 @@ ChatRequest Api::parse_chat(const json& body) const {
                 bad("kvlens.matcher", e.what());
             }
         }
-        r.abstain_below = number_in(*k, "abstain_below", 0, 1e9, -1);
-        r.scores_every = (int)integer_in(*k, "scores_every", 0, 1 << 20, 0);
+        r.abstain_below = number_in(*k, "abstain_below", 0, 1e9, -1, "kvlens");
+        r.scores_every = (int)integer_in(*k, "scores_every", 0, 1 << 20, 0, "kvlens");
     }
     if (r.select_score.empty()) r.select_score = calibration_.empty() ? "hs_coe_c" : calibration_[0].score;
     if (r.n > 1) {
@@ -471,6 +535,17 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
     sp.n_seq_max = 1;
     Session session(model_, sp);
 
+    // The timeout counts from here, once the request's turn has come and its context exists.
+    const auto started = std::chrono::steady_clock::now();
+    bool timed_out = false;
+    auto out_of_time = [&] {
+        if (params_.timeout_s > 0 &&
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() >=
+                params_.timeout_s)
+            timed_out = true;
+        return timed_out;
+    };
+
     std::string out_text;
     bool stop_string = false;
     int n_completion = 0;
@@ -496,7 +571,7 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
             const std::string t = model_.detokenize(so_far.tokens);
             if (hit_stop(t)) return false;
             if (tokens_final) alive = stream.update(t, false);
-            return alive;
+            return alive && !out_of_time();
         };
         const FastSlowResult r =
             run_fast_slow(session, tmpl_, req.messages, router_->features, &router_->classifier, fp);
@@ -533,7 +608,7 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
                                {"n_generated", (int)g.output.size()}};
                 alive = stream.send(c);
             }
-            return alive;
+            return alive && !out_of_time();
         };
         const Generation g = generate(session, {prompt}, gp).at(0);
         if (!stop_string) out_text = g.text;
@@ -545,7 +620,9 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
     }
     extra["n_prompt"] = (int)prompt.size();
     extra["n_generated"] = n_completion;
-    extra["stop"] = stop_string ? "stop_string" : to_string(stop);
+    timed_out = timed_out && stop == StopReason::Callback && !stop_string;  // not when it ended anyway
+    extra["stop"] = stop_string ? "stop_string" : timed_out ? "timeout" : to_string(stop);
+    if (timed_out) extra["timeout"] = true;  // finish_reason "length": the answer is cut, not finished
 
     std::string reasoning, content;
     split_reasoning(out_text, prompt_opens_think, reasoning, content);

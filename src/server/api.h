@@ -4,7 +4,8 @@
 // chosen by the router and where it switched, every token generated.
 //
 // Thread-safe: the Model is shared, each request gets its own Session (llama_context), and at most
-// `parallel` requests compute at once; the others wait their turn in arrival order.
+// `parallel` requests compute at once; the others wait their turn in arrival order (at most `queue` of them
+// when admitted with admit()).
 #pragma once
 
 #include <atomic>
@@ -38,20 +39,39 @@ struct ApiParams {
     std::string router_path;       // enables "think": "auto"
     std::string calibration_path;  // kvlens calibrate's file: adds P(correct); refused for another model
     TokenCoeSpec token_coe;        // the configuration of kv_coe_*
+    // Limits on a request (each refusal is a 400 naming the parameter).
+    int max_n = 64;               // "n": at most this many samples (kvlens serve: --max-n, 8)
+    int max_messages = 1024;      // "messages": at most this many
+    size_t max_stop_bytes = 256;  // each "stop" string at most this long (OpenAI allows up to 4 of them)
+    // Requests admitted (admit()) beyond the `parallel` computing ones that may wait their turn; one more is
+    // refused with a 503. < 0: no bound (what chat() and embeddings() alone do: they wait, never refuse).
+    int queue = -1;
+    // A single-answer chat completion that has been generating this many seconds stops after its current
+    // token with what it has (finish_reason "length", kvlens.timeout = true). 0: no limit.
+    double timeout_s = 0;
 };
 
 // A request the API refuses: HTTP status, the OpenAI error type and the offending parameter.
 class ApiError : public Error {
 public:
     ApiError(int status_, const std::string& param_, const std::string& message,
-             const std::string& type_ = "invalid_request_error")
-        : Error(message), status(status_), param(param_), type(type_) {}
+             const std::string& type_ = "invalid_request_error", const std::string& code_ = "")
+        : Error(message), status(status_), param(param_), type(type_), code(code_) {}
     int status;
-    std::string param, type;
+    std::string param, type, code;  // code: empty for null
 };
 
-// {"error": {"message", "type", "param", "code"}} as OpenAI sends it.
-nlohmann::json api_error_json(const std::string& message, const std::string& type, const std::string& param);
+// {"error": {"message", "type", "param", "code"}} as OpenAI sends it (empty param / code: null).
+nlohmann::json api_error_json(const std::string& message, const std::string& type, const std::string& param,
+                              const std::string& code = "");
+
+// Whether two secrets are equal, in a time that does not depend on where they differ: every byte of the
+// longer one is compared (no early exit); only the length shows in the time.
+bool same_secret(const std::string& a, const std::string& b);
+
+// Whether an Authorization header value ("Bearer KEY", the scheme case-insensitive, as OpenAI clients and
+// llama-server send it) carries `key` (compared with same_secret).
+bool bearer_matches(const std::string& authorization, const std::string& key);
 
 // A parsed, validated chat completion request.
 struct ChatRequest {
@@ -90,6 +110,14 @@ public:
 
     nlohmann::json embeddings(const nlohmann::json& body) const;
 
+    // Admits a request to the line of those computing or waiting, for as long as the returned handle lives;
+    // throws ApiError 503 (type server_error, code overloaded) when `parallel` compute and `queue` more
+    // already wait. The HTTP server takes one before chat() / embeddings() so that a full line refuses at
+    // once instead of growing; chat() and embeddings() wait their turn either way.
+    std::shared_ptr<void> admit() const;
+    // The most requests admit() lets in at once (parallel + queue); 0 when it never refuses.
+    int max_admitted() const { return params_.queue >= 0 ? params_.parallel + params_.queue : 0; }
+
 private:
     // At most params.parallel holders at once, served in arrival order.
     class Slot {
@@ -113,7 +141,7 @@ private:
     std::vector<Calibration> calibration_;
     mutable std::mutex mu_;
     mutable std::condition_variable cv_;
-    mutable int busy_ = 0;
+    mutable int busy_ = 0, admitted_ = 0;
     mutable uint64_t next_ticket_ = 0, serving_ = 0;
     mutable std::atomic<uint64_t> next_id_{0};
 };

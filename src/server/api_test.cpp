@@ -113,6 +113,19 @@ TEST_F(ServerApi, RefusalsNameTheParameter) {
         {{{"think", "maybe"}}, "think"},
         {{{"think", "auto"}}, "think"},  // no router
         {{{"chat_template_kwargs", 3}}, "chat_template_kwargs"},
+        // Limits (issue 15): n beyond the bound, stop strings too long, a length beyond the context,
+        // scores_every out of bounds (too many messages: LimitsFollowTheServer).
+        {{{"n", 65}}, "n"},  // the library's bound (kvlens serve: --max-n, 8)
+        {{{"n", 1000000}}, "n"},
+        {{{"stop", std::string(257, 'x')}}, "stop"},
+        {{{"stop", json::array({"a", std::string(300, 'y')})}}, "stop"},
+        {{{"max_tokens", 64}}, "max_tokens"},  // the context is 64: prompt + answer can never fit
+        {{{"max_tokens", 1 << 24}}, "max_tokens"},
+        {{{"max_completion_tokens", 100}}, "max_completion_tokens"},
+        {{{"kvlens", {{"abstain_below", -0.5}}}}, "kvlens.abstain_below"},  // named in full, as the others
+        {{{"kvlens", {{"scores_every", -1}}}}, "kvlens.scores_every"},
+        {{{"kvlens", {{"scores_every", (1 << 20) + 1}}}}, "kvlens.scores_every"},
+        {{{"kvlens", {{"scores_every", "often"}}}}, "kvlens.scores_every"},
     };
     for (const Case& c : cases) {
         json body = ok;
@@ -135,6 +148,9 @@ TEST_F(ServerApi, RefusalsNameTheParameter) {
                  {"chat_template_kwargs", {{"enable_thinking", false}}},
                  {"stop", "x"}};
     const ChatRequest r = api.parse_chat(body);
+    EXPECT_EQ(api.parse_chat({{"messages", user("hi")}, {"max_tokens", 63}}).max_tokens, 63);  // fits
+    EXPECT_EQ(api.parse_chat({{"messages", user("hi")}, {"n", 64}}).n, 64);
+    EXPECT_EQ(api.parse_chat({{"messages", user("hi")}, {"stop", std::string(256, 'x')}}).stop.size(), 1u);
     EXPECT_EQ(r.messages[0].role, "system");
     EXPECT_EQ(r.messages[1].content, "hi");
     EXPECT_EQ(r.think, "off");
@@ -159,6 +175,129 @@ TEST_F(ServerApi, RefusalsNameTheParameter) {
         EXPECT_EQ(e.param, "messages");
         EXPECT_NE(std::string(e.what()).find("context of 64"), std::string::npos) << e.what();
     }
+}
+
+// The server's limits are its flags: --max-n, --max-messages; the message says which flag.
+TEST_F(ServerApi, LimitsFollowTheServer) {
+    ApiParams p;
+    p.session.n_ctx = 64;
+    p.max_n = 2;
+    p.max_messages = 3;
+    p.max_stop_bytes = 4;
+    const Api api(*qwen3, p);
+    json many = json::array();
+    for (int i = 0; i < 4; ++i) many.push_back({{"role", i % 2 ? "assistant" : "user"}, {"content", "x"}});
+    many.push_back({{"role", "user"}, {"content", "x"}});
+    struct Case {
+        json body;
+        std::string param, says;
+    };
+    const Case cases[] = {
+        {{{"messages", user("hi")}, {"n", 3}}, "n", "--max-n"},
+        {{{"messages", many}}, "messages", "--max-messages"},
+        {{{"messages", user("hi")}, {"stop", "abcde"}}, "stop", "5 bytes"},
+        {{{"messages", user("hi")}, {"max_tokens", 80}}, "max_tokens", "context of 64"},
+    };
+    for (const Case& c : cases) {
+        try {
+            api.parse_chat(c.body);
+            ADD_FAILURE() << "accepted: " << c.body.dump();
+        } catch (const ApiError& e) {
+            EXPECT_EQ(e.status, 400);
+            EXPECT_EQ(e.param, c.param) << e.what();
+            EXPECT_NE(std::string(e.what()).find(c.says), std::string::npos) << e.what();
+            EXPECT_EQ(api_error_json(e.what(), e.type, e.param)["error"]["param"], c.param);
+        }
+    }
+    EXPECT_NO_THROW(api.parse_chat({{"messages", user("hi")}, {"n", 2}, {"stop", "abcd"}}));
+    ApiParams bad = p;
+    bad.max_n = 0;
+    EXPECT_THROW(Api(*qwen3, bad), Error);
+    bad = p;
+    bad.timeout_s = -1;
+    EXPECT_THROW(Api(*qwen3, bad), Error);
+}
+
+TEST(ServerAuth, SameSecret) {
+    EXPECT_TRUE(same_secret("", ""));
+    EXPECT_TRUE(same_secret("sk-abc", "sk-abc"));
+    EXPECT_FALSE(same_secret("sk-abc", "sk-abd"));
+    EXPECT_FALSE(same_secret("sk-abc", "sk-ab"));
+    EXPECT_FALSE(same_secret("sk-ab", "sk-abc"));
+    EXPECT_FALSE(same_secret("", "x"));
+    EXPECT_FALSE(same_secret(std::string("a\0", 2), "a"));  // a NUL is a byte like any other
+}
+
+TEST(ServerAuth, BearerHeader) {
+    EXPECT_TRUE(bearer_matches("Bearer sk-1", "sk-1"));
+    EXPECT_TRUE(bearer_matches("bearer sk-1", "sk-1"));  // the scheme is case-insensitive (RFC 7235)
+    EXPECT_TRUE(bearer_matches("BEARER  sk-1", "sk-1"));
+    EXPECT_FALSE(bearer_matches("Bearer sk-2", "sk-1"));
+    EXPECT_FALSE(bearer_matches("Bearer sk-1x", "sk-1"));
+    EXPECT_FALSE(bearer_matches("Basic sk-1", "sk-1"));
+    EXPECT_FALSE(bearer_matches("sk-1", "sk-1"));
+    EXPECT_FALSE(bearer_matches("", "sk-1"));
+    EXPECT_FALSE(bearer_matches("Bearer ", "sk-1"));
+}
+
+// admit(): parallel + queue requests at once, the next one a 503 (server_error, overloaded) until one leaves.
+TEST_F(ServerApi, AdmissionIsBounded) {
+    ApiParams p;
+    p.parallel = 2;
+    p.queue = 1;
+    const Api api(*llama, p);
+    EXPECT_EQ(api.max_admitted(), 3);
+    std::vector<std::shared_ptr<void>> in;
+    for (int i = 0; i < 3; ++i) in.push_back(api.admit());
+    try {
+        api.admit();
+        ADD_FAILURE() << "a fourth request admitted";
+    } catch (const ApiError& e) {
+        EXPECT_EQ(e.status, 503);
+        EXPECT_EQ(e.type, "server_error");
+        EXPECT_EQ(e.code, "overloaded");
+        EXPECT_NE(std::string(e.what()).find("--queue"), std::string::npos) << e.what();
+        const json j = api_error_json(e.what(), e.type, e.param, e.code);
+        EXPECT_EQ(j["error"]["code"], "overloaded");
+        EXPECT_TRUE(j["error"]["param"].is_null());
+    }
+    in.pop_back();
+    EXPECT_NO_THROW(in.push_back(api.admit()));
+    in.clear();
+    const Api unbounded(*llama, ApiParams{});  // the library's default: never refuses
+    EXPECT_EQ(unbounded.max_admitted(), 0);
+    for (int i = 0; i < 100; ++i) in.push_back(unbounded.admit());
+}
+
+// The timeout stops an answer after the token it is noticed at: finish_reason length, kvlens.timeout; the
+// stream ends the same way.
+TEST_F(ServerApi, TimeoutCutsTheAnswer) {
+    ApiParams p;
+    p.session.n_ctx = 256;
+    p.session.n_threads = 1;
+    p.timeout_s = 1e-9;
+    const Api api(*llama, p);
+    const json body = {{"messages", user("hi")}, {"max_tokens", 100}, {"temperature", 0}};
+    const json r = api.chat(api.parse_chat(body));
+    EXPECT_EQ(r["choices"][0]["finish_reason"], "length");
+    EXPECT_EQ(r["kvlens"]["timeout"], true);
+    EXPECT_EQ(r["kvlens"]["stop"], "timeout");
+    EXPECT_EQ(r["kvlens"]["n_generated"], 1);
+    EXPECT_EQ(r["usage"]["completion_tokens"], 1);
+    json last;
+    json streamed = body;
+    streamed["stream"] = true;
+    api.chat(api.parse_chat(streamed), [&](const json& c) {
+        last = c;
+        return true;
+    });
+    EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
+    EXPECT_EQ(last["kvlens"]["timeout"], true);
+    // Without a timeout the same request runs to max_tokens and says nothing of one.
+    const Api untimed(*llama, ApiParams{p.model_id, p.session});
+    const json full = untimed.chat(untimed.parse_chat(body));
+    EXPECT_EQ(full["kvlens"]["n_generated"], 100);
+    EXPECT_FALSE(full["kvlens"].contains("timeout"));
 }
 
 // A logistic calibration: p_correct.combined per choice, the weighted vote on it, kvlens.score limited to

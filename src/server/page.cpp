@@ -22,13 +22,28 @@ table{border-collapse:collapse;font-size:13px}td{padding:1px 10px 1px 0}
 temperature <input id="temp" type="number" value="0" min="0" max="2" step="0.1" style="width:4em">
 max tokens <input id="max" type="number" value="256" min="1" style="width:5em">
 <button id="go">Send</button></p>
+<p id="keyrow" style="display:none">API key <input id="key" type="password" autocomplete="off" style="width:22em">
+<span style="color:#777;font-size:13px">kept in this page only, sent as Authorization: Bearer</span></p>
 <div id="think"></div><div id="answer"></div><div id="meta"></div><table id="scores"></table>
 <script>
 const $ = id => document.getElementById(id);
-fetch('/v1/models').then(r => r.json()).then(j => {
-  const m = j.data[0]; $('model').textContent = m.id + ' (' + m.kvlens.arch + ', ' + m.kvlens.n_layer + ' layers)';
-  if (!m.kvlens.router) $('mode').querySelector('option:last-child').disabled = true;
-});
+// A server started with --api-key answers 401 until the key typed here comes along (in memory only).
+const auth = () => $('key').value ? {'Authorization': 'Bearer ' + $('key').value} : {};
+function needKey(j) {
+  $('keyrow').style.display = '';
+  $('meta').textContent = (j && j.error ? j.error.message + ': ' : '') +
+      'this server needs an API key; type it above';
+}
+function loadModel() {
+  fetch('/v1/models', {headers: auth()}).then(async r => {
+    if (r.status === 401) return needKey(await r.json());
+    const m = (await r.json()).data[0]; $('meta').textContent = '';
+    $('model').textContent = m.id + ' (' + m.kvlens.arch + ', ' + m.kvlens.n_layer + ' layers)';
+    $('mode').querySelector('option:last-child').disabled = !m.kvlens.router;
+  });
+}
+$('key').onchange = loadModel;
+loadModel();
 function show(k) {
   const t = k.think || {};
   let s = k.n_generated + ' tokens generated' + (k.stop ? '; stop: ' + k.stop : ' so far');
@@ -47,7 +62,8 @@ $('go').onclick = async () => {
                 kvlens: {scores_every: 8}};  // the confidence, live, every 8 tokens
   if ($('mode').value !== 'default') body.think = $('mode').value;
   const res = await fetch('/v1/chat/completions', {method: 'POST', body: JSON.stringify(body),
-                                                   headers: {'Content-Type': 'application/json'}});
+                                                   headers: {'Content-Type': 'application/json', ...auth()}});
+  if (res.status === 401) return needKey(await res.json());
   if (!res.ok) { $('meta').textContent = (await res.json()).error.message; return; }
   const reader = res.body.getReader(), dec = new TextDecoder(); let buf = '';
   for (;;) {

@@ -6,6 +6,9 @@
 //   POST /v1/chat/completions         + "kvlens": scores, thinking mode, switch, token counts
 //   POST /v1/embeddings               KV embeddings (float or base64)
 //   GET  /                            the web page
+//
+// Hardening: loopback by default, an optional API key (401), a bounded body (413), a bounded line of waiting
+// requests (503 with Retry-After), and the Api's per-request limits (400 naming the parameter) and timeout.
 #pragma once
 
 #include <functional>
@@ -16,10 +19,16 @@
 namespace kvlens {
 
 struct ServerParams {
-    std::string host = "127.0.0.1";
-    int port = 8080;              // 0: any free port
-    int http_threads = 8;         // connections served at once (requests beyond Api's `parallel` wait)
-    size_t max_body = 16u << 20;  // bytes; larger bodies get 413
+    std::string host = "127.0.0.1";  // loopback only unless told otherwise
+    int port = 8080;                 // 0: any free port
+    // Connections served at once; more threads are started, up to the Api's parallel + queue beyond this,
+    // so that every admitted request has one and a request beyond the queue gets its 503 at once.
+    int http_threads = 8;
+    size_t max_body = 1u << 20;  // bytes; larger bodies get 413 (param "body")
+    // Non-empty: every route but GET /health and the page at / needs "Authorization: Bearer <api_key>";
+    // otherwise 401 (authentication_error, code invalid_api_key). Compared in constant time (same_secret).
+    std::string api_key;
+    int retry_after_s = 1;  // the Retry-After of a 503 (the line is full)
 };
 
 // Binds, calls on_listening(port) once the socket accepts connections, and serves until stop_server() (or

@@ -21,6 +21,20 @@ if(Python3_Interpreter_FOUND)
     TIMEOUT 600)
 endif()
 
+# Hardening over HTTP (issue 15): loopback by default, --api-key (401 in OpenAI's shape; health and page open),
+# --max-body-bytes (413), request limits (400 naming the parameter), a full --queue (503 with Retry-After),
+# --timeout-s (finish_reason length, kvlens.timeout). Each test < 30 s.
+if(Python3_Interpreter_FOUND)
+  add_test(NAME python_server_hardening
+           COMMAND ${Python3_EXECUTABLE} -m pytest -q -rs -p no:cacheprovider --noconftest
+                   ${PROJECT_SOURCE_DIR}/tests/python/test_server_hardening.py
+           WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+  set_tests_properties(python_server_hardening PROPERTIES
+    ENVIRONMENT "KVLENS_BIN=$<TARGET_FILE:kvlens-cli>;KVLENS_REASONER_MODEL=${PROJECT_SOURCE_DIR}/tools/reasoner/arith-reasoner.gguf;KVLENS_TEST_MODELS_DIR=${KVLENS_TEST_MODELS_DIR};PYTHONDONTWRITEBYTECODE=1"
+    LABELS python
+    TIMEOUT 300)
+endif()
+
 # The Python bindings (python/kvlens_module.cpp): kv() == kvlens dump, Api.chat == kvlens generate,
 # streaming == non-streaming, embeddings == kvlens embed, errors as kvlens.Error with the parameter, threads.
 if(TARGET kvlens_python AND Python3_Interpreter_FOUND)
