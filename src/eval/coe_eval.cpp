@@ -295,37 +295,6 @@ struct Column {
     std::vector<double> dev, test;
 };
 
-// Paired bootstrap of AUROC(a) - AUROC(b) on the same samples: the (1-level)/2 and (1+level)/2 quantiles.
-std::pair<double, double> auroc_diff_interval(const std::vector<double>& a, const std::vector<double>& b,
-                                              const std::vector<int>& labels, int resamples, uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::uniform_int_distribution<size_t> pick(0, labels.size() - 1);
-    std::vector<double> diffs, ra, rb;
-    std::vector<int> rl;
-    for (int k = 0; k < resamples; ++k) {
-        ra.clear();
-        rb.clear();
-        rl.clear();
-        for (size_t i = 0; i < labels.size(); ++i) {
-            const size_t j = pick(rng);
-            ra.push_back(a[j]);
-            rb.push_back(b[j]);
-            rl.push_back(labels[j]);
-        }
-        const int pos = (int)std::count(rl.begin(), rl.end(), 1);
-        if (pos == 0 || pos == (int)rl.size()) continue;  // no AUROC without both classes
-        diffs.push_back(auroc(ra, rl) - auroc(rb, rl));
-    }
-    if (diffs.empty()) return {NAN, NAN};
-    std::sort(diffs.begin(), diffs.end());
-    auto q = [&](double f) {  // linear interpolation, as numpy.percentile
-        const double x = f * (double)(diffs.size() - 1);
-        const size_t i = (size_t)x;
-        return i + 1 < diffs.size() ? diffs[i] + (x - (double)i) * (diffs[i + 1] - diffs[i]) : diffs[i];
-    };
-    return {q(0.025), q(0.975)};
-}
-
 bool has_both(const std::vector<int>& labels) {
     const int pos = (int)std::count(labels.begin(), labels.end(), 1);
     return pos > 0 && pos < (int)labels.size();
@@ -525,7 +494,8 @@ void write_coe_report(const std::string& out_dir, const std::vector<json>& recor
         const Column *ca = col(a), *cb = col(b);
         if (!ca || !cb || !test_ok) continue;
         const double da = auroc(ca->test, test_y), db = auroc(cb->test, test_y);
-        const auto [lo, hi] = auroc_diff_interval(ca->test, cb->test, test_y, bootstrap, seed);
+        const AurocInterval d = bootstrap_auroc_difference(ca->test, cb->test, test_y, bootstrap, seed);
+        const double lo = d.lo, hi = d.hi;
         const char* v = hi < 0   ? "no: below hidden-state CoE"
                         : lo > 0 ? "yes: above hidden-state CoE"
                                  : "yes: within the interval";

@@ -187,23 +187,22 @@ double accuracy(const std::vector<int>& labels) {
     return (double)correct / (double)labels.size();
 }
 
-AurocInterval bootstrap_auroc(const std::vector<double>& scores, const std::vector<int>& labels,
-                              int resamples, uint64_t seed, double level) {
-    validate(scores, labels);
+namespace {
+
+// Bootstrap percentile interval of stat(counts) over resamples (counts = multiplicity per original index);
+// NaN statistics (a resample without both classes) are skipped.
+template <typename Stat>
+AurocInterval bootstrap_interval(size_t n, int resamples, uint64_t seed, double level, Stat stat) {
     if (resamples < 1) throw Error("bootstrap: resamples must be >= 1, got " + std::to_string(resamples));
     if (!(level > 0.0 && level < 1.0))
         throw Error("bootstrap: level must be in (0, 1), got " + std::to_string(level));
-
     AurocInterval out;
     out.resamples = resamples;
-    const size_t n = scores.size();
     if (n == 0) {
         out.lo = out.hi = kNaN;
         out.skipped = resamples;
         return out;
     }
-    // Sort once; a resample is a multiplicity per original index, so each AUROC is O(n).
-    const std::vector<size_t> order = order_desc(scores);
     std::mt19937_64 rng(seed);
     std::vector<int> counts(n);
     std::vector<double> kept;
@@ -213,7 +212,7 @@ AurocInterval bootstrap_auroc(const std::vector<double>& scores, const std::vect
         // rng() % n rather than uniform_int_distribution: the latter differs between standard libraries, and
         // the interval should not. The modulo bias is below n / 2^64.
         for (size_t k = 0; k < n; ++k) ++counts[rng() % n];
-        const double a = auroc_of(group_by_score(scores, labels, order, &counts));
+        const double a = stat(counts);
         if (std::isnan(a)) {
             ++out.skipped;
         } else {
@@ -234,6 +233,30 @@ AurocInterval bootstrap_auroc(const std::vector<double>& scores, const std::vect
     out.lo = quantile((1.0 - level) / 2.0);
     out.hi = quantile((1.0 + level) / 2.0);
     return out;
+}
+
+}  // namespace
+
+AurocInterval bootstrap_auroc(const std::vector<double>& scores, const std::vector<int>& labels,
+                              int resamples, uint64_t seed, double level) {
+    validate(scores, labels);
+    // Sort once; a resample is a multiplicity per original index, so each AUROC is O(n).
+    const std::vector<size_t> order = order_desc(scores);
+    return bootstrap_interval(scores.size(), resamples, seed, level, [&](const std::vector<int>& counts) {
+        return auroc_of(group_by_score(scores, labels, order, &counts));
+    });
+}
+
+AurocInterval bootstrap_auroc_difference(const std::vector<double>& a, const std::vector<double>& b,
+                                         const std::vector<int>& labels, int resamples, uint64_t seed,
+                                         double level) {
+    validate(a, labels);
+    validate(b, labels);
+    const std::vector<size_t> order_a = order_desc(a), order_b = order_desc(b);
+    return bootstrap_interval(a.size(), resamples, seed, level, [&](const std::vector<int>& counts) {
+        return auroc_of(group_by_score(a, labels, order_a, &counts)) -
+               auroc_of(group_by_score(b, labels, order_b, &counts));
+    });
 }
 
 double prr(const std::vector<double>& scores, const std::vector<int>& labels) {

@@ -51,6 +51,13 @@ struct AurocInterval {
 AurocInterval bootstrap_auroc(const std::vector<double>& scores, const std::vector<int>& labels,
                               int resamples = 1000, uint64_t seed = 0, double level = 0.95);
 
+// Paired bootstrap interval of AUROC(a) - AUROC(b) on the same samples (every resample draws the same
+// indices for both scores, and the same indices as bootstrap_auroc with that seed): does one score separate
+// better than another? NaN when no resample has both classes.
+AurocInterval bootstrap_auroc_difference(const std::vector<double>& a, const std::vector<double>& b,
+                                         const std::vector<int>& labels, int resamples = 1000,
+                                         uint64_t seed = 0, double level = 0.95);
+
 // Prediction-rejection ratio, as LM-Polygraph's PredictionRejectionArea (with its uncertainty = -score):
 // order the samples by descending score; acc_k = accuracy of the k highest-scored (k = 1..n, i.e. reject the
 // n-k lowest); area = mean over k of acc_k. PRR = (area - random) / (oracle - random), where random =

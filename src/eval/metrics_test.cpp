@@ -81,6 +81,32 @@ void random_case(std::mt19937_64& rng, size_t n, double pos_rate, int levels, Sc
     y[1] = 0;
 }
 
+TEST(Metrics, BootstrapAurocDifference) {
+    std::mt19937 rng(5);
+    std::normal_distribution<double> g;
+    std::vector<double> a, neg, noise;
+    std::vector<int> y;
+    for (int i = 0; i < 120; ++i) {
+        y.push_back(i % 3 == 0);
+        a.push_back(g(rng) + y.back());
+        neg.push_back(-a.back());
+        noise.push_back(std::round(g(rng) * 2));  // with ties
+    }
+    // A score against itself: every paired difference is 0.
+    const AurocInterval self = bootstrap_auroc_difference(a, a, y, 300, 7);
+    EXPECT_EQ(self.lo, 0.0);
+    EXPECT_EQ(self.hi, 0.0);
+    // Against its negation: AUROC(-a) = 1 - AUROC(a) in every resample, so the difference is 2 AUROC(a) - 1
+    // there, and the interval is the affine image of bootstrap_auroc's (same seed, same draws).
+    const AurocInterval one = bootstrap_auroc(a, y, 300, 7),
+                        d = bootstrap_auroc_difference(a, neg, y, 300, 7);
+    EXPECT_NEAR(d.lo, 2 * one.lo - 1, 1e-12);
+    EXPECT_NEAR(d.hi, 2 * one.hi - 1, 1e-12);
+    const AurocInterval n = bootstrap_auroc_difference(a, noise, y, 300, 7);
+    EXPECT_GT(n.lo, 0.0);  // a real signal against noise
+    EXPECT_THROW(bootstrap_auroc_difference(a, {1.0}, y), Error);
+}
+
 TEST(Metrics, HandComputed) {
     const Scores s{0.9, 0.8, 0.7, 0.6};
     const Labels y{1, 0, 1, 0};
