@@ -312,8 +312,16 @@ CLI::App* add_sample_command(CLI::App& app) {
                    "directory of the built-in dataset configs (env KVLENS_DATA_DIR)")
         ->capture_default_str();
     ev->add_option("-o,--out", p->out_dir, "output directory; reruns resume")->required();
-    ev->add_option("--limit", p->limit, "first N questions (0: all)")
+    ev->add_option("--limit", p->limit, "first N questions of the selected part (0: all)")
         ->check(CLI::Range(0, 1 << 30))
+        ->capture_default_str();
+    ev->add_option("--part", p->part,
+                   "all, dev or test: only the questions of that part of eval coe's split by question id "
+                   "(to judge a configuration chosen on a coe run's development part on unseen questions)")
+        ->check(CLI::IsMember({"all", "dev", "test"}))
+        ->capture_default_str();
+    ev->add_option("--dev-fraction", p->dev_fraction, "the split's development share, as in eval coe")
+        ->check(CLI::Range(0.0, 1.0))
         ->capture_default_str();
     ev->add_option("--max-tokens", p->max_tokens, "tokens per sample at most (0: the dataset config's)")
         ->check(CLI::Range(0, 1 << 20))

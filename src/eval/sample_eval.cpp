@@ -13,6 +13,7 @@
 #include "engine/chat_template.h"
 #include "eval/dataset.h"
 #include "eval/results_file.h"
+#include "eval/split.h"
 #include "eval/svg_plot.h"
 #include "methods/calibration.h"
 #include "methods/sampling.h"
@@ -26,22 +27,23 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 static json run_identity(const SampleEvalParams& p, const DatasetConfig& cfg, int max_tokens, int n_max) {
-    return {{"model", fs::absolute(p.model_path).string()},
-            {"dataset", cfg.name},
-            {"dataset_file", cfg.file},
-            {"prompt_template", cfg.prompt_template},
-            {"system", cfg.system},
-            {"matcher", to_string(cfg.matcher)},
-            {"max_tokens", max_tokens},
-            {"template", p.chat_template},
-            {"think", p.think},
-            {"n_max", n_max},
-            {"temperature", p.temperature},
-            {"top_k", p.top_k},
-            {"top_p", p.top_p},
-            {"seed", p.seed},
-            {"coe_version", 2},  // token-axis kv_coe_*: records of version 1 hold the layer axis under that name
-            {"token_coe", to_string(p.token_coe)}};
+    return {
+        {"model", fs::absolute(p.model_path).string()},
+        {"dataset", cfg.name},
+        {"dataset_file", cfg.file},
+        {"prompt_template", cfg.prompt_template},
+        {"system", cfg.system},
+        {"matcher", to_string(cfg.matcher)},
+        {"max_tokens", max_tokens},
+        {"template", p.chat_template},
+        {"think", p.think},
+        {"n_max", n_max},
+        {"temperature", p.temperature},
+        {"top_k", p.top_k},
+        {"top_p", p.top_p},
+        {"seed", p.seed},
+        {"coe_version", 2},  // token-axis kv_coe_*: records of version 1 hold the layer axis under that name
+        {"token_coe", to_string(p.token_coe)}};
 }
 
 void run_sample_eval(const SampleEvalParams& p) {
@@ -55,7 +57,22 @@ void run_sample_eval(const SampleEvalParams& p) {
             "kvlens calibrate --method logistic");
     const int n_max = *std::max_element(p.ns.begin(), p.ns.end());
     const DatasetConfig cfg = load_dataset_config(p.dataset, p.data_dir);
-    const std::vector<Sample> samples = load_samples(cfg, p.limit);
+    if (p.part != "all" && p.part != "dev" && p.part != "test")
+        throw Error("--part: '" + p.part + "' is not all, dev or test");
+    if (!(p.dev_fraction >= 0.0 && p.dev_fraction <= 1.0))
+        throw Error("--dev-fraction: " + std::to_string(p.dev_fraction) + " is outside [0, 1]");
+    std::vector<Sample> samples;
+    if (p.part == "all") {
+        samples = load_samples(cfg, p.limit);
+    } else {
+        // Questions of one part of eval coe's split, so that a configuration chosen on a coe run's
+        // development part is judged here on questions it never saw.
+        const Part want = p.part == "dev" ? Part::Dev : Part::Test;
+        for (Sample& s : load_samples(cfg, 0)) {
+            if (p.limit > 0 && (int)samples.size() >= p.limit) break;
+            if (split_part(s.id, p.dev_fraction) == want) samples.push_back(std::move(s));
+        }
+    }
     if (samples.empty()) throw Error("dataset '" + cfg.name + "': no samples");
     const int max_tokens = p.max_tokens > 0 ? p.max_tokens : cfg.max_tokens;
     const ChatTemplate tmpl_flag = parse_chat_template(p.chat_template);
@@ -67,6 +84,10 @@ void run_sample_eval(const SampleEvalParams& p) {
     check_sampling_params(sampling);
 
     json identity = run_identity(p, cfg, max_tokens, n_max);
+    if (p.part != "all") {  // absent for all questions, so runs made before --part still resume
+        identity["part"] = p.part;
+        identity["dev_fraction"] = p.dev_fraction;
+    }
     if (parse_capture_source(p.kv_source) != CaptureSource::Graph) identity["kv_source"] = p.kv_source;
     const std::string run_path = open_run_dir(p.out_dir, identity);
     ResultsFile results((fs::path(p.out_dir) / "samples.jsonl").string(), "index");
@@ -343,8 +364,12 @@ void write_sample_report(const std::string& out_dir, const std::vector<json>& re
        << fmt(id["temperature"].get<double>(), 2) << ", top-k " << id["top_k"] << ", top-p "
        << fmt(id["top_p"].get<double>(), 2) << ", seed " << id["seed"] << ", max " << id["max_tokens"]
        << " tokens\n";
-    md << "- questions: " << nq << ", samples per question: " << n_max << " (N < " << n_max
-       << " uses the first N of them); matcher " << id["matcher"].get<std::string>() << "\n";
+    md << "- questions: " << nq;
+    if (id.contains("part"))
+        md << " (the " << id["part"].get<std::string>() << " part of the split by question id, FNV-1a, "
+           << fmt(100.0 * id["dev_fraction"].get<double>(), 0) << "% development)";
+    md << ", samples per question: " << n_max << " (N < " << n_max << " uses the first N of them); matcher "
+       << id["matcher"].get<std::string>() << "\n";
     md << "- all samples: " << n_samples << ", correct " << fmt(100.0 * n_ok / std::max(n_samples, 1), 1)
        << "%, cut by the token limit (counted wrong) " << n_trunc << "; decoding " << fmt(secs, 1) << " s, "
        << tokens << " tokens decoded (" << fmt(tokens / std::max(secs, 1e-9), 1) << " tokens/s)\n\n";

@@ -30,8 +30,10 @@ namespace kvlens {
 struct SampleEvalParams {
     std::string model_path;
     std::string dataset, data_dir, out_dir;
-    int limit = 0;
-    int max_tokens = 0;  // 0: the dataset config's
+    int limit = 0;              // first N questions of the selected part (0: all)
+    std::string part = "all";   // all | dev | test: questions of that part of eval/split.h's split
+    double dev_fraction = 0.3;  // the split's, as in eval coe
+    int max_tokens = 0;         // 0: the dataset config's
     std::vector<int> ns = {1, 4, 8};
     float temperature = 0.7f;
     int top_k = 0;

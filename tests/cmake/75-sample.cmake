@@ -27,3 +27,10 @@ if(Python3_Interpreter_FOUND)
     LABELS python
     TIMEOUT 300)
 endif()
+
+# kvlens eval sample --part dev|test: the questions of one part of eval coe's split (FNV-1a recomputed in
+# Python), the part in the run identity, bad values refused.
+add_test(NAME cli_sample_part
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/sample_part_test.sh $<TARGET_FILE:kvlens-cli>
+                 ${KVLENS_TEST_MODELS_DIR}/tiny-llama.gguf)
+set_tests_properties(cli_sample_part PROPERTIES LABELS cli TIMEOUT 300)
