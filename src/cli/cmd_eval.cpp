@@ -3,6 +3,7 @@
 
 #include "cli/common.h"
 #include "eval/coe_eval.h"
+#include "eval/merge.h"
 
 namespace kvlens::cli {
 
@@ -27,9 +28,14 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
     coe->add_option("-o,--out", p->out_dir,
                     "output directory (samples.jsonl, report.md, plots); reruns resume")
         ->required();
-    coe->add_option("--limit", p->limit, "first N samples (0: all)")
+    coe->add_option("--limit", p->limit,
+                    "first N samples of the dataset (0: all); chosen before --shard, so the shards of a run "
+                    "partition exactly the samples of the one-machine run")
         ->check(CLI::Range(0, 1 << 30))
         ->capture_default_str();
+    coe->add_option("--shard", p->shard,
+                    "I/N: only the samples whose id hashes to shard I of N (0 <= I < N); run every I, on "
+                    "any machines, then join the directories with eval merge");
     coe->add_option("-n,--max-tokens", p->max_tokens, "tokens per answer at most (0: the dataset config's)")
         ->check(CLI::Range(0, 1 << 20))
         ->capture_default_str();
@@ -62,6 +68,17 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
         p->token_coe = token_coe_spec(*coe_opts);
         run_coe_eval(*p);
     });
+
+    auto m = std::make_shared<MergeParams>();
+    m->command_line = command_line;
+    CLI::App* merge = eval->add_subcommand(
+        "merge",
+        "join the output directories of the shards of an eval coe / eval sample run (--shard I/N) into the "
+        "run one machine would have written: samples.jsonl, run.json, the same report; refuses shards of "
+        "other settings, missing or repeated shards, overlapping or missing samples (writing nothing)");
+    merge->add_option("-o,--out", m->out_dir, "output directory (new or empty)")->required();
+    merge->add_option("dirs", m->dirs, "the shards' output directories")->required();
+    merge->callback([m] { run_eval_merge(*m); });
     return eval;
 }
 

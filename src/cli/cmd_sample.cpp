@@ -312,7 +312,9 @@ CLI::App* add_sample_command(CLI::App& app) {
                    "directory of the built-in dataset configs (env KVLENS_DATA_DIR)")
         ->capture_default_str();
     ev->add_option("-o,--out", p->out_dir, "output directory; reruns resume")->required();
-    ev->add_option("--limit", p->limit, "first N questions of the selected part (0: all)")
+    ev->add_option("--limit", p->limit,
+                   "first N questions of the selected part (0: all); chosen before --shard, so the shards of "
+                   "a run partition exactly the questions of the one-machine run")
         ->check(CLI::Range(0, 1 << 30))
         ->capture_default_str();
     ev->add_option("--part", p->part,
@@ -320,6 +322,9 @@ CLI::App* add_sample_command(CLI::App& app) {
                    "(to judge a configuration chosen on a coe run's development part on unseen questions)")
         ->check(CLI::IsMember({"all", "dev", "test"}))
         ->capture_default_str();
+    ev->add_option("--shard", p->shard,
+                   "I/N: only the questions whose id hashes to shard I of N (0 <= I < N); run every I, on "
+                   "any machines, then join the directories with eval merge");
     ev->add_option("--dev-fraction", p->dev_fraction, "the split's development share, as in eval coe")
         ->check(CLI::Range(0.0, 1.0))
         ->capture_default_str();

@@ -16,6 +16,7 @@
 #include "engine/generate.h"
 #include "eval/metrics.h"
 #include "eval/results_file.h"
+#include "eval/shard.h"
 #include "eval/split.h"
 #include "eval/svg_plot.h"
 #include "methods/calibration.h"
@@ -97,15 +98,19 @@ static json with_kv_source(json identity, const std::string& kv_source) {
 
 void run_coe_eval(const CoeEvalParams& p) {
     const DatasetConfig cfg = load_dataset_config(p.dataset, p.data_dir);
-    const std::vector<Sample> samples = load_samples(cfg, p.limit);
-    if (samples.empty()) throw Error("dataset '" + cfg.name + "': no samples");
+    // The limit chooses the run's samples, the shard a part of them (eval/shard.h).
+    const std::vector<Sample> all_samples = load_samples(cfg, p.limit);
+    if (all_samples.empty()) throw Error("dataset '" + cfg.name + "': no samples");
+    const ShardSpec shard = parse_shard(p.shard);
+    const std::vector<Sample> samples = select_shard(all_samples, shard);
     const int max_tokens = p.max_tokens > 0 ? p.max_tokens : cfg.max_tokens;
     if (p.parallel < 1) throw Error("--parallel: must be >= 1");
     const ChatTemplate tmpl_flag = parse_chat_template(p.chat_template);
     const ThinkMode think = parse_think_mode(p.think);
 
     // A rerun continues only the same experiment.
-    const json identity = with_kv_source(run_identity(p, cfg, max_tokens), p.kv_source);
+    json identity = with_kv_source(run_identity(p, cfg, max_tokens), p.kv_source);
+    if (shard.active()) identity["shard"] = to_string(shard);
     const std::string run_path = open_run_dir(p.out_dir, identity);
     ResultsFile results((fs::path(p.out_dir) / "samples.jsonl").string(), "index");
     std::vector<const Sample*> todo;
@@ -146,20 +151,25 @@ void run_coe_eval(const CoeEvalParams& p) {
             {"hidden_trajectory_bytes", hidden_trajectory_bytes(mi.n_layer, mi.n_embd, n)}};
     }
 
-    json run_info = {{"identity", identity},
-                     {"model_info",
-                      {{"arch", mi.arch},
-                       {"name", mi.name},
-                       {"n_layer", mi.n_layer},
-                       {"n_embd", mi.n_embd},
-                       {"n_head_kv", mi.n_head_kv},
-                       {"head_dim", mi.head_dim}}},
-                     {"chat_template_used", to_string(tmpl)},
-                     {"n_samples", samples.size()},
-                     {"command", p.command_line},
-                     {"kvlens_version", KVLENS_VERSION},
-                     {"llama_cpp", KVLENS_LLAMA_ORIGIN},
-                     {"memory", memory}};
+    json run_info = {
+        {"identity", identity},
+        {"model_info",
+         {{"arch", mi.arch},
+          {"name", mi.name},
+          {"n_layer", mi.n_layer},
+          {"n_embd", mi.n_embd},
+          {"n_head_kv", mi.n_head_kv},
+          {"head_dim", mi.head_dim}}},
+        {"chat_template_used", to_string(tmpl)},
+        {"n_samples", samples.size()},
+        {"command", p.command_line},
+        {"kvlens_version", KVLENS_VERSION},
+        {"llama_cpp", KVLENS_LLAMA_ORIGIN},
+        {"memory", memory},
+        {"eval", "coe"},
+        // What the report needs beyond the identity, so that eval merge can write it.
+        {"report", {{"bootstrap", p.bootstrap}, {"seed", p.seed}, {"dev_fraction", p.dev_fraction}}}};
+    if (shard.active()) run_info["shard"] = shard_run_info(shard, all_samples);
     write_run_info(run_path, run_info);
 
     if (!todo.empty()) {
@@ -267,7 +277,7 @@ void run_coe_eval(const CoeEvalParams& p) {
         if (wanted.count(r["index"].get<int>())) records.push_back(r);
     std::sort(records.begin(), records.end(),
               [](const json& a, const json& b) { return a["index"].get<int>() < b["index"].get<int>(); });
-    write_coe_report(p.out_dir, records, run_info, p.bootstrap, p.seed, p.dev_fraction);
+    if (!records.empty()) write_coe_report(p.out_dir, records, run_info, p.bootstrap, p.seed, p.dev_fraction);
 }
 
 // Mean of per-step arrays over the records of one class; steps are layer transitions (same count for all).

@@ -27,7 +27,8 @@ struct CoeEvalParams {
     std::string dataset;   // built-in name or config path
     std::string data_dir;  // where built-in configs live
     std::string out_dir;
-    int limit = 0;       // 0: all samples
+    int limit = 0;       // 0: all samples; chosen before sharding
+    std::string shard;   // "I/N": only the samples of shard I of N (eval/shard.h); "": all
     int max_tokens = 0;  // 0: the dataset config's
     int parallel = 4;    // sequences decoded together
     int n_ctx = 0;       // 0: enough for `parallel` sequences of the longest prompt + max_tokens

@@ -13,6 +13,7 @@
 #include "engine/chat_template.h"
 #include "eval/dataset.h"
 #include "eval/results_file.h"
+#include "eval/shard.h"
 #include "eval/split.h"
 #include "eval/svg_plot.h"
 #include "methods/calibration.h"
@@ -74,6 +75,10 @@ void run_sample_eval(const SampleEvalParams& p) {
         }
     }
     if (samples.empty()) throw Error("dataset '" + cfg.name + "': no samples");
+    // The limit (and part) choose the run's questions, the shard a part of them (eval/shard.h).
+    const ShardSpec shard = parse_shard(p.shard);
+    const std::vector<Sample> all_samples = std::move(samples);
+    samples = select_shard(all_samples, shard);
     const int max_tokens = p.max_tokens > 0 ? p.max_tokens : cfg.max_tokens;
     const ChatTemplate tmpl_flag = parse_chat_template(p.chat_template);
     const ThinkMode think = parse_think_mode(p.think);
@@ -89,6 +94,7 @@ void run_sample_eval(const SampleEvalParams& p) {
         identity["dev_fraction"] = p.dev_fraction;
     }
     if (parse_capture_source(p.kv_source) != CaptureSource::Graph) identity["kv_source"] = p.kv_source;
+    if (shard.active()) identity["shard"] = to_string(shard);
     const std::string run_path = open_run_dir(p.out_dir, identity);
     ResultsFile results((fs::path(p.out_dir) / "samples.jsonl").string(), "index");
     std::vector<const Sample*> todo;
@@ -106,7 +112,11 @@ void run_sample_eval(const SampleEvalParams& p) {
                      {"n_samples", samples.size()},
                      {"command", p.command_line},
                      {"kvlens_version", KVLENS_VERSION},
-                     {"llama_cpp", KVLENS_LLAMA_ORIGIN}};
+                     {"llama_cpp", KVLENS_LLAMA_ORIGIN},
+                     {"eval", "sample"},
+                     // What the report needs beyond the identity, so that eval merge can write it.
+                     {"report", {{"ns", p.ns}, {"scores", p.scores}, {"calibration", p.calibration}}}};
+    if (shard.active()) run_info["shard"] = shard_run_info(shard, all_samples);
     write_run_info(run_path, run_info);
 
     if (!todo.empty()) {
@@ -177,7 +187,7 @@ void run_sample_eval(const SampleEvalParams& p) {
         if (wanted.count(r["index"].get<int>())) records.push_back(r);
     std::sort(records.begin(), records.end(),
               [](const json& a, const json& b) { return a["index"].get<int>() < b["index"].get<int>(); });
-    write_sample_report(p.out_dir, records, run_info, p);
+    if (!records.empty()) write_sample_report(p.out_dir, records, run_info, p);  // a shard may be empty
 }
 
 // ---- report -----------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ namespace kvlens {
 struct SampleEvalParams {
     std::string model_path;
     std::string dataset, data_dir, out_dir;
-    int limit = 0;              // first N questions of the selected part (0: all)
+    int limit = 0;              // first N questions of the selected part (0: all), before sharding
+    std::string shard;          // "I/N": only the questions of shard I of N (eval/shard.h); "": all
     std::string part = "all";   // all | dev | test: questions of that part of eval/split.h's split
     double dev_fraction = 0.3;  // the split's, as in eval coe
     int max_tokens = 0;         // 0: the dataset config's
