@@ -74,14 +74,14 @@ std::vector<json> read_records(const std::string& dir) {
     return records;
 }
 
-// The first key where two objects differ, as "KEY is A here, B in FIRST".
-std::string first_difference(const json& a, const json& b) {
+// The first key where two objects differ: "KEY is A there, B in 'FIRST'".
+std::string first_difference(const json& a, const json& b, const std::string& first_dir) {
     std::set<std::string> keys;
     for (const auto& [k, v] : a.items()) keys.insert(k);
     for (const auto& [k, v] : b.items()) keys.insert(k);
     for (const std::string& k : keys) {
         const json va = a.value(k, json()), vb = b.value(k, json());
-        if (va != vb) return k + " is " + va.dump() + " there, " + vb.dump() + " in the first";
+        if (va != vb) return k + " is " + va.dump() + " there, " + vb.dump() + " in " + in_quotes(first_dir);
     }
     return "";
 }
@@ -127,16 +127,18 @@ void run_eval_merge(const MergeParams& p) {
     const json identity = unsharded(first.info["identity"]);
     for (const Shard& s : shards) {
         const auto refuse = [&](const std::string& what) {
-            throw Error("eval merge: " + in_quotes(s.dir) + " " + what + " than " + in_quotes(first.dir));
+            throw Error("eval merge: " + in_quotes(s.dir) + " " + what + ": not a shard of the same run as " +
+                        in_quotes(first.dir));
         };
         if (s.info["eval"] != first.info["eval"])
-            refuse("is an eval " + s.info["eval"].get<std::string>() + " run, not of the same kind");
-        const std::string diff = first_difference(unsharded(s.info["identity"]), identity);
+            refuse("is an eval " + s.info["eval"].get<std::string>() + " run, " + in_quotes(first.dir) +
+                   " an eval " + first.info["eval"].get<std::string>() + " run");
+        const std::string diff = first_difference(unsharded(s.info["identity"]), identity, first.dir);
         if (!diff.empty()) refuse("was run with other settings (" + diff + ")");
-        const std::string report_diff = first_difference(s.info["report"], first.info["report"]);
+        const std::string report_diff = first_difference(s.info["report"], first.info["report"], first.dir);
         if (!report_diff.empty()) refuse("has other report settings (" + report_diff + ")");
         if (s.count != first.count)
-            refuse("is shard " + s.info["identity"]["shard"].get<std::string>() + ": another shard count");
+            refuse("is shard " + s.info["identity"]["shard"].get<std::string>() + ", of another shard count");
         if (s.info["shard"]["all_indices"] != first.info["shard"]["all_indices"])
             refuse("covers other samples (another --limit or --part)");
     }
@@ -168,13 +170,17 @@ void run_eval_merge(const MergeParams& p) {
             if (it != merged.end())
                 throw Error("eval merge: sample " + std::to_string(index) + " (id '" + sample_key(r) +
                             "') is in both " + in_quotes(it->second.first->dir) + " and " + in_quotes(s.dir));
-            const int home = shard_of(sample_key(r), count);
-            if (home != s.index)
-                throw Error("eval merge: " + in_quotes(s.dir) + " (shard " + std::to_string(s.index) + "/" +
-                            std::to_string(count) + ") holds sample " + std::to_string(index) + " (id '" +
-                            sample_key(r) + "') of shard " + std::to_string(home));
             merged.emplace(index, std::make_pair(&s, std::move(r)));
         }
+    }
+    // After the overlap check, so that a sample in two shards is named as such.
+    for (const auto& [index, v] : merged) {
+        const auto& [s, r] = v;
+        const int home = shard_of(sample_key(r), count);
+        if (home != s->index)
+            throw Error("eval merge: " + in_quotes(s->dir) + " (shard " + std::to_string(s->index) + "/" +
+                        std::to_string(count) + ") holds sample " + std::to_string(index) + " (id '" +
+                        sample_key(r) + "') of shard " + std::to_string(home));
     }
     std::string missing;
     int n_missing = 0;

@@ -3,9 +3,10 @@
 //
 // Which shard a sample is in depends only on its id (the line number as text when the id is empty):
 // shard = fmix64(FNV-1a(id)) % N, fmix64 being MurmurHash3's 64-bit finaliser. The finaliser mixes every bit
-// of the hash into the low ones, so the shard is independent of the development/test part (eval/split.h,
-// FNV-1a % 10000) instead of following it (a plain FNV-1a % 2 would be the dev/test hash's parity). A sample
-// keeps its shard whatever the limit, the order of the dataset or the platform.
+// of the hash into the low ones, so the shard is independent of the development/test part (eval/split.h:
+// FNV-1a % 10000 < 3000). A plain FNV-1a % N would not be for N sharing factors with 10000 (with N = 5000,
+// shards 3000..4999 would hold test questions only). A sample keeps its shard whatever the limit, the order
+// of the dataset or the platform.
 //
 // The samples of a run are chosen first (--limit, eval sample's --part), then sharded: the N shards of a
 // run partition exactly the samples the one-machine run would evaluate.

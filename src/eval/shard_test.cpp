@@ -66,8 +66,7 @@ TEST(Shard, ShardsPartitionTheSamples) {
 }
 
 TEST(Shard, IndependentOfTheDevTestPart) {
-    // Every shard holds about the dev fraction of development questions (a plain FNV-1a % 2 would not
-    // mix: its parity is that of the hash % 10000 the split uses).
+    // Every shard holds about the dev fraction of development questions.
     const int n_ids = 4000;
     for (int n : {2, 4}) {
         std::vector<int> dev(n, 0), all(n, 0);
@@ -82,6 +81,16 @@ TEST(Shard, IndependentOfTheDevTestPart) {
             EXPECT_NEAR((double)dev[s] / all[s], 0.3, 0.04) << "n " << n << " shard " << s;
         }
     }
+    // With 5000 shards, a plain FNV-1a % N would put development questions (hash % 10000 < 3000) only in
+    // shards below 3000: those above must still hold their share.
+    int n_high = 0, dev_high = 0;
+    for (int i = 0; i < 20000; ++i) {
+        const std::string id = "q" + std::to_string(i);
+        if (shard_of(id, 5000) < 3000) continue;
+        ++n_high;
+        dev_high += split_part(id) == Part::Dev;
+    }
+    EXPECT_NEAR((double)dev_high / n_high, 0.3, 0.03) << n_high << " ids in shards 3000..4999";
 }
 
 }  // namespace
