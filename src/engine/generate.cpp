@@ -3,6 +3,7 @@
 #include <cmath>
 #include <memory>
 
+#include "engine/batcher.h"
 #include "util/error.h"
 
 namespace kvlens {
@@ -81,8 +82,6 @@ std::vector<Generation> generate(Session& session, const std::vector<std::vector
         throw Error("generate: " + std::to_string(n) + " sequences do not fit the session's " +
                     std::to_string(session.n_seq_max()) + " sequence slots");
 
-    const Model& model = session.model();
-    const int n_vocab = model.info().n_vocab;
     int64_t used = 0;  // KV cells in use by our sequences (unified cache: n_ctx is shared)
     for (const auto& p : prompts) {
         if (p.empty()) throw Error("prompt: empty");
@@ -92,63 +91,17 @@ std::vector<Generation> generate(Session& session, const std::vector<std::vector
         throw Error("prompt: " + std::to_string(used) + " tokens do not fit the context of " +
                     std::to_string(session.n_ctx()) + " tokens (raise --ctx or shorten the prompt)");
 
-    std::vector<Generation> gens(n);
-    std::vector<SamplerPtr> samplers;
-    std::vector<BatchToken> batch;
-    std::vector<int> row(n, -1);  // index in `batch` whose logits sequence i samples from
+    // Every prompt joins at once: prefilled together in the first step, then one token each per step.
+    Batcher batcher(session, false);
     for (int i = 0; i < n; ++i) {
-        gens[i].seq = first_seq + i;
-        gens[i].prompt = prompts[i];
-        samplers.push_back(make_sampler(params.sampling, params.sampling.seed + (uint32_t)i));
-        for (size_t t = 0; t < prompts[i].size(); ++t) {
-            batch.push_back({prompts[i][t], (llama_pos)t, gens[i].seq, t + 1 == prompts[i].size()});
-        }
-        row[i] = (int)batch.size() - 1;
+        std::function<bool(const Generation&)> cb;
+        if (params.on_token) cb = [&params, i](const Generation& g) { return params.on_token(i, g); };
+        batcher.join(first_seq + i, prompts[i], params.max_tokens,
+                     make_sampler(params.sampling, params.sampling.seed + (uint32_t)i), std::move(cb));
     }
-    session.decode(batch);
-
-    std::vector<bool> active(n, true);
-    std::vector<llama_token_data> buf;
-    for (int n_active = n; n_active > 0;) {
-        batch.clear();
-        for (int i = 0; i < n; ++i) {
-            if (!active[i]) continue;
-            Generation& g = gens[i];
-            const float* logits = session.logits(row[i]);
-            const llama_token tok = sample_token(samplers[i].get(), logits, n_vocab, buf);
-            g.output.push_back(tok);
-            g.steps.push_back(step_stats(logits, n_vocab, tok));
-
-            const bool keep = !params.on_token || params.on_token(i, g);
-            bool stop = true;
-            if (model.is_eog(tok)) {
-                g.stop = StopReason::EndOfTurn;
-            } else if ((int)g.output.size() >= params.max_tokens) {
-                g.stop = StopReason::MaxTokens;
-            } else if (!keep) {
-                g.stop = StopReason::Callback;
-            } else if (used + 1 > session.n_ctx()) {
-                g.stop = StopReason::ContextFull;
-            } else {
-                stop = false;
-            }
-            if (stop) {
-                active[i] = false;
-                --n_active;
-                continue;
-            }
-            row[i] = (int)batch.size();
-            batch.push_back({tok, (llama_pos)(g.prompt.size() + g.output.size() - 1), g.seq, true});
-            ++used;
-        }
-        if (!batch.empty()) session.decode(batch);
-    }
-
-    for (Generation& g : gens) {
-        std::vector<llama_token> visible = g.output;
-        if (g.stop == StopReason::EndOfTurn) visible.pop_back();
-        g.text = model.detokenize(visible);
-    }
+    std::vector<Generation> gens(n);
+    while (!batcher.empty())
+        for (Generation& g : batcher.step()) gens[g.seq - first_seq] = std::move(g);
     return gens;
 }
 

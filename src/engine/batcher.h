@@ -1,0 +1,57 @@
+// Continuous batching: the sequences of one Session decoded together, one token each per step, which join
+// (their prompt is prefilled in the next step) and leave between steps. generate() runs on it (all
+// sequences join at once), and so does the server's shared context (requests join as they arrive).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "engine/generate.h"
+
+namespace kvlens {
+
+class Batcher {
+public:
+    // free_finished: a finished sequence's cells are removed from the cache (llama_memory_seq_rm) when it
+    // leaves, so that its id and cells can be reused; otherwise they stay (generate(): callers read them).
+    Batcher(Session& session, bool free_finished);
+
+    // Adds sequence `seq` (empty in the cache and not in the batch) to be prefilled at the next step(), then
+    // sampled with `sampler`, up to max_tokens. on_token (optional) is called after each sampled token;
+    // false stops the sequence (StopReason::Callback). Throws Error when the prompt does not fit the cells
+    // the batch leaves free.
+    void join(llama_seq_id seq, std::vector<llama_token> prompt, int max_tokens, SamplerPtr sampler,
+              std::function<bool(const Generation&)> on_token = {});
+
+    // One step: samples a token for every sequence whose logits are ready (the callbacks run here), stops
+    // the ones that are done, then decodes in one call the next token of the others and the prompts of those
+    // that joined. Returns the sequences that finished (text filled), in join order. Throws Error when
+    // decoding fails; the batch is then empty (every sequence dropped, their cells removed if free_finished).
+    std::vector<Generation> step();
+
+    bool empty() const { return seqs_.empty(); }
+    int size() const { return (int)seqs_.size(); }
+    // KV cells held by the batch's sequences (and by finished ones when not free_finished).
+    int64_t cells_used() const { return used_; }
+
+private:
+    struct Seq {
+        Generation gen;
+        int max_tokens = 0;
+        SamplerPtr sampler;
+        std::function<bool(const Generation&)> on_token;
+        int row =
+            -1;  // index in the last decode whose logits the next token is sampled from; -1: prefill due
+    };
+    void finish(Seq& s, std::vector<Generation>& done);
+
+    Session& session_;
+    bool free_finished_;
+    std::vector<Seq> seqs_;
+    int64_t used_ = 0;
+    std::vector<BatchToken> batch_;
+    std::vector<llama_token_data> buf_;
+};
+
+}  // namespace kvlens
