@@ -6,10 +6,13 @@
 #include <cmath>
 #include <cstring>
 #include <ctime>
+#include <deque>
 #include <filesystem>
 #include <random>
 #include <sstream>
+#include <thread>
 
+#include "engine/batcher.h"
 #include "eval/matchers.h"
 #include "methods/coe.h"
 #include "methods/embed.h"
@@ -279,6 +282,177 @@ private:
 
 }  // namespace
 
+// A single-answer request in the shared batch. The request's own thread submits it and waits; the
+// scheduler's thread decodes it: its sampler, stop rules and timeout are applied there, token by token, so
+// that an answer ends at the same token whatever else is in the batch. Streaming text and scores come back
+// as events, which the request's thread sends (a slow client never holds the batch up).
+struct BatchJob {
+    // Set before submit, then read-only.
+    const Model* model = nullptr;
+    std::vector<llama_token> prompt;
+    int max_tokens = 1;
+    SamplingParams sampling;
+    std::vector<std::string> stop;
+    bool streaming = false;
+    int scores_every = 0;
+    double timeout_s = 0;
+
+    // The scheduler's thread only (read by the request's thread once done).
+    std::unique_ptr<CoeScorer> scorer;
+    std::chrono::steady_clock::time_point started;
+    std::string text;  // every sampled token but the last, detokenized
+    std::string out_text;
+    bool stop_string = false, timed_out = false;
+
+    struct Event {
+        std::string text;  // the visible text so far
+        int n_generated = 0;
+        bool has_scores = false;
+        std::map<std::string, double> scores;
+    };
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<Event> events;  // guarded by mu
+    bool done = false;          // guarded by mu
+    std::string error;          // guarded by mu; non-empty: failed
+    Generation gen;             // once done
+    std::map<std::string, double> scores;
+    std::atomic<bool> cancel{false};  // the client went away: stop at the next token
+
+    // GenerateParams::on_token for this sequence, in the scheduler's thread.
+    bool on_token(const Generation& g) {
+        const llama_token last = g.output.back();
+        const std::string t = model->is_eog(last) ? text : text + model->token_to_piece(last);
+        if (!model->is_eog(last)) text = t;
+        const size_t at = find_stop(t, stop);
+        if (at != std::string::npos) {
+            out_text = t.substr(0, at);
+            stop_string = true;
+            return false;
+        }
+        if (streaming) {
+            Event e;
+            e.text = t;
+            e.n_generated = (int)g.output.size();
+            if (scores_every > 0 && g.output.size() % scores_every == 0) {
+                e.has_scores = true;
+                e.scores = scorer->result(g.steps).named();
+            }
+            std::lock_guard<std::mutex> lock(mu);
+            events.push_back(std::move(e));
+            cv.notify_all();
+        }
+        if (cancel) return false;
+        if (timeout_s > 0 &&
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() >= timeout_s)
+            timed_out = true;
+        return !timed_out;
+    }
+    void finish(Generation g) {
+        // Scores read, then the observer goes: its sequence id is free for the next request.
+        scores = scorer->result(g.steps).named();
+        scorer.reset();
+        std::lock_guard<std::mutex> lock(mu);
+        gen = std::move(g);
+        done = true;
+        cv.notify_all();
+    }
+    void fail(const std::string& why) {
+        scorer.reset();
+        std::lock_guard<std::mutex> lock(mu);
+        error = why.empty() ? "the request failed" : why;
+        done = true;
+        cv.notify_all();
+    }
+};
+
+// Continuous batching: one context with a sequence per slot; requests join between decode steps and leave
+// (their cells removed) when done. The context is created with the first request.
+class Api::Scheduler {
+public:
+    Scheduler(const Model& model, const SessionParams& sp, const TokenCoeSpec& spec)
+        : model_(model), sp_(sp), spec_(spec), thread_([this] { loop(); }) {}
+    ~Scheduler() {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            quit_ = true;
+        }
+        cv_.notify_all();
+        thread_.join();
+    }
+    void submit(const std::shared_ptr<BatchJob>& job) {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            pending_.push_back(job);
+        }
+        cv_.notify_all();
+    }
+
+private:
+    void loop() {
+        std::unique_ptr<Session> session;
+        std::unique_ptr<Batcher> batcher;
+        std::vector<std::shared_ptr<BatchJob>> live(sp_.n_seq_max);  // by sequence id
+        for (;;) {
+            std::vector<std::shared_ptr<BatchJob>> joining;
+            {
+                std::unique_lock<std::mutex> lock(mu_);
+                cv_.wait(lock, [&] { return quit_ || !pending_.empty() || (batcher && !batcher->empty()); });
+                if (quit_) break;
+                size_t free_ids = 0;
+                for (const auto& j : live) free_ids += j ? 0 : 1;
+                while (!pending_.empty() && joining.size() < free_ids) {
+                    joining.push_back(std::move(pending_.front()));
+                    pending_.pop_front();
+                }
+            }
+            for (const std::shared_ptr<BatchJob>& job : joining) {
+                try {
+                    if (job->cancel) throw Error("cancelled");
+                    if (!session) {
+                        session = std::make_unique<Session>(model_, sp_);
+                        batcher = std::make_unique<Batcher>(*session, true);
+                    }
+                    llama_seq_id seq = 0;
+                    while (live[seq]) ++seq;
+                    job->scorer = std::make_unique<CoeScorer>(*session, seq, (int)job->prompt.size(), spec_);
+                    job->started = std::chrono::steady_clock::now();
+                    BatchJob* j = job.get();
+                    batcher->join(seq, job->prompt, job->max_tokens,
+                                  make_sampler(job->sampling, job->sampling.seed),
+                                  [j](const Generation& g) { return j->on_token(g); });
+                    live[seq] = job;
+                } catch (const std::exception& e) {
+                    job->fail(e.what());
+                }
+            }
+            if (!batcher || batcher->empty()) continue;
+            try {
+                for (Generation& g : batcher->step()) {
+                    const std::shared_ptr<BatchJob> job = std::move(live[g.seq]);
+                    job->finish(std::move(g));
+                }
+            } catch (const std::exception& e) {  // decoding failed: every sequence was dropped
+                for (std::shared_ptr<BatchJob>& j : live)
+                    if (j) std::exchange(j, nullptr)->fail(e.what());
+            }
+        }
+        for (std::shared_ptr<BatchJob>& j : live)
+            if (j) j->fail("the server is stopping");
+        std::lock_guard<std::mutex> lock(mu_);
+        for (std::shared_ptr<BatchJob>& j : pending_) j->fail("the server is stopping");
+    }
+
+    const Model& model_;
+    SessionParams sp_;
+    TokenCoeSpec spec_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<std::shared_ptr<BatchJob>> pending_;
+    bool quit_ = false;
+    std::thread thread_;  // last: starts once the rest exists
+};
+
 Api::Api(const Model& model, const ApiParams& params) : model_(model), params_(params) {
     const ModelInfo& mi = model.info();
     model_id_ =
@@ -303,6 +477,12 @@ Api::Api(const Model& model, const ApiParams& params) : model_(model), params_(p
         check_calibration_model(calibration_[0],
                                 calibration_model_of(model.path(), mi.name, mi.arch, mi.n_layer));
     }
+    // The shared batch: a sequence per slot, each up to n_ctx_ cells (a request never needs more).
+    SessionParams sp = params.session;
+    sp.n_ctx = n_ctx_ * params.parallel;
+    sp.n_batch = std::min(sp.n_ctx, std::max(1, params.session.n_batch));
+    sp.n_seq_max = params.parallel;
+    sched_ = std::make_unique<Scheduler>(model_, sp, params.token_coe);
 }
 
 Api::~Api() = default;
@@ -529,37 +709,27 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
     if (req.n > 1) return chat_n(req, prompt, prompt_opens_think, max_tokens, base);
 
     Slot slot(*this);
-    SessionParams sp = params_.session;
-    sp.n_ctx = context_for((int)prompt.size() + reserve, max_tokens);
-    sp.n_batch = std::min(sp.n_ctx, std::max(1, params_.session.n_batch));
-    sp.n_seq_max = 1;
-    Session session(model_, sp);
-
-    // The timeout counts from here, once the request's turn has come and its context exists.
-    const auto started = std::chrono::steady_clock::now();
-    bool timed_out = false;
-    auto out_of_time = [&] {
-        if (params_.timeout_s > 0 &&
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() >=
-                params_.timeout_s)
-            timed_out = true;
-        return timed_out;
-    };
-
     std::string out_text;
-    bool stop_string = false;
+    bool stop_string = false, timed_out = false;
     int n_completion = 0;
     StopReason stop = StopReason::MaxTokens;
     json extra = json::object();
-    // The text so far, cut at a stop string: true when one was found (the generation then stops).
-    auto hit_stop = [&](const std::string& t) {
-        const size_t at = find_stop(t, req.stop);
-        if (at == std::string::npos) return false;
-        out_text = t.substr(0, at);
-        stop_string = true;
-        return true;
-    };
-    if (routed) {
+    if (routed) {  // its own context: the router may drop a fast answer and switch mid-way
+        SessionParams sp = params_.session;
+        sp.n_ctx = context_for((int)prompt.size() + reserve, max_tokens);
+        sp.n_batch = std::min(sp.n_ctx, std::max(1, params_.session.n_batch));
+        sp.n_seq_max = 1;
+        Session session(model_, sp);
+
+        // The timeout counts from here, once the request's turn has come and its context exists.
+        const auto started = std::chrono::steady_clock::now();
+        auto out_of_time = [&] {
+            if (params_.timeout_s > 0 &&
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() >=
+                    params_.timeout_s)
+                timed_out = true;
+            return timed_out;
+        };
         FastSlowParams fp;
         fp.start = ThinkStart::Auto;
         fp.policy = RoutePolicy{};
@@ -569,7 +739,11 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
         // Streamed once the tokens are final (a fast answer may still be dropped by a switch to thinking).
         fp.on_token = [&](const FastSlowResult& so_far, bool tokens_final) {
             const std::string t = model_.detokenize(so_far.tokens);
-            if (hit_stop(t)) return false;
+            if (const size_t at = find_stop(t, req.stop); at != std::string::npos) {
+                out_text = t.substr(0, at);
+                stop_string = true;
+                return false;
+            }
             if (tokens_final) alive = stream.update(t, false);
             return alive && !out_of_time();
         };
@@ -590,32 +764,50 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
                           {"n_switch_tokens", r.n_switch_tokens},
                           {"n_dropped", r.n_dropped},
                           {"checks", checks}};
-    } else {
-        CoeScorer scorer(session, 0, (int)prompt.size(), params_.token_coe);
-        GenerateParams gp;
-        gp.max_tokens = max_tokens;
-        gp.sampling = req.sampling;
+    } else {  // the shared batch
+        auto job = std::make_shared<BatchJob>();
+        job->model = &model_;
+        job->prompt = prompt;
+        job->max_tokens = max_tokens;
+        job->sampling = req.sampling;
+        job->stop = req.stop;
+        job->streaming = (bool)on_chunk;
+        job->scores_every = req.scores_every;
+        job->timeout_s = params_.timeout_s;  // counted from when it joins the batch
+        // However this thread leaves, the job stops at its next token (a no-op once it is done).
+        const std::shared_ptr<void> cancel_on_exit(nullptr, [job](void*) { job->cancel = true; });
+        sched_->submit(job);
         bool alive = true;
-        gp.on_token = [&](int, const Generation& g) {
-            std::vector<llama_token> vis = g.output;
-            if (!vis.empty() && model_.is_eog(vis.back())) vis.pop_back();
-            const std::string t = model_.detokenize(vis);
-            if (hit_stop(t)) return false;
-            alive = stream.update(t, false);
-            if (alive && on_chunk && req.scores_every > 0 && g.output.size() % req.scores_every == 0) {
-                json c = stream.chunk(json::object(), nullptr);  // an empty delta carrying the scores so far
-                c["kvlens"] = {{"scores", scores_json(scorer.result(g.steps).named(), calibration_)},
-                               {"n_generated", (int)g.output.size()}};
-                alive = stream.send(c);
+        for (bool done = false; !done;) {
+            std::vector<BatchJob::Event> events;
+            {
+                std::unique_lock<std::mutex> lock(job->mu);
+                job->cv.wait(lock, [&] { return job->done || !job->events.empty(); });
+                events.swap(job->events);
+                done = job->done;
             }
-            return alive && !out_of_time();
-        };
-        const Generation g = generate(session, {prompt}, gp).at(0);
-        if (!stop_string) out_text = g.text;
+            for (const BatchJob::Event& e : events) {
+                if (!alive) break;
+                alive = stream.update(e.text, false);
+                if (alive && e.has_scores) {
+                    json c =
+                        stream.chunk(json::object(), nullptr);  // an empty delta carrying the scores so far
+                    c["kvlens"] = {{"scores", scores_json(e.scores, calibration_)},
+                                   {"n_generated", e.n_generated}};
+                    alive = stream.send(c);
+                }
+                if (!alive) job->cancel = true;  // the client went away: its cells are freed at the next step
+            }
+        }
+        if (!job->error.empty()) throw Error("generation failed: " + job->error);
+        const Generation& g = job->gen;
+        stop_string = job->stop_string;
+        out_text = stop_string ? job->out_text : g.text;
         n_completion = (int)g.output.size();
         stop = g.stop;
+        timed_out = job->timed_out;
         if (!alive) return json();  // the client went away
-        extra["scores"] = scores_json(scorer.result(g.steps).named(), calibration_);
+        extra["scores"] = scores_json(job->scores, calibration_);
         extra["think"] = {{"mode", req.think}};
     }
     extra["n_prompt"] = (int)prompt.size();

@@ -144,6 +144,9 @@ private:
     mutable int busy_ = 0, admitted_ = 0;
     mutable uint64_t next_ticket_ = 0, serving_ = 0;
     mutable std::atomic<uint64_t> next_id_{0};
+    // Single-answer completions decode here, together (continuous batching); last: it stops first.
+    class Scheduler;
+    std::unique_ptr<Scheduler> sched_;
 };
 
 // An answer's thinking and its answer proper: the text up to "</think>" is reasoning (without the "<think>"

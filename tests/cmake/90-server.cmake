@@ -47,3 +47,17 @@ if(TARGET kvlens_python AND Python3_Interpreter_FOUND)
     LABELS python
     TIMEOUT 600)
 endif()
+
+# Continuous batching (issue 14): greedy requests alone, then 8 at once on 4 slots (ids and cells reused),
+# streaming with scores, stop strings and dropped clients mixed in: same tokens, scores within float tolerance;
+# a single request equals kvlens generate --scores.
+if(Python3_Interpreter_FOUND)
+  add_test(NAME python_server_batching
+           COMMAND ${Python3_EXECUTABLE} -m pytest -q -rs -p no:cacheprovider --noconftest
+                   ${PROJECT_SOURCE_DIR}/tests/python/test_server_batching.py
+           WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+  set_tests_properties(python_server_batching PROPERTIES
+    ENVIRONMENT "KVLENS_BIN=$<TARGET_FILE:kvlens-cli>;KVLENS_REASONER_MODEL=${PROJECT_SOURCE_DIR}/tools/reasoner/arith-reasoner.gguf;PYTHONDONTWRITEBYTECODE=1"
+    LABELS python
+    TIMEOUT 300)
+endif()
