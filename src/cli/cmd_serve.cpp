@@ -71,7 +71,9 @@ CLI::App* add_serve_command(CLI::App& app) {
     cmd->add_option("--port", o->server.port, "port (0: any free one; the chosen port is printed)")
         ->check(CLI::Range(0, 65535))
         ->capture_default_str();
-    cmd->add_option("--parallel", o->api.parallel, "requests computed at once; more wait in line")
+    cmd->add_option("--parallel", o->api.parallel,
+                    "slots: requests decoded together in one batch (continuous batching; one context of "
+                    "parallel x --ctx cells); more wait in line")
         ->check(CLI::Range(1, 256))
         ->capture_default_str();
     cmd->add_option("--queue", o->api.queue,

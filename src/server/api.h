@@ -3,9 +3,10 @@
 // says about it: the confidence scores of KV-CoE (and P(correct) with a calibration), the thinking mode
 // chosen by the router and where it switched, every token generated.
 //
-// Thread-safe: the Model is shared, each request gets its own Session (llama_context), and at most
-// `parallel` requests compute at once; the others wait their turn in arrival order (at most `queue` of them
-// when admitted with admit()).
+// Thread-safe: the Model is shared and at most `parallel` requests compute at once; the others wait their
+// turn in arrival order (at most `queue` of them when admitted with admit()). Single-answer completions
+// (n = 1, think not auto) are decoded together in one Session with a sequence per slot (continuous batching:
+// they join between decode steps and leave when done); n > 1, think auto and embeddings get a Session each.
 #pragma once
 
 #include <atomic>
@@ -33,7 +34,7 @@ struct ApiParams {
     // Each request's session: n_ctx is the most one request may use (prompt + answer; 0: min(n_ctx_train,
     // 4096)), a request gets what it needs up to that; threads and flash attention as given.
     SessionParams session = {0, 512, 1, 0, FlashAttn::Auto};
-    int parallel = 1;  // requests computed at once
+    int parallel = 1;  // requests computed at once: the slots of the shared batch
     int default_max_tokens = 512;
     std::string chat_template = "auto";
     std::string router_path;       // enables "think": "auto"
