@@ -376,3 +376,27 @@ TEST_F(ServerApi, EmbeddingRefusals) {
 }
 
 }  // namespace
+
+// The shared batch reuses sequence ids: a request that comes after others on the same slot (one that ran to
+// the end, one whose client went away mid-answer) gets exactly what it got first; nothing of theirs stays.
+TEST_F(ServerApi, ASlotReusedAfterAFinishedOrDroppedRequestStartsClean) {
+    ApiParams p;
+    p.session.n_ctx = 256;
+    p.session.n_threads = 1;
+    p.parallel = 1;  // one sequence id: every request reuses it
+    const Api api(*llama, p);
+    const json a = {{"messages", user("hi")}, {"max_tokens", 20}, {"temperature", 0}};
+    const json b = {{"messages", user("something else, longer")}, {"max_tokens", 30}, {"temperature", 0}};
+    const json first = api.chat(api.parse_chat(a));
+    ASSERT_EQ(first["kvlens"]["n_generated"], 20);
+    api.chat(api.parse_chat(b));
+    json dropped = b;
+    dropped["stream"] = true;
+    dropped["max_tokens"] = 200;
+    int chunks = 0;
+    EXPECT_TRUE(api.chat(api.parse_chat(dropped), [&](const json&) { return ++chunks < 3; }).is_null());
+    EXPECT_EQ(chunks, 3);  // the client went away: nothing more was sent to it
+    const json again = api.chat(api.parse_chat(a));
+    EXPECT_EQ(again["choices"], first["choices"]);
+    EXPECT_EQ(again["kvlens"], first["kvlens"]);
+}
