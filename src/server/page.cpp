@@ -7,6 +7,7 @@ const char* server_page() {
     return R"HTML(<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>kvlens</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <style>
 body{font:15px/1.45 system-ui,sans-serif;max-width:820px;margin:2em auto;padding:0 1em;color:#222}
 textarea{width:100%;height:5em;font:inherit}
@@ -34,13 +35,19 @@ function needKey(j) {
   $('meta').textContent = (j && j.error ? j.error.message + ': ' : '') +
       'this server needs an API key; type it above';
 }
+// A refusal in OpenAI's error shape, or whatever else came back.
+async function errorOf(r) {
+  const t = await r.text();
+  try { return JSON.parse(t).error.message; } catch (e) { return r.status + ' ' + r.statusText + ' ' + t; }
+}
 function loadModel() {
   fetch('/v1/models', {headers: auth()}).then(async r => {
     if (r.status === 401) return needKey(await r.json());
+    if (!r.ok) { $('meta').textContent = await errorOf(r); return; }
     const m = (await r.json()).data[0]; $('meta').textContent = '';
     $('model').textContent = m.id + ' (' + m.kvlens.arch + ', ' + m.kvlens.n_layer + ' layers)';
     $('mode').querySelector('option:last-child').disabled = !m.kvlens.router;
-  });
+  }).catch(e => { $('meta').textContent = 'request failed: ' + e.message; });
 }
 $('key').onchange = loadModel;
 loadModel();
@@ -55,7 +62,13 @@ function show(k) {
       '</td><td>' + (n.startsWith('p_correct') ? '<span class="bar" style="width:' + (100 * v) + 'px"></span>' : '') +
       '</td></tr>').join('');
 }
+// One request at a time: two streams would write into the same elements.
 $('go').onclick = async () => {
+  $('go').disabled = true;
+  try { await send(); } catch (e) { $('meta').textContent = 'request failed: ' + e.message; }
+  $('go').disabled = false;
+};
+async function send() {
   $('think').textContent = $('answer').textContent = $('meta').textContent = ''; $('scores').innerHTML = '';
   const body = {messages: [{role: 'user', content: $('q').value}], stream: true,
                 temperature: +$('temp').value, max_tokens: +$('max').value,
@@ -64,7 +77,7 @@ $('go').onclick = async () => {
   const res = await fetch('/v1/chat/completions', {method: 'POST', body: JSON.stringify(body),
                                                    headers: {'Content-Type': 'application/json', ...auth()}});
   if (res.status === 401) return needKey(await res.json());
-  if (!res.ok) { $('meta').textContent = (await res.json()).error.message; return; }
+  if (!res.ok) { $('meta').textContent = await errorOf(res); return; }
   const reader = res.body.getReader(), dec = new TextDecoder(); let buf = '';
   for (;;) {
     const {done, value} = await reader.read(); if (done) break;
@@ -81,7 +94,7 @@ $('go').onclick = async () => {
       if (j.kvlens) show(j.kvlens);
     }
   }
-};
+}
 </script></body></html>
 )HTML";
 }
