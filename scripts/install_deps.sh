@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_pkgs=(build-essential cmake ninja-build git ccache pkg-config nlohmann-json3-dev libcli11-dev libzip-dev
-          libgtest-dev python3 python3-pip python3-dev pybind11-dev unzip)
+          libgtest-dev python3 python3-pip python3-dev pybind11-dev unzip chromium)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -19,7 +19,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Python: for the independent reference checks in the tests (numpy forward pass, gguf reader, scikit-learn,
-# the official OpenAI client against kvlens serve).
-if ! python3 -c "import numpy, gguf, pytest, sklearn, openai" >/dev/null 2>&1; then
+# the official OpenAI client against kvlens serve, Playwright driving Debian's chromium on the web page).
+if ! python3 -c "import numpy, gguf, pytest, sklearn, openai, playwright" >/dev/null 2>&1; then
     python3 -m pip install -q -r tests/python/requirements.txt
 fi
