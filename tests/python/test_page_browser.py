@@ -8,8 +8,12 @@ which drives it through executable_path, no browser download). Writes a screensh
 (default page.png in the working directory: the build directory under ctest); the committed
 docs/screenshots/page.png is regenerated with
 
-    KVLENS_SCREENSHOT=$PWD/docs/screenshots/page.png ctest --test-dir build -R browser_page
+    KVLENS_SCREENSHOT=$PWD/docs/screenshots/page.png ctest --test-dir build -R python_browser_page
+
+Bounded: every wait in the page is at most 20 s and ctest stops the file at 60 s; each server is stopped by the
+test (SIGTERM), and dies with the test's process should that be killed first.
 """
+import ctypes
 import json
 import math
 import os
@@ -38,9 +42,14 @@ if not CHROMIUM:
                 allow_module_level=True)
 
 
+def die_with_parent():
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: no server outlives the test
+
+
 def start_server(*extra):
     p = subprocess.Popen([BIN, "serve", "-m", MODEL, "--port", "0", "-t", "2", "--parallel", "1", "--ctx", "512",
-                          "--router", ROUTER, "--alias", "reasoner", *extra], stderr=subprocess.PIPE, text=True)
+                          "--router", ROUTER, "--alias", "reasoner", *extra], stderr=subprocess.PIPE, text=True,
+                         preexec_fn=die_with_parent)
     line = p.stderr.readline()
     m = re.search(r"http://[\d.]+:(\d+)", line)
     if not m:
@@ -94,7 +103,7 @@ def api_chat(url, body, key=None):
     if key:
         headers["Authorization"] = "Bearer " + key
     req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(), headers=headers)
-    with urllib.request.urlopen(req, timeout=60) as r:
+    with urllib.request.urlopen(req, timeout=30) as r:
         return json.load(r)
 
 
