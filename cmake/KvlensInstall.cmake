@@ -37,6 +37,8 @@ endforeach()
 
 install(FILES "$<TARGET_FILE:kvlens>" DESTINATION "${CMAKE_INSTALL_LIBDIR}")
 install(TARGETS kvlens-cli RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}")
+# The dataset configs, where the installed CLI looks for them (bin/../share/kvlens/configs, util/data_dir.h).
+install(DIRECTORY "${PROJECT_SOURCE_DIR}/data/configs/" DESTINATION "${CMAKE_INSTALL_DATADIR}/kvlens/configs")
 
 # ---- the link interface, walked ----------------------------------------------------------------------------
 

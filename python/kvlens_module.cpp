@@ -1,8 +1,10 @@
-// Python bindings (pybind11): the model, the OpenAI-compatible API of `kvlens serve` as plain function calls
-// (request dict in, response dict out: the same JSON as over HTTP, with the KV-CoE scores and the routing),
-// and the raw per-layer K/V of a text as numpy arrays. Computation runs without the GIL.
+// Python bindings (pybind11), the extension kvlens._kvlens under the package python/kvlens (whose Model
+// adds chat / score / encode / kv in the ecosystem's names): the model, the OpenAI-compatible API of `kvlens
+// serve` as plain function calls (request dict in, response dict out: the same JSON as over HTTP, with the
+// KV-CoE scores and the routing), and the raw per-layer K/V of a text as numpy arrays. Computation runs
+// without the GIL.
 //
-//   import kvlens
+//   from kvlens import _kvlens as kvlens
 //   m = kvlens.Model("model.gguf")
 //   api = kvlens.Api(m, router="router.json")
 //   r = api.chat({"messages": [{"role": "user", "content": "What is 2+3?"}], "temperature": 0})
@@ -16,7 +18,9 @@
 
 #include "capture/dump.h"
 #include "engine/model.h"
+#include "methods/embed.h"
 #include "server/api.h"
+#include "util/data_dir.h"
 #include "util/error.h"
 
 namespace py = pybind11;
@@ -61,7 +65,7 @@ py::array_t<float> array3(const std::vector<float>& v, int a, int b, int c) {
 
 }  // namespace
 
-PYBIND11_MODULE(kvlens, m) {
+PYBIND11_MODULE(_kvlens, m) {
     m.doc() =
         "kvlens: the KV cache of an LLM as a free representation (KV-CoE, fast/slow thinking, embeddings)";
     m.attr("__version__") = KVLENS_VERSION;
@@ -201,4 +205,59 @@ PYBIND11_MODULE(kvlens, m) {
         "flash_attn"_a = "auto", "kv_source"_a = "graph",
         "Per-layer K (post-RoPE) and V of every token of a text (or token ids), one forward pass: arrays "
         "[layer, token, n_head_kv * head_dim]; with hidden, the residual stream [layer + 1, token, n_embd]");
+
+    m.def(
+        "encode",
+        [](const kvlens::Model& model, const std::vector<std::string>& texts, bool normalize,
+           const std::string& layers, const std::string& kv_part, const std::string& head_agg,
+           const std::string& pos_agg, int batch_size, int n_ctx, int threads,
+           const std::string& flash_attn) {
+            kvlens::EmbedParams ep;
+            ep.spec.normalize = normalize;
+            ep.spec.kv_part = kvlens::parse_kv_part(kv_part);
+            ep.spec.head_agg = kvlens::parse_head_agg(head_agg);
+            ep.spec.pos_agg = kvlens::parse_pos_agg(pos_agg);
+            if (layers.empty()) {  // the server's: the last 4 layers, or all of a smaller model
+                ep.spec.layers.clear();
+                for (int l = -std::min(4, model.info().n_layer); l < 0; ++l) ep.spec.layers.push_back(l);
+            } else {
+                ep.spec.layers = kvlens::parse_layers(layers);
+            }
+            if (batch_size < 1) throw kvlens::Error("batch_size must be >= 1");
+            ep.batch_seqs = batch_size;
+            for (size_t i = 0; i < texts.size(); ++i) {
+                const std::string problem = kvlens::text_problem(texts[i]);
+                if (!problem.empty())
+                    throw kvlens::ApiError(400, "texts[" + std::to_string(i) + "]", problem);
+            }
+            std::vector<kvlens::Embedding> out;
+            int width = 0;
+            {
+                py::gil_scoped_release nogil;
+                kvlens::SessionParams sp = session_params(n_ctx, threads, flash_attn, "graph");
+                sp.n_seq_max = batch_size;
+                kvlens::Session session(model, sp);
+                kvlens::Embedder embedder(session, ep);
+                width = embedder.kv_width();
+                out = embedder.embed(texts);
+            }
+            py::array_t<float> arr({(py::ssize_t)texts.size(), (py::ssize_t)width});
+            float* dst = arr.mutable_data();
+            for (size_t i = 0; i < out.size(); ++i) {
+                if (!out[i].ok) throw kvlens::ApiError(400, "texts[" + std::to_string(i) + "]", out[i].error);
+                std::copy(out[i].kv.begin(), out[i].kv.end(), dst + i * width);
+            }
+            return arr;
+        },
+        "model"_a, "texts"_a, "normalize"_a = false, "layers"_a = "", "kv_part"_a = "kv_cat",
+        "head_agg"_a = "mean", "pos_agg"_a = "mean", "batch_size"_a = 8, "n_ctx"_a = 4096, "threads"_a = 0,
+        "flash_attn"_a = "auto",
+        "KV embeddings of texts, one forward pass each: [len(texts), width] float32, the pooled K;V rows "
+        "(tokens averaged, BOS excluded; heads and the selected layers averaged), L2-normalised with "
+        "normalize");
+
+    m.def(
+        "data_dir", [] { return kvlens::find_data_dir(); },
+        "Where the built-in dataset configs are: KVLENS_DATA_DIR, else those installed beside this module, "
+        "else the source tree it was built from");
 }

@@ -4,6 +4,7 @@
 #include "cli/common.h"
 #include "eval/coe_eval.h"
 #include "eval/merge.h"
+#include "util/data_dir.h"
 
 namespace kvlens::cli {
 
@@ -12,8 +13,7 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
     eval->require_subcommand(1);
     auto p = std::make_shared<CoeEvalParams>();
     p->command_line = command_line;
-    const char* env_data = std::getenv("KVLENS_DATA_DIR");
-    p->data_dir = env_data ? env_data : KVLENS_DATA_DIR;
+    p->data_dir = find_data_dir();  // --data-dir overrides
     CLI::App* coe = eval->add_subcommand("coe",
                                          "score every answer of a dataset with KV-CoE, hidden-state CoE and "
                                          "output baselines; report AUROC etc.");

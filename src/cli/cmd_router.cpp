@@ -3,14 +3,14 @@
 
 #include "cli/common.h"
 #include "eval/router_eval.h"
+#include "util/data_dir.h"
 
 namespace kvlens::cli {
 
 namespace {
 
-const char* data_dir_default() {
-    const char* env = std::getenv("KVLENS_DATA_DIR");
-    return env ? env : KVLENS_DATA_DIR;
+std::string data_dir_default() {
+    return find_data_dir();
 }
 
 void add_dataset_options(CLI::App* sub, std::string& model, std::string& dataset, std::string& data_dir,

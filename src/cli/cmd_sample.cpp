@@ -17,6 +17,7 @@
 #include "methods/calibration.h"
 #include "methods/sampling.h"
 #include "methods/selection.h"
+#include "util/data_dir.h"
 
 namespace kvlens::cli {
 
@@ -301,8 +302,7 @@ CLI::App* add_sample_command(CLI::App& app) {
     auto p = std::make_shared<SampleEvalParams>();
     auto ns = std::make_shared<std::string>("1,4,8");
     auto scores = std::make_shared<std::string>("kv_coe_r,kv_coe_c,hs_coe_c,max_prob,inv_ppl");
-    const char* env_data = std::getenv("KVLENS_DATA_DIR");
-    p->data_dir = env_data ? env_data : KVLENS_DATA_DIR;
+    p->data_dir = find_data_dir();  // --data-dir overrides
     CLI::App* ev = eval->add_subcommand(
         "sample",
         "N samples per question: accuracy of every selection strategy and accuracy-coverage curves");
