@@ -73,4 +73,9 @@ grep -Eq "[1-9][0-9]* tokens generated" "$T/out" || fail "the consumer generated
 
 "$P/bin/kvlens" --help > "$T/help" 2>&1 || { cat "$T/help"; fail "installed kvlens --help"; }
 grep -q "generate" "$T/help" || { cat "$T/help"; fail "installed kvlens --help lists no generate command"; }
+# The installed CLI finds the dataset configs installed beside it (share/kvlens/configs), not the source tree's.
+[ -f "$P/share/kvlens/configs/arith.json" ] || fail "dataset configs not installed"
+env -u KVLENS_DATA_DIR "$P/bin/kvlens" eval coe --help > "$T/help" 2>&1
+grep -qF -- "--data-dir TEXT=$P/share/kvlens/configs" "$T/help" \
+    || { grep -- --data-dir "$T/help"; fail "installed kvlens eval coe does not default to its installed configs"; }
 echo "OK: installed into a prefix ($n kvlens headers), consumer built with find_package(kvlens) and run"
