@@ -61,3 +61,16 @@ if(Python3_Interpreter_FOUND)
     LABELS python
     TIMEOUT 300)
 endif()
+
+# Load and faults (issue 15): 8 clients for 20 s mixing every route and kind of request with slow, dropping,
+# malformed and oversized clients; no 5xx, greedy answers equal to alone, descriptors back, clean SIGTERM.
+if(Python3_Interpreter_FOUND)
+  add_test(NAME python_server_load
+           COMMAND ${Python3_EXECUTABLE} -m pytest -q -rs -p no:cacheprovider --noconftest
+                   ${PROJECT_SOURCE_DIR}/tests/python/test_server_load.py
+           WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+  set_tests_properties(python_server_load PROPERTIES
+    ENVIRONMENT "KVLENS_BIN=$<TARGET_FILE:kvlens-cli>;KVLENS_REASONER_MODEL=${PROJECT_SOURCE_DIR}/tools/reasoner/arith-reasoner.gguf;KVLENS_ROUTER=${PROJECT_SOURCE_DIR}/docs/results/router-reasoner/router.json;PYTHONDONTWRITEBYTECODE=1"
+    LABELS python
+    TIMEOUT 300)
+endif()
