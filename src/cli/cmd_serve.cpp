@@ -28,10 +28,11 @@ extern "C" void on_signal(int) {
 
 void run_serve(const ServeOptions& o) {
 #if defined(__GLIBC__)
-    // A server creates and frees contexts (n > 1, think auto, embeddings) for as long as it runs. glibc raises
-    // its mmap threshold to the largest block freed, after which multi-MB KV and compute buffers come from the
-    // heap and fragment it: RSS grew 50-120% in a 40 s load run (tests/python/load_server.py) and leveled off
-    // only slowly. A fixed threshold keeps such buffers in mmap, returned to the system when freed.
+    // A server creates and frees contexts (n > 1, think auto, embeddings) for as long as it runs. glibc
+    // raises its mmap threshold to the largest block freed, after which multi-MB KV and compute buffers come
+    // from the heap and fragment it: RSS grew 50-120% in a 40 s load run (tests/python/load_server.py) and
+    // leveled off only slowly. A fixed threshold keeps such buffers in mmap, returned to the system when
+    // freed.
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 #endif
     ApiParams ap = o.api;
