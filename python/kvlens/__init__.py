@@ -78,8 +78,9 @@ class Model:
 
     def __init__(self, path: str, *, gpu_layers: int = -1, verbose: bool = False, **api_options: Any) -> None:
         self._model = _kvlens.Model(str(path), gpu_layers=gpu_layers, verbose=verbose)
-        self._api_options = {k: ("" if v is None else str(v) if k in ("router", "calibration") else v)
-                             for k, v in api_options.items()}
+        # router / calibration: None or a path-like, as the extension wants a str ("" = none).
+        self._api_options: Dict[str, Any] = {
+            k: ("" if v is None else str(v)) if k in ("router", "calibration") else v for k, v in api_options.items()}
         self._api = _kvlens.Api(self._model, **self._api_options)
 
     @property
@@ -142,7 +143,7 @@ class Model:
         convert_to_numpy=False gives a list of arrays; show_progress_bar is accepted and ignored."""
         del show_progress_bar
         single = isinstance(sentences, str)
-        texts = [sentences] if single else list(sentences)
+        texts: List[str] = [sentences] if isinstance(sentences, str) else list(sentences)
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         out = _kvlens.encode(self._model, texts, normalize=normalize_embeddings, layers=layers,

@@ -24,7 +24,7 @@ EOF
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 vpy=$venv/bin/python
 # shellcheck disable=SC2086
-"$vpy" -m pip install -q --disable-pip-version-check $reqs numpy==2.4.6 pytest==9.2.0
+"$vpy" -m pip install -q --disable-pip-version-check $reqs numpy==2.4.6 pytest==9.2.0 mypy==2.4.1
 
 t0=$(date +%s)
 # -C build-dir: scikit-build-core's persistent CMake build dir; ccache (found by CMakeLists.txt) serves
@@ -49,3 +49,9 @@ print("pip_install_test: kvlens", kvlens.__version__, "from", os.path.dirname(kv
 EOF
 KVLENS_EXPECT_INSTALLED_DATA=1 "$vpy" -m pytest -q -rs -p no:cacheprovider --noconftest "$src/tests/python/test_package.py" \
     "$src/tests/python/test_bindings.py"
+
+# The type stubs: the package type-checks strictly against the extension's stub, and the stub matches the
+# extension (stubtest; pybind11's metaclass is the one difference it reports, allowed).
+"$vpy" -m mypy --strict --cache-dir "$build/pip-mypy-cache" -p kvlens
+printf 'kvlens._kvlens.Api\nkvlens._kvlens.Model\n' > "$work/stubtest-allow"
+"$vpy" -m mypy.stubtest --mypy-config-file /dev/null --allowlist "$work/stubtest-allow" kvlens._kvlens
