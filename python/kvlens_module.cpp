@@ -10,6 +10,9 @@
 //   r = api.chat({"messages": [{"role": "user", "content": "What is 2+3?"}], "temperature": 0})
 //   r["choices"][0]["message"]["content"], r["kvlens"]["scores"]["kv_coe_r"]
 //   kv = kvlens.kv(m, "some text")          # {"k": [layer, token, width], "v": ..., "tokens": ...}
+#include <cmath>
+#include <map>
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -17,7 +20,10 @@
 #include <nlohmann/json.hpp>
 
 #include "capture/dump.h"
+#include "engine/batcher.h"
+#include "engine/chat_template.h"
 #include "engine/model.h"
+#include "methods/coe.h"
 #include "methods/embed.h"
 #include "server/api.h"
 #include "util/data_dir.h"
@@ -55,6 +61,25 @@ kvlens::SessionParams session_params(int n_ctx, int threads, const std::string& 
         throw kvlens::Error(std::string("kv_source: ") + e.what());
     }
     return sp;
+}
+
+// The token-axis KV-CoE knobs (kv_coe_*), as the CLI's --coe-* flags; a bad value names its argument.
+kvlens::TokenCoeSpec token_coe_spec(const std::string& layers, const std::string& kv_part,
+                                    const std::string& positions, const std::string& head_agg) {
+    auto knob = [](const char* name, auto parse) {
+        try {
+            return parse();
+        } catch (const kvlens::Error& e) {
+            throw kvlens::Error(std::string(name) + ": " + e.what());
+        }
+    };
+    kvlens::TokenCoeSpec spec;
+    knob("coe_layers", [&] { return kvlens::parse_layers(layers); });
+    spec.layers = layers;
+    spec.kv_part = knob("coe_kv_part", [&] { return kvlens::parse_kv_part(kv_part); });
+    spec.positions = knob("coe_positions", [&] { return kvlens::parse_coe_positions(positions); });
+    spec.head_agg = knob("coe_head_agg", [&] { return kvlens::parse_head_agg(head_agg); });
+    return spec;
 }
 
 py::array_t<float> array3(const std::vector<float>& v, int a, int b, int c) {
@@ -113,22 +138,7 @@ PYBIND11_MODULE(_kvlens, m) {
                          const std::string& coe_head_agg) {
                  kvlens::ApiParams p;
                  p.session = session_params(n_ctx, threads, flash_attn, kv_source);
-                 // The token-axis KV-CoE knobs (kv_coe_*), as the CLI's --coe-* flags.
-                 auto knob = [](const char* name, auto parse) {
-                     try {
-                         return parse();
-                     } catch (const kvlens::Error& e) {
-                         throw kvlens::Error(std::string(name) + ": " + e.what());
-                     }
-                 };
-                 knob("coe_layers", [&] { return kvlens::parse_layers(coe_layers); });
-                 p.token_coe.layers = coe_layers;
-                 p.token_coe.kv_part =
-                     knob("coe_kv_part", [&] { return kvlens::parse_kv_part(coe_kv_part); });
-                 p.token_coe.positions =
-                     knob("coe_positions", [&] { return kvlens::parse_coe_positions(coe_positions); });
-                 p.token_coe.head_agg =
-                     knob("coe_head_agg", [&] { return kvlens::parse_head_agg(coe_head_agg); });
+                 p.token_coe = token_coe_spec(coe_layers, coe_kv_part, coe_positions, coe_head_agg);
                  p.parallel = parallel;
                  p.default_max_tokens = max_tokens;
                  p.chat_template = chat_template;
@@ -255,6 +265,74 @@ PYBIND11_MODULE(_kvlens, m) {
         "KV embeddings of texts, one forward pass each: [len(texts), width] float32, the pooled K;V rows "
         "(tokens averaged, BOS excluded; heads and the selected layers averaged), L2-normalised with "
         "normalize");
+
+    m.def(
+        "score_answer",
+        [](const kvlens::Model& model, const std::vector<std::map<std::string, std::string>>& messages,
+           const std::string& answer, const std::string& think, const std::string& chat_template,
+           bool end_of_turn, int threads, const std::string& flash_attn, const std::string& kv_source,
+           const std::string& coe_layers, const std::string& coe_kv_part, const std::string& coe_positions,
+           const std::string& coe_head_agg) {
+            const kvlens::TokenCoeSpec spec =
+                token_coe_spec(coe_layers, coe_kv_part, coe_positions, coe_head_agg);
+            const kvlens::ModelInfo& mi = model.info();
+            const kvlens::ChatTemplate flag = kvlens::parse_chat_template(chat_template);
+            const kvlens::ChatTemplate t = flag == kvlens::ChatTemplate::Auto
+                                               ? kvlens::detect_chat_template(mi.chat_template, mi.arch)
+                                               : flag;
+            std::vector<kvlens::ChatMessage> msgs;
+            for (size_t i = 0; i < messages.size(); ++i) {
+                const auto role = messages[i].find("role"), content = messages[i].find("content");
+                if (role == messages[i].end() || content == messages[i].end())
+                    throw kvlens::ApiError(400, "messages[" + std::to_string(i) + "]",
+                                           "expected a dict with role and content");
+                msgs.push_back({role->second, content->second});
+            }
+            if (msgs.empty()) throw kvlens::ApiError(400, "messages", "no messages");
+            const std::string prompt_text =
+                kvlens::render_chat(t, msgs, true, kvlens::parse_think_mode(think));
+            const std::vector<llama_token> prompt = model.tokenize(prompt_text, true, true);
+            // The answer as the model would have produced it after the prompt, closed by the template's
+            // end-of-turn token as a generation that stops by itself is (that token is scored too).
+            std::vector<llama_token> forced = model.tokenize(answer, false, true);
+            if (end_of_turn)
+                for (const std::string& eot : kvlens::end_of_turn_texts(t)) {
+                    const std::vector<llama_token> e = model.tokenize(eot, false, true);
+                    if (e.size() == 1 && model.is_eog(e[0])) {
+                        forced.push_back(e[0]);
+                        break;
+                    }
+                }
+            if (forced.empty()) throw kvlens::ApiError(400, "answer", "empty answer");
+            kvlens::Generation g;
+            std::map<std::string, double> scores;
+            {
+                py::gil_scoped_release nogil;
+                kvlens::SessionParams sp = session_params(0, threads, flash_attn, kv_source);
+                sp.n_ctx = (int)(prompt.size() + forced.size()) + 8;
+                sp.n_batch = std::min(sp.n_ctx, 512);
+                kvlens::Session session(model, sp);
+                kvlens::CoeScorer scorer(session, 0, (int)prompt.size(), spec);
+                kvlens::Batcher batcher(session, false);
+                batcher.join(0, prompt, (int)forced.size(), kvlens::make_sampler({}, 0), {}, forced);
+                while (!batcher.empty())
+                    for (kvlens::Generation& done : batcher.step()) g = std::move(done);
+                scores = scorer.result(g.steps).named();
+            }
+            py::dict sc;
+            for (const auto& [k, v] : scores)
+                sc[py::str(k)] = std::isfinite(v) ? py::object(py::float_(v)) : py::none();
+            return py::dict("scores"_a = sc, "n_prompt"_a = prompt.size(), "tokens"_a = g.output,
+                            "stop"_a = kvlens::to_string(g.stop));
+        },
+        "model"_a, "messages"_a, "answer"_a, "think"_a = "default", "chat_template"_a = "auto",
+        "end_of_turn"_a = true, "threads"_a = 0, "flash_attn"_a = "auto", "kv_source"_a = "graph",
+        "coe_layers"_a = kvlens::TokenCoeSpec{}.layers,
+        "coe_kv_part"_a = kvlens::to_string(kvlens::TokenCoeSpec{}.kv_part),
+        "coe_positions"_a = kvlens::to_string(kvlens::TokenCoeSpec{}.positions),
+        "coe_head_agg"_a = kvlens::to_string(kvlens::TokenCoeSpec{}.head_agg),
+        "The scores of a given answer (teacher forcing: its tokens decoded after the chat prompt as if "
+        "generated, with the same capture and step statistics): {scores, n_prompt, tokens, stop}");
 
     m.def(
         "data_dir", [] { return kvlens::find_data_dir(); },

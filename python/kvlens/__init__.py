@@ -125,12 +125,25 @@ class Model:
                           scores=dict(ext.get("scores", {})), finish_reason=choice.get("finish_reason"),
                           usage=dict(r.get("usage", {})), think=ext.get("think"), raw=r)
 
-    def score(self, messages: Messages, **kwargs: Any) -> Dict[str, Optional[float]]:
-        """The KV-CoE and baseline scores (kv_coe_*, hs_coe_*, max_prob, inv_ppl, ..., p_correct.* with a
-        calibration) of the model's own answer to `messages` (greedy unless a temperature is given); the
-        same keyword arguments as chat. Scoring a given answer text (teacher forcing) is not supported."""
-        kwargs.setdefault("temperature", 0.0)
-        return self.chat(messages, **kwargs).scores
+    def score(self, messages: Messages, answer: Optional[str] = None, *, system: Optional[str] = None,
+              think: Optional[str] = None, **kwargs: Any) -> Dict[str, Optional[float]]:
+        """The KV-CoE and baseline scores (kv_coe_*, hs_coe_*, max_prob, inv_ppl, neg_length, ...) of an answer
+        to `messages`. With `answer`: that text, decoded after the chat prompt as if the model had generated it
+        (teacher forcing, closed by the template's end-of-turn token; for a thinking mode, the whole
+        continuation, thinking included): the model's own answer gets exactly the scores chat gives it.
+        Without: the model's own answer (greedy unless a temperature is given; the keyword arguments of chat).
+        Calibrated probabilities (p_correct.*) come with chat only."""
+        if answer is None:
+            kwargs.setdefault("temperature", 0.0)
+            return self.chat(messages, system=system, think=think, **kwargs).scores
+        if kwargs:
+            raise TypeError(f"score() with an answer takes no {sorted(kwargs)}")
+        opts = {k: v for k, v in self._api_options.items()
+                if k in ("chat_template", "threads", "flash_attn", "kv_source", "coe_layers", "coe_kv_part",
+                         "coe_positions", "coe_head_agg")}
+        r = _kvlens.score_answer(self._model, _messages(messages, system), answer, think=think or "default",
+                                 **opts)
+        return dict(r["scores"])
 
     def encode(self, sentences: Union[str, Sequence[str]], *, normalize_embeddings: bool = False,
                batch_size: int = 8, convert_to_numpy: bool = True, layers: str = "", kv_part: str = "kv_cat",

@@ -1,5 +1,6 @@
 #include "engine/batcher.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "util/error.h"
@@ -9,7 +10,7 @@ namespace kvlens {
 Batcher::Batcher(Session& session, bool free_finished) : session_(session), free_finished_(free_finished) {}
 
 void Batcher::join(llama_seq_id seq, std::vector<llama_token> prompt, int max_tokens, SamplerPtr sampler,
-                   std::function<bool(const Generation&)> on_token) {
+                   std::function<bool(const Generation&)> on_token, std::vector<llama_token> forced) {
     if (prompt.empty()) throw Error("prompt: empty");
     if (max_tokens < 1) throw Error("max_tokens: " + std::to_string(max_tokens) + " must be >= 1");
     if (seq < 0 || seq >= session_.n_seq_max())
@@ -27,6 +28,8 @@ void Batcher::join(llama_seq_id seq, std::vector<llama_token> prompt, int max_to
     s.max_tokens = max_tokens;
     s.sampler = std::move(sampler);
     s.on_token = std::move(on_token);
+    if (!forced.empty()) s.max_tokens = std::min(max_tokens, (int)forced.size());
+    s.forced = std::move(forced);
     seqs_.push_back(std::move(s));
 }
 
@@ -57,7 +60,8 @@ std::vector<Generation> Batcher::step() {
         }
         Generation& g = s.gen;
         const float* logits = session_.logits(s.row);
-        const llama_token tok = sample_token(s.sampler.get(), logits, n_vocab, buf_);
+        const llama_token tok = s.forced.empty() ? sample_token(s.sampler.get(), logits, n_vocab, buf_)
+                                                 : s.forced[g.output.size()];
         g.output.push_back(tok);
         g.steps.push_back(step_stats(logits, n_vocab, tok));
 

@@ -19,10 +19,12 @@ public:
 
     // Adds sequence `seq` (empty in the cache and not in the batch) to be prefilled at the next step(), then
     // sampled with `sampler`, up to max_tokens. on_token (optional) is called after each sampled token;
-    // false stops the sequence (StopReason::Callback). Throws Error when the prompt does not fit the cells
-    // the batch leaves free.
+    // false stops the sequence (StopReason::Callback). forced (teacher forcing, to score a given answer):
+    // these tokens are taken in turn instead of sampled ones, with the same step statistics and capture, up
+    // to max_tokens = forced.size() at most. Throws Error when the prompt does not fit the cells the batch
+    // leaves free.
     void join(llama_seq_id seq, std::vector<llama_token> prompt, int max_tokens, SamplerPtr sampler,
-              std::function<bool(const Generation&)> on_token = {});
+              std::function<bool(const Generation&)> on_token = {}, std::vector<llama_token> forced = {});
 
     // One step: samples a token for every sequence whose logits are ready (the callbacks run here), stops
     // the ones that are done, then decodes in one call the next token of the others and the prompts of those
@@ -41,6 +43,7 @@ private:
         int max_tokens = 0;
         SamplerPtr sampler;
         std::function<bool(const Generation&)> on_token;
+        std::vector<llama_token> forced;
         int row =
             -1;  // index in the last decode whose logits the next token is sampled from; -1: prefill due
     };

@@ -1,6 +1,6 @@
 """The Python package's API (python/kvlens/__init__.py) on the reasoning model, as installed by pip
 (tests/cli/pip_install_test.sh) or from <build>/python: Model.chat == kvlens generate with the scores,
-Model.score, Model.encode (sentence-transformers' shapes and normalize_embeddings) == /v1/embeddings and
+Model.score (of the model's own answer, and of a given answer by teacher forcing), Model.encode (sentence-transformers' shapes and normalize_embeddings) == /v1/embeddings and
 kvlens embed, Model.kv, the installed dataset configs, the type stubs."""
 import json
 import os
@@ -42,6 +42,22 @@ def test_chat_answers_with_scores(model):
 def test_score_is_the_answers_scores(model):
     s = model.score(QUESTION, think="on", max_tokens=300)
     assert s == model.chat(QUESTION, think="on", max_tokens=300, temperature=0).scores
+
+
+def test_score_a_given_answer(model):
+    """Teacher forcing: the model's own answer, given as text, gets the scores chat gave it; another answer
+    other scores."""
+    own = model.chat(QUESTION, think="off", temperature=0, max_tokens=300)
+    assert own.finish_reason == "stop"
+    got = model.score(QUESTION, own.text, think="off")
+    assert set(got) == set(own.scores)
+    for k, v in own.scores.items():
+        assert got[k] == (None if v is None else pytest.approx(v, rel=1e-6, abs=1e-9)), k
+    other_text = "Answer: 633" if own.text != "Answer: 633" else "Answer: 634"
+    other = model.score([{"role": "user", "content": QUESTION}], other_text, think="off")
+    assert other["kv_coe_r"] != got["kv_coe_r"] and other["max_prob"] != got["max_prob"]
+    with pytest.raises(TypeError):
+        model.score(QUESTION, own.text, temperature=0.5)
 
 
 def test_streaming(model):
