@@ -147,7 +147,7 @@ class Model:
 
     def encode(self, sentences: Union[str, Sequence[str]], *, normalize_embeddings: bool = False,
                batch_size: int = 8, convert_to_numpy: bool = True, layers: str = "", kv_part: str = "kv_cat",
-               head_agg: str = "mean", pos_agg: str = "mean", n_ctx: int = 4096, threads: int = 0,
+               head_agg: str = "mean", pos_agg: str = "mean", n_ctx: int = 4096, threads: Optional[int] = None,
                show_progress_bar: Optional[bool] = None) -> Any:
         """KV embeddings, as sentence-transformers' `encode`: a string gives a 1-D array, a list a 2-D
         array [len(sentences), width] (float32). The pooling is the server's: K;V of the text's tokens
@@ -161,17 +161,21 @@ class Model:
             return np.zeros((0, 0), dtype=np.float32)
         out = _kvlens.encode(self._model, texts, normalize=normalize_embeddings, layers=layers,
                              kv_part=kv_part, head_agg=head_agg, pos_agg=pos_agg, batch_size=batch_size,
-                             n_ctx=n_ctx, threads=threads)
+                             n_ctx=n_ctx, threads=self._threads(threads))
         if single:
             return out[0]
         return out if convert_to_numpy else list(out)
 
     def kv(self, text: Union[str, Sequence[int]], *, hidden: bool = False, add_special: bool = True,
-           threads: int = 0, kv_source: str = "graph") -> Dict[str, Any]:
+           threads: Optional[int] = None, kv_source: str = "graph") -> Dict[str, Any]:
         """Per-layer K (post-RoPE) and V of a text (or token ids): {"tokens", "k", "v"[, "hidden"]}, numpy
         float32 [layer, token, kv width] (hidden: the residual stream [layer + 1, token, n_embd])."""
-        return _kvlens.kv(self._model, text, hidden=hidden, add_special=add_special, threads=threads,
-                          kv_source=kv_source)
+        return _kvlens.kv(self._model, text, hidden=hidden, add_special=add_special,
+                          threads=self._threads(threads), kv_source=kv_source)
+
+    def _threads(self, threads: Optional[int]) -> int:
+        """A call's threads, else the model's (Model(threads=...)), else 0: all."""
+        return int(threads if threads is not None else self._api_options.get("threads", 0))
 
     def __repr__(self) -> str:
         return f"kvlens.Model({self.path!r})"
