@@ -20,9 +20,17 @@ struct ServeOptions {
     ApiParams api;
     std::string calibration, score = "hs_coe_c";
     TokenCoeOptions coe;
+    double shutdown_grace_s = 5;
 };
 
+// What SIGTERM / SIGINT reach: the running server's API and its grace period.
+const Api* g_api = nullptr;
+double g_grace_s = 5;
+
 extern "C" void on_signal(int) {
+    // New connections stop now; completions still running get the grace period, then stop with what they
+    // have (finish_reason "length"), so the process exits within a bound however long they asked to run.
+    if (const Api* api = g_api) api->shutdown(g_grace_s);
     stop_server();
 }
 
@@ -43,6 +51,11 @@ void run_serve(const ServeOptions& o) {
             o.calibration == "auto" ? default_calibration_path(o.model.model, o.score) : o.calibration;
     std::unique_ptr<Model> model = load_model(o.model);
     const Api api(*model, ap);
+    g_grace_s = o.shutdown_grace_s;
+    g_api = &api;
+    struct Forget {  // the handler must not reach api once it is gone
+        ~Forget() { g_api = nullptr; }
+    } forget;
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     run_server(api, o.server, [&](int port) {
@@ -106,9 +119,15 @@ CLI::App* add_serve_command(CLI::App& app) {
         ->check(CLI::Range(1, 1 << 20))
         ->capture_default_str();
     cmd->add_option("--timeout-s", o->api.timeout_s,
-                    "a single-answer completion generating longer stops with what it has (finish_reason "
-                    "length, kvlens.timeout true; 0: never)")
+                    "a completion (any n) generating longer stops with what it has (finish_reason length, "
+                    "kvlens.timeout true; 0: never)")
         ->check(CLI::Range(0.0, 1e7))
+        ->capture_default_str();
+    cmd->add_option(
+           "--shutdown-grace-s", o->shutdown_grace_s,
+           "on SIGTERM / SIGINT: seconds running completions may still take before they stop with what "
+           "they have (finish_reason length, kvlens.shutdown true); no new connections are taken")
+        ->check(CLI::Range(0.0, 3600.0))
         ->capture_default_str();
     cmd->add_option("--alias", o->api.model_id, "model id in responses (default: the file name)");
     cmd->add_option("--max-tokens", o->api.default_max_tokens, "answer length when a request sets none")

@@ -60,6 +60,11 @@ SampleSet sample_n(Session& session, const std::vector<llama_token>& prompt, con
     std::vector<bool> active(n, true);
     std::vector<llama_token_data> buf;
     for (int n_active = n; n_active > 0;) {
+        if (params.keep_going && !params.keep_going()) {
+            for (int i = 0; i < n; ++i)
+                if (active[i]) out.samples[i].gen.stop = StopReason::Callback;
+            break;
+        }
         batch.clear();
         for (int i = 0; i < n; ++i) {
             if (!active[i]) continue;

@@ -13,6 +13,7 @@
 #include <llama.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -28,6 +29,9 @@ struct SampleParams {
     int max_tokens = 256;
     SamplingParams sampling;  // sample i uses seed + i
     TokenCoeSpec token_coe;   // the configuration of kv_coe_*
+    // Asked before every step; false: every sample still going stops there with what it has
+    // (StopReason::Callback). The server's timeout and shutdown.
+    std::function<bool()> keep_going;
 };
 
 struct SampleOut {

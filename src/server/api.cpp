@@ -296,6 +296,7 @@ struct BatchJob {
     bool streaming = false;
     int scores_every = 0;
     double timeout_s = 0;
+    const Api* api = nullptr;  // its shutdown() cuts the answer short
 
     // The scheduler's thread only (read by the request's thread once done).
     std::unique_ptr<CoeScorer> scorer;
@@ -343,8 +344,10 @@ struct BatchJob {
             cv.notify_all();
         }
         if (cancel) return false;
-        if (timeout_s > 0 &&
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() >= timeout_s)
+        if ((timeout_s > 0 &&
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() >=
+                 timeout_s) ||
+            (api && api->shutting_down()))
             timed_out = true;
         return !timed_out;
     }
@@ -724,9 +727,10 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
         // The timeout counts from here, once the request's turn has come and its context exists.
         const auto started = std::chrono::steady_clock::now();
         auto out_of_time = [&] {
-            if (params_.timeout_s > 0 &&
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() >=
-                    params_.timeout_s)
+            if ((params_.timeout_s > 0 &&
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() >=
+                     params_.timeout_s) ||
+                shutting_down())
                 timed_out = true;
             return timed_out;
         };
@@ -774,6 +778,7 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
         job->streaming = (bool)on_chunk;
         job->scores_every = req.scores_every;
         job->timeout_s = params_.timeout_s;  // counted from when it joins the batch
+        job->api = this;
         // However this thread leaves, the job stops at its next token (a no-op once it is done).
         const std::shared_ptr<void> cancel_on_exit(nullptr, [job](void*) { job->cancel = true; });
         sched_->submit(job);
@@ -813,8 +818,9 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
     extra["n_prompt"] = (int)prompt.size();
     extra["n_generated"] = n_completion;
     timed_out = timed_out && stop == StopReason::Callback && !stop_string;  // not when it ended anyway
-    extra["stop"] = stop_string ? "stop_string" : timed_out ? "timeout" : to_string(stop);
-    if (timed_out) extra["timeout"] = true;  // finish_reason "length": the answer is cut, not finished
+    const bool shut = timed_out && shutting_down();
+    extra["stop"] = stop_string ? "stop_string" : shut ? "shutdown" : timed_out ? "timeout" : to_string(stop);
+    if (timed_out) extra[shut ? "shutdown" : "timeout"] = true;  // finish_reason "length": cut, not finished
 
     std::string reasoning, content;
     split_reasoning(out_text, prompt_opens_think, reasoning, content);
@@ -846,6 +852,24 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
     return resp;
 }
 
+void Api::shutdown(double grace_s) const noexcept {
+    static_assert(std::atomic<int64_t>::is_always_lock_free, "shutdown() is called from a signal handler");
+    const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::steady_clock::now().time_since_epoch())
+                            .count();
+    const int64_t at = now + (int64_t)(std::max(0.0, std::min(grace_s, 1e6)) * 1e9);
+    int64_t cur = shutdown_at_ns_.load();
+    while (at < cur && !shutdown_at_ns_.compare_exchange_weak(cur, at)) {
+    }
+}
+
+bool Api::shutting_down() const noexcept {
+    const int64_t at = shutdown_at_ns_.load(std::memory_order_relaxed);
+    return at != INT64_MAX && std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                  std::chrono::steady_clock::now().time_since_epoch())
+                                      .count() >= at;
+}
+
 // n samples decoded together, each a choice with its scores; one chosen by the request's strategy.
 json Api::chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt, bool prompt_opens_think,
                  int max_tokens, const json& base) const {
@@ -864,7 +888,18 @@ json Api::chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt,
     p.n = req.n;
     p.max_tokens = max_tokens;
     p.sampling = req.sampling;
+    // The timeout and the shutdown as for one answer: every sample stops with what it has.
+    const auto started = std::chrono::steady_clock::now();
+    bool timed_out = false;
+    p.keep_going = [&] {
+        timed_out = (params_.timeout_s > 0 &&
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() >=
+                         params_.timeout_s) ||
+                    shutting_down();
+        return !timed_out;
+    };
     const SampleSet set = sample_n(session, prompt, p);
+    const char* cut = !timed_out ? nullptr : shutting_down() ? "shutdown" : "timeout";
 
     json choices = json::array();
     std::vector<Candidate> cands;
@@ -891,15 +926,18 @@ json Api::chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt,
         if (!reasoning.empty()) message["reasoning_content"] = reasoning;
         const int n_gen = (int)s.gen.output.size();
         completion += n_gen;
-        choices.push_back({{"index", i},
-                           {"message", message},
-                           {"logprobs", nullptr},
-                           {"finish_reason", finish_reason(s.gen.stop, stop_string)},
-                           {"kvlens",
-                            {{"scores", sj},
-                             {"extracted", m.extracted},
-                             {"n_generated", n_gen},
-                             {"stop", stop_string ? "stop_string" : to_string(s.gen.stop)}}}});
+        choices.push_back(
+            {{"index", i},
+             {"message", message},
+             {"logprobs", nullptr},
+             {"finish_reason", finish_reason(s.gen.stop, stop_string)},
+             {"kvlens",
+              {{"scores", sj},
+               {"extracted", m.extracted},
+               {"n_generated", n_gen},
+               {"stop", stop_string                                 ? "stop_string"
+                        : cut && s.gen.stop == StopReason::Callback ? cut
+                                                                    : to_string(s.gen.stop)}}}});
     }
     const Choice ch = select_answer(strategy, cands);
     const bool abstained = req.abstain_below >= 0 && !answers(ch.confidence, req.abstain_below);
@@ -921,6 +959,7 @@ json Api::chat_n(const ChatRequest& req, const std::vector<llama_token>& prompt,
                         {"confidence", std::isfinite(ch.confidence) ? json(ch.confidence) : json()},
                         {"votes", ch.votes},
                         {"abstained", abstained}}}};
+    if (cut) resp["kvlens"][cut] = true;
     return resp;
 }
 

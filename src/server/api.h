@@ -116,6 +116,12 @@ public:
     // already wait. The HTTP server takes one before chat() / embeddings() so that a full line refuses at
     // once instead of growing; chat() and embeddings() wait their turn either way.
     std::shared_ptr<void> admit() const;
+    // SIGTERM: from now + grace_s on, every running completion stops after its current token with what it has
+    // (finish_reason "length", kvlens.stop "shutdown"), so the server drains within a bound. Lock-free: safe
+    // in a signal handler.
+    void shutdown(double grace_s) const noexcept;
+    bool shutting_down() const noexcept;  // past that point
+
     // The most requests admit() lets in at once (parallel + queue); 0 when it never refuses.
     int max_admitted() const { return params_.queue >= 0 ? params_.parallel + params_.queue : 0; }
 
@@ -145,6 +151,7 @@ private:
     mutable int busy_ = 0, admitted_ = 0;
     mutable uint64_t next_ticket_ = 0, serving_ = 0;
     mutable std::atomic<uint64_t> next_id_{0};
+    mutable std::atomic<int64_t> shutdown_at_ns_{INT64_MAX};  // steady clock; INT64_MAX: running
     // Single-answer completions decode here, together (continuous batching); last: it stops first.
     class Scheduler;
     std::unique_ptr<Scheduler> sched_;

@@ -236,3 +236,58 @@ def test_timeout_cuts_the_answer():
         assert status == 200 and "timeout" not in j["kvlens"] and j["usage"]["completion_tokens"] == 3
     finally:
         s.stop()
+
+
+def test_timeout_cuts_n_samples():
+    # n > 1 (its own context, samples decoded together) stops on the timeout too: every sample with what it has.
+    s = Server(["-m", TINY, "--ctx", "4096", "--timeout-s", "0.5"])
+    try:
+        t = time.time()
+        status, _, j = raw(s.url, "/v1/chat/completions", chat_body(3000, n=2))
+        assert status == 200 and time.time() - t < 10
+        assert j["kvlens"]["timeout"] is True
+        assert [c["finish_reason"] for c in j["choices"]] == ["length", "length"]
+        assert all(c["kvlens"]["stop"] == "timeout" and 0 < c["kvlens"]["n_generated"] < 3000
+                   for c in j["choices"])
+    finally:
+        s.stop()
+
+
+def test_sigterm_drains_within_the_grace_period():
+    # Three long completions in flight (shared batch, streamed, n = 2): SIGTERM lets them run for the grace
+    # period, then each ends with what it has (200, finish_reason length, kvlens stop "shutdown") and the
+    # server exits 0, instead of waiting for 3000 tokens each.
+    s = Server(["-m", TINY, "--ctx", "4096", "--parallel", "2", "--shutdown-grace-s", "1"])
+    out = {}
+
+    def plain():
+        out["plain"] = raw(s.url, "/v1/chat/completions", chat_body(3000), timeout=60)
+
+    def n2():
+        out["n2"] = raw(s.url, "/v1/chat/completions", chat_body(3000, n=2), timeout=60)
+
+    def streamed():
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        out["stream"] = list(c.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
+                                                       max_tokens=3000, temperature=0, stream=True))
+
+    with concurrent.futures.ThreadPoolExecutor(3) as ex:
+        fs = [ex.submit(f) for f in (plain, n2, streamed)]
+        time.sleep(1.5)
+        t = time.time()
+        s.p.send_signal(signal.SIGTERM)
+        assert s.p.wait(timeout=20) == 0
+        took = time.time() - t
+        [f.result(timeout=30) for f in fs]
+    assert took < 8, took  # 1 s of grace, then one token per sequence
+    assert "server stopped" in s.p.stderr.read()
+    status, _, j = out["plain"]
+    assert status == 200 and j["choices"][0]["finish_reason"] == "length"
+    assert j["kvlens"]["stop"] == "shutdown" and j["kvlens"]["shutdown"] is True
+    assert 0 < j["kvlens"]["n_generated"] < 3000
+    status, _, j = out["n2"]
+    assert status == 200 and j["kvlens"]["shutdown"] is True
+    assert all(c["finish_reason"] == "length" and c["kvlens"]["stop"] == "shutdown" for c in j["choices"])
+    final = [x for x in out["stream"] if x.choices and x.choices[0].finish_reason]
+    assert len(final) == 1 and final[0].choices[0].finish_reason == "length"
+    assert final[0].model_extra["kvlens"]["stop"] == "shutdown"
