@@ -1,7 +1,6 @@
 # `cmake --install <build> --prefix P`: the library, its headers, the llama.cpp/ggml it links and a CMake
 # package, so that another project can `find_package(kvlens)` and link `kvlens::kvlens`:
-#   P/include/kvlens/...          the library's headers, paths as under src/ (engine/model.h, methods/coe.h)
-#   P/include/llama.h, ggml*.h    llama.cpp's public headers (bundled llama.cpp only)
+#   P/include/kvlens/kvlens.h     the public API, the only header (it needs none of llama.cpp's or ours)
 #   P/lib/libkvlens.a             plus the static llama.cpp/ggml archives it links (bundled llama.cpp only)
 #   P/lib/cmake/kvlens/           kvlensConfig.cmake (from cmake/kvlensConfig.cmake.in) + ConfigVersion
 #   P/bin/kvlens                  the CLI
@@ -24,17 +23,9 @@ set(KVLENS_INSTALL_CMAKEDIR "${CMAKE_INSTALL_LIBDIR}/cmake/kvlens")
 
 # ---- the library's headers, the library, the CLI -----------------------------------------------------------
 
-file(GLOB_RECURSE _kvlens_headers RELATIVE "${PROJECT_SOURCE_DIR}/src"
-     "${PROJECT_SOURCE_DIR}/src/*.h")
-foreach(h ${_kvlens_headers})
-  # Front ends (the CLI, the server) are not in libkvlens; test helpers are not for users.
-  if(h MATCHES "^(cli|server)/" OR h MATCHES "_test[^/]*\\.h$")
-    continue()
-  endif()
-  get_filename_component(_dir "${h}" DIRECTORY)
-  install(FILES "${PROJECT_SOURCE_DIR}/src/${h}" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/kvlens/${_dir}")
-endforeach()
-
+# Only the public API: include/kvlens/*.h, which includes nothing of the internals (src/) nor of llama.cpp.
+install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/kvlens/" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/kvlens"
+        FILES_MATCHING PATTERN "*.h")
 install(FILES "$<TARGET_FILE:kvlens>" DESTINATION "${CMAKE_INSTALL_LIBDIR}")
 install(TARGETS kvlens-cli RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}")
 # The dataset configs, where the installed CLI looks for them (bin/../share/kvlens/configs, util/data_dir.h).
@@ -225,11 +216,8 @@ foreach(t ${_kvlens_archives})
   if(NOT t STREQUAL "kvlens")
     install(FILES "$<TARGET_FILE:${t}>" DESTINATION "${CMAKE_INSTALL_LIBDIR}")
   endif()
-  if(t STREQUAL "kvlens")
-    set(_inc "\${PACKAGE_PREFIX_DIR}/${CMAKE_INSTALL_INCLUDEDIR}/kvlens;\${PACKAGE_PREFIX_DIR}/${CMAKE_INSTALL_INCLUDEDIR}")
-  else()
-    set(_inc "\${PACKAGE_PREFIX_DIR}/${CMAKE_INSTALL_INCLUDEDIR}")
-  endif()
+  # #include <kvlens/kvlens.h>
+  set(_inc "\${PACKAGE_PREFIX_DIR}/${CMAKE_INSTALL_INCLUDEDIR}")
   get_property(_iface GLOBAL PROPERTY KVLENS_PKG_IFACE_${t})
   get_target_property(_defs "${t}" INTERFACE_COMPILE_DEFINITIONS)
   if(NOT _defs)
@@ -249,12 +237,6 @@ set_target_properties(kvlens::${t} PROPERTIES
 ")
 endforeach()
 string(APPEND KVLENS_CONFIG_TARGETS "set_property(TARGET kvlens::kvlens PROPERTY INTERFACE_COMPILE_FEATURES cxx_std_17)\n")
-
-# llama.cpp's headers: only when the tree's llama.cpp is linked in (an installed one brings its own).
-if(NOT KVLENS_USE_INSTALLED_LLAMA)
-  file(GLOB _kvlens_llama_headers "${KVLENS_LLAMA_TREE}/include/*.h" "${KVLENS_LLAMA_TREE}/ggml/include/*.h")
-  install(FILES ${_kvlens_llama_headers} DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}")
-endif()
 
 # A dependency the config cannot describe (e.g. a GPU backend's): the rest installs, the package config does
 # not (it would not link), and the configure step says so.
