@@ -302,6 +302,11 @@ TEST(PublicApi, ThinkAutoEqualsRunFastSlow) {
         EXPECT_EQ(g.think_final, kvlens::to_string(r.final));
         EXPECT_EQ(g.switch_at, r.switch_at);
         EXPECT_EQ(g.n_switch_tokens, r.n_switch_tokens);
+        EXPECT_EQ(g.n_sampled, r.n_sampled);
+        EXPECT_EQ(g.n_dropped, r.n_dropped);
+        EXPECT_EQ(g.checks, r.checks);
+        EXPECT_FALSE(g.checks.empty());
+        EXPECT_EQ(g.answer, r.answer);
         EXPECT_EQ((float)g.route_score, r.prompt_score);
         EXPECT_TRUE(g.scores.empty());
     }
@@ -454,6 +459,7 @@ TEST(PublicApi, BadInputsGiveTheDocumentedStatus) {
         {"n_seq_max", [](kvlens_session_params& p) { p.n_seq_max = 0; }},
         {"n_threads", [](kvlens_session_params& p) { p.n_threads = -1; }},
         {"flash_attn", [](kvlens_session_params& p) { p.flash_attn = (kvlens_flash_attn)7; }},
+        {"kv_source", [](kvlens_session_params& p) { p.kv_source = (kvlens_kv_source)7; }},
         {"chat_template", [](kvlens_session_params& p) { p.chat_template = "jinja"; }},
         {"coe_layers", [](kvlens_session_params& p) { p.coe_layers = "0..oops"; }},
         {"coe_layers", [](kvlens_session_params& p) { p.coe_layers = "5"; }},  // 2 layers

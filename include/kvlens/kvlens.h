@@ -34,6 +34,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 // The version of this header; kvlens_version() is the version of the library linked. CMake's project
@@ -98,6 +99,9 @@ kvlens_status kvlens_tokenize(const kvlens_model* model, const std::string& text
 struct kvlens_session;  // one llama.cpp context (its KV cache) on a model, plus what scores and routes
 
 enum kvlens_flash_attn { KVLENS_FLASH_ATTN_AUTO = 0, KVLENS_FLASH_ATTN_ON = 1, KVLENS_FLASH_ATTN_OFF = 2 };
+// Where the captured K/V come from: the compute graph as each layer computes them (the default), or read back
+// from the KV cache after each decode (a reference path; the CLI's --kv-source).
+enum kvlens_kv_source { KVLENS_KV_SOURCE_GRAPH = 0, KVLENS_KV_SOURCE_CACHE = 1 };
 
 struct kvlens_session_params {
     int n_ctx;      // tokens of KV cache (prompt + answer; the texts of one kvlens_embed batch together)
@@ -105,6 +109,7 @@ struct kvlens_session_params {
     int n_seq_max;  // texts kvlens_embed decodes together (generation uses one sequence)
     int n_threads;  // 0: all hardware threads
     kvlens_flash_attn flash_attn;
+    kvlens_kv_source kv_source;
     std::string chat_template;  // "auto" (from the GGUF), chatml, qwen2, qwen3, deepseek-r1, llama3
     // The token-axis KV-CoE (kv_coe_*), as the CLI's --coe-* flags: layers ("-4..-1", "all", "0,3,-1"),
     // kv_part (k, v, kv_cat), positions (producer, generated), head_agg (mean, flatten).
@@ -115,8 +120,10 @@ struct kvlens_session_params {
     // A router of `kvlens router train`: enables KVLENS_THINK_AUTO. Empty: none.
     std::string router_path;
 };
-// n_ctx 4096, n_batch 512, n_seq_max 1, all threads, flash attention auto, template auto, KV-CoE on the
-// last 4 layers' K, heads averaged, producer positions (the CLI's defaults); no calibration, no router.
+// n_ctx 4096, n_batch 512, n_seq_max 1, all threads, flash attention auto, K/V from the graph, template auto,
+// KV-CoE on the
+// last 4 layers' K, heads averaged, producer positions (the CLI's defaults); no calibration, no
+// router.
 kvlens_session_params kvlens_session_default_params();
 
 // KVLENS_ERR_INVALID_ARGUMENT for a bad parameter, KVLENS_ERR_FILE / KVLENS_ERR_MODEL_MISMATCH for the
@@ -165,10 +172,14 @@ struct kvlens_generation {
     // calibration. NaN where undefined (e.g. a one-token answer). Empty with scores off or THINK_AUTO.
     std::map<std::string, double> scores;
     // THINK_AUTO only: the router's difficulty on the prompt (0..100), the mode it chose ("fast" / "slow")
-    // and the final one, the sampled tokens before the switch (-1: none), tokens appended by the switch.
+    // and the final one, the sampled tokens before the switch (-1: none); tokens sampled (all of them, fast
+    // tokens dropped by a fast -> slow switch included), tokens appended by the switch, tokens dropped; the
+    // (sampled tokens so far, difficulty) of every check while decoding; the text after the last "</think>".
     double route_score = 0;
     std::string think_initial, think_final;
-    int switch_at = -1, n_switch_tokens = 0;
+    int switch_at = -1, n_sampled = 0, n_switch_tokens = 0, n_dropped = 0;
+    std::vector<std::pair<int, float>> checks;
+    std::string answer;
 };
 
 // Answers `prompt` (a user message) in the session's sequence 0, which is emptied first. Identical to

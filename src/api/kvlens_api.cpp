@@ -184,6 +184,7 @@ kvlens_session_params kvlens_session_default_params() {
     p.n_seq_max = 1;
     p.n_threads = 0;
     p.flash_attn = KVLENS_FLASH_ATTN_AUTO;
+    p.kv_source = KVLENS_KV_SOURCE_GRAPH;
     p.chat_template = "auto";
     p.coe_layers = coe.layers;
     p.coe_kv_part = kvlens::to_string(coe.kv_part);
@@ -204,6 +205,8 @@ kvlens_status kvlens_session_open(const kvlens_model* model, const kvlens_sessio
         need(params.flash_attn == KVLENS_FLASH_ATTN_AUTO || params.flash_attn == KVLENS_FLASH_ATTN_ON ||
                  params.flash_attn == KVLENS_FLASH_ATTN_OFF,
              "flash_attn: expected KVLENS_FLASH_ATTN_AUTO, _ON or _OFF");
+        need(params.kv_source == KVLENS_KV_SOURCE_GRAPH || params.kv_source == KVLENS_KV_SOURCE_CACHE,
+             "kv_source: expected KVLENS_KV_SOURCE_GRAPH or _CACHE");
         const kvlens::ModelInfo& mi = model->m.info();
         kvlens::ChatTemplate tmpl =
             param("chat_template", [&] { return kvlens::parse_chat_template(params.chat_template); });
@@ -264,6 +267,8 @@ kvlens_status kvlens_session_open(const kvlens_model* model, const kvlens_sessio
         sp.flash_attn = params.flash_attn == KVLENS_FLASH_ATTN_ON    ? kvlens::FlashAttn::On
                         : params.flash_attn == KVLENS_FLASH_ATTN_OFF ? kvlens::FlashAttn::Off
                                                                      : kvlens::FlashAttn::Auto;
+        sp.capture_source = params.kv_source == KVLENS_KV_SOURCE_CACHE ? kvlens::CaptureSource::Cache
+                                                                       : kvlens::CaptureSource::Graph;
         auto s = std::make_unique<kvlens_session>(model->m, sp);
         s->tmpl = tmpl;
         s->coe = coe;
@@ -332,7 +337,11 @@ void generate_routed(kvlens_session& s, const std::vector<kvlens::ChatMessage>& 
     g.think_initial = kvlens::to_string(r.initial);
     g.think_final = kvlens::to_string(r.final);
     g.switch_at = r.switch_at;
+    g.n_sampled = r.n_sampled;
     g.n_switch_tokens = r.n_switch_tokens;
+    g.n_dropped = r.n_dropped;
+    g.checks = r.checks;
+    g.answer = r.answer;
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "cli/common.h"
 #include "engine/chat_template.h"
 #include "engine/generate.h"
+#include "kvlens/kvlens.h"
 #include "methods/calibration.h"
 #include "methods/coe.h"
 #include "methods/fast_slow.h"
@@ -42,56 +43,79 @@ std::pair<llama_pos, llama_pos> position_range(const std::string& which, llama_p
     return {n_prompt, INT32_MAX};  // generated
 }
 
-// --think auto: the router picks the mode on the prompt and may switch once while decoding.
+// A failed public API call as the CLI reports errors.
+void check(kvlens_status s) {
+    if (s != KVLENS_OK) throw Error(kvlens_last_error());
+}
+
+// --think auto: the router picks the mode on the prompt and may switch once while decoding. Through the
+// public API (include/kvlens/kvlens.h), which runs the same internal calls.
 void run_generate_routed(const GenerateOptions& o) {
     if (o.router.empty()) throw Error("--think auto: needs --router FILE (from kvlens router train)");
     if (o.raw) throw Error("--think auto: needs the chat template (not --raw)");
     if (!o.features.empty()) throw Error("--features: not available with --think auto");
     if (!o.calibration.empty()) throw Error("--calibration: not available with --think auto");
     if (!o.scores_out.empty()) throw Error("--scores: not available with --think auto");
-    const ChatTemplate tmpl_flag =
-        with_flag("--template", [&] { return parse_chat_template(o.chat_template); });
-    const RouterFile rf = load_router(o.router);
-    std::unique_ptr<Model> model = load_model(o.model);
-    const ModelInfo& mi = model->info();
-    const ChatTemplate tmpl =
-        tmpl_flag == ChatTemplate::Auto ? detect_chat_template(mi.chat_template, mi.arch) : tmpl_flag;
-    if (!has_thinking(tmpl))
-        throw Error(std::string("--think auto: chat template ") + to_string(tmpl) + " has no thinking mode");
-    check_router_for_model(rf, mi.arch, mi.n_layer, mi.n_head_kv, mi.head_dim, to_string(tmpl));
-    std::vector<ChatMessage> msgs;
-    if (!o.system.empty()) msgs.push_back({"system", o.system});
-    msgs.push_back({"user", o.prompt});
+    with_flag("--template", [&] { return parse_chat_template(o.chat_template); });
+    const CaptureSource source =
+        with_flag("--kv-source", [&] { return parse_capture_source(o.model.kv_source); });
 
-    Session session(*model, session_params(o.model));
-    FastSlowParams fp;
-    fp.start = ThinkStart::Auto;
-    fp.allow_switch = !o.no_switch;
-    fp.policy = o.policy;
-    fp.max_tokens = o.max_tokens;
-    fp.sampling = o.sampling;
-    const FastSlowResult r = run_fast_slow(session, tmpl, msgs, rf.features, &rf.classifier, fp);
+    kvlens_model_params mp = kvlens_model_default_params();
+    mp.n_gpu_layers = o.model.gpu_layers;
+    mp.verbose = o.model.verbose;
+    kvlens_model* m = nullptr;
+    check(kvlens_model_load(o.model.model, mp, &m));
+    const kvlens_model_ptr model(m);
+    kvlens_session_params sp = kvlens_session_default_params();
+    sp.n_ctx = o.model.ctx;
+    sp.n_batch = o.model.batch;
+    sp.n_threads = o.model.threads;
+    sp.flash_attn = o.model.flash_attn == "on"    ? KVLENS_FLASH_ATTN_ON
+                    : o.model.flash_attn == "off" ? KVLENS_FLASH_ATTN_OFF
+                                                  : KVLENS_FLASH_ATTN_AUTO;
+    sp.kv_source = source == CaptureSource::Cache ? KVLENS_KV_SOURCE_CACHE : KVLENS_KV_SOURCE_GRAPH;
+    sp.chat_template = o.chat_template;
+    sp.router_path = o.router;
+    kvlens_session* s = nullptr;
+    check(kvlens_session_open(model.get(), sp, &s));
+    const kvlens_session_ptr session(s);
+
+    kvlens_generate_params gp = kvlens_generate_default_params();
+    gp.system = o.system;
+    gp.think = KVLENS_THINK_AUTO;
+    gp.scores = false;
+    gp.max_tokens = o.max_tokens;
+    gp.temperature = o.sampling.temperature;
+    gp.top_k = o.sampling.top_k;
+    gp.top_p = o.sampling.top_p;
+    gp.seed = o.sampling.seed;
+    gp.check_every = o.policy.check_every;
+    gp.route_threshold = o.policy.route_threshold;
+    gp.switch_delta = o.policy.delta;
+    gp.allow_switch = !o.no_switch;
+    kvlens_generation r;
+    check(kvlens_generate(session.get(), o.prompt, gp, &r));
     printf("%s\n", r.text.c_str());
     fflush(stdout);
+    const int n_generated = r.n_sampled + r.n_switch_tokens;
     std::string sw = "no switch";
     if (r.switch_at >= 0)
-        sw = std::string("switched to ") + to_string(r.final) + " after " + std::to_string(r.switch_at) +
-             " tokens";
+        sw = "switched to " + r.think_final + " after " + std::to_string(r.switch_at) + " tokens";
     fprintf(stderr, "kvlens: router d=%.1f -> %s; %s; %d tokens generated (%d sampled%s, %d switch)\n",
-            r.prompt_score, to_string(r.initial), sw.c_str(), r.n_generated(), r.n_sampled,
+            r.route_score, r.think_initial.c_str(), sw.c_str(), n_generated, r.n_sampled,
             r.n_dropped ? (", " + std::to_string(r.n_dropped) + " of them dropped").c_str() : "",
             r.n_switch_tokens);
     if (!o.route_log.empty()) {
         nlohmann::json j = {{"prompt", o.prompt},
-                            {"prompt_score", r.prompt_score},
-                            {"initial", to_string(r.initial)},
-                            {"final", to_string(r.final)},
+                            {"prompt_score", (float)r.route_score},
+                            {"initial", r.think_initial},
+                            {"final", r.think_final},
                             {"switch_at", r.switch_at},
-                            {"n_generated", r.n_generated()},
+                            {"n_generated", n_generated},
                             {"n_sampled", r.n_sampled},
                             {"n_switch_tokens", r.n_switch_tokens},
                             {"n_dropped", r.n_dropped},
-                            {"stop", to_string(r.stop)},
+                            {"stop", r.stop},
                             {"text", r.text},
                             {"answer", r.answer}};
         nlohmann::json checks = nlohmann::json::array();
