@@ -222,7 +222,8 @@ struct kvlens_kv {
 };
 
 // The per-layer K and V of every token of `tokens`, from one forward pass in the session's sequence 0
-// (emptied first); they must fit n_ctx and n_batch.
+// (emptied first), as `kvlens dump` reads them; they must fit n_ctx (more than n_batch are decoded in
+// chunks).
 kvlens_status kvlens_kv_of_tokens(kvlens_session* session, const std::vector<int32_t>& tokens, bool hidden,
                                   kvlens_kv* out);
 // The same for a text, tokenized with the model's BOS (no chat template).
