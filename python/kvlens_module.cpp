@@ -11,6 +11,7 @@
 //   r["choices"][0]["message"]["content"], r["kvlens"]["scores"]["kv_coe_r"]
 //   kv = kvlens.kv(m, "some text")          # {"k": [layer, token, width], "v": ..., "tokens": ...}
 #include <cmath>
+#include <functional>
 #include <map>
 
 #include <pybind11/numpy.h>
@@ -23,6 +24,9 @@
 #include "engine/batcher.h"
 #include "engine/chat_template.h"
 #include "engine/model.h"
+#include "eval/coe_eval.h"
+#include "eval/merge.h"
+#include "eval/sample_eval.h"
 #include "methods/coe.h"
 #include "methods/embed.h"
 #include "server/api.h"
@@ -80,6 +84,26 @@ kvlens::TokenCoeSpec token_coe_spec(const std::string& layers, const std::string
     spec.positions = knob("coe_positions", [&] { return kvlens::parse_coe_positions(positions); });
     spec.head_agg = knob("coe_head_agg", [&] { return kvlens::parse_head_agg(head_agg); });
     return spec;
+}
+
+// Keyword arguments onto the fields of a params struct (the eval entry points): each setter takes its key's
+// value; an unknown key is refused with the known ones.
+using Setters = std::map<std::string, std::function<void(const py::handle&)>>;
+void apply_kwargs(const py::kwargs& kw, const Setters& setters, const char* what) {
+    for (const auto& [key, value] : kw) {
+        const std::string k = key.cast<std::string>();
+        const auto it = setters.find(k);
+        if (it == setters.end()) {
+            std::string known;
+            for (const auto& s : setters) known += (known.empty() ? "" : ", ") + s.first;
+            throw kvlens::Error(std::string(what) + ": unknown argument '" + k + "' (known: " + known + ")");
+        }
+        it->second(value);
+    }
+}
+template <typename T>
+std::function<void(const py::handle&)> set(T& field) {
+    return [&field](const py::handle& v) { field = v.cast<T>(); };
 }
 
 py::array_t<float> array3(const std::vector<float>& v, int a, int b, int c) {
@@ -333,6 +357,103 @@ PYBIND11_MODULE(_kvlens, m) {
         "coe_head_agg"_a = kvlens::to_string(kvlens::TokenCoeSpec{}.head_agg),
         "The scores of a given answer (teacher forcing: its tokens decoded after the chat prompt as if "
         "generated, with the same capture and step statistics): {scores, n_prompt, tokens, stop}");
+
+    // The evaluation entry points (kvlens eval coe / eval sample / eval merge) for kvlens.ray: keyword
+    // arguments named as the CLI's flags (dashes as underscores; model, out, ctx, threads, template, n,
+    // temp).
+    m.def(
+        "run_coe_eval",
+        [](const py::kwargs& kw) {
+            kvlens::CoeEvalParams p;
+            p.data_dir = kvlens::find_data_dir();
+            p.command_line = "kvlens eval coe";
+            std::string layers = p.token_coe.layers, kv_part = kvlens::to_string(p.token_coe.kv_part),
+                        positions = kvlens::to_string(p.token_coe.positions),
+                        head_agg = kvlens::to_string(p.token_coe.head_agg);
+            apply_kwargs(kw,
+                         {{"model", set(p.model_path)},
+                          {"dataset", set(p.dataset)},
+                          {"data_dir", set(p.data_dir)},
+                          {"out", set(p.out_dir)},
+                          {"limit", set(p.limit)},
+                          {"shard", set(p.shard)},
+                          {"max_tokens", set(p.max_tokens)},
+                          {"parallel", set(p.parallel)},
+                          {"ctx", set(p.n_ctx)},
+                          {"threads", set(p.n_threads)},
+                          {"kv_source", set(p.kv_source)},
+                          {"template", set(p.chat_template)},
+                          {"think", set(p.think)},
+                          {"coe_layers", set(layers)},
+                          {"coe_kv_part", set(kv_part)},
+                          {"coe_positions", set(positions)},
+                          {"coe_head_agg", set(head_agg)},
+                          {"bootstrap", set(p.bootstrap)},
+                          {"seed", set(p.seed)},
+                          {"dev_fraction", set(p.dev_fraction)},
+                          {"command_line", set(p.command_line)}},
+                         "run_coe_eval");
+            p.token_coe = token_coe_spec(layers, kv_part, positions, head_agg);
+            py::gil_scoped_release nogil;
+            kvlens::run_coe_eval(p);
+        },
+        "kvlens eval coe (model=, dataset=, out=, limit=, shard='I/N', ... as the CLI's flags): runs or "
+        "resumes the evaluation in out and writes its report");
+    m.def(
+        "run_sample_eval",
+        [](const py::kwargs& kw) {
+            kvlens::SampleEvalParams p;
+            p.data_dir = kvlens::find_data_dir();
+            p.command_line = "kvlens eval sample";
+            std::string layers = p.token_coe.layers, kv_part = kvlens::to_string(p.token_coe.kv_part),
+                        positions = kvlens::to_string(p.token_coe.positions),
+                        head_agg = kvlens::to_string(p.token_coe.head_agg);
+            apply_kwargs(kw,
+                         {{"model", set(p.model_path)},
+                          {"dataset", set(p.dataset)},
+                          {"data_dir", set(p.data_dir)},
+                          {"out", set(p.out_dir)},
+                          {"limit", set(p.limit)},
+                          {"shard", set(p.shard)},
+                          {"part", set(p.part)},
+                          {"dev_fraction", set(p.dev_fraction)},
+                          {"max_tokens", set(p.max_tokens)},
+                          {"n", set(p.ns)},
+                          {"temp", set(p.temperature)},
+                          {"top_k", set(p.top_k)},
+                          {"top_p", set(p.top_p)},
+                          {"seed", set(p.seed)},
+                          {"scores", set(p.scores)},
+                          {"calibration", set(p.calibration)},
+                          {"ctx", set(p.n_ctx)},
+                          {"threads", set(p.n_threads)},
+                          {"kv_source", set(p.kv_source)},
+                          {"template", set(p.chat_template)},
+                          {"think", set(p.think)},
+                          {"coe_layers", set(layers)},
+                          {"coe_kv_part", set(kv_part)},
+                          {"coe_positions", set(positions)},
+                          {"coe_head_agg", set(head_agg)},
+                          {"command_line", set(p.command_line)}},
+                         "run_sample_eval");
+            if (p.part != "all" && p.part != "dev" && p.part != "test")
+                throw kvlens::Error("part '" + p.part + "': expected all, dev or test");
+            p.token_coe = token_coe_spec(layers, kv_part, positions, head_agg);
+            py::gil_scoped_release nogil;
+            kvlens::run_sample_eval(p);
+        },
+        "kvlens eval sample (model=, dataset=, out=, limit=, shard='I/N', n=[1, 4, 8], ... as the CLI's "
+        "flags): runs or resumes the evaluation in out and writes its report");
+    m.def(
+        "eval_merge",
+        [](const std::vector<std::string>& dirs, const std::string& out, const std::string& command_line) {
+            kvlens::MergeParams p{dirs, out, command_line};
+            py::gil_scoped_release nogil;
+            kvlens::run_eval_merge(p);
+        },
+        "dirs"_a, "out"_a, "command_line"_a = "kvlens eval merge",
+        "kvlens eval merge: joins the output directories of one run's shards into out (new or empty), "
+        "refusing shards that do not make up one run (nothing written then)");
 
     m.def(
         "data_dir", [] { return kvlens::find_data_dir(); },
