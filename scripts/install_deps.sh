@@ -23,3 +23,7 @@ fi
 if ! python3 -c "import numpy, gguf, pytest, sklearn, openai, playwright" >/dev/null 2>&1; then
     python3 -m pip install -q -r tests/python/requirements.txt
 fi
+# Ray (with Serve) for kvlens.ray and its test python_ray (tests/python/requirements-ray.txt).
+if ! python3 -c "import ray, ray.serve" >/dev/null 2>&1; then
+    python3 -m pip install -q -r tests/python/requirements-ray.txt
+fi
