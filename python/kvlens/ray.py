@@ -248,8 +248,10 @@ class KvlensReplica:
             raise RuntimeError(f"kvlens serve exited with {self._proc.returncode}")
 
     async def __call__(self, request: Any) -> Any:
-        import aiohttp
-        from starlette.responses import Response, StreamingResponse
+        # Ray Serve's own dependencies (imported here: kvlens does not need them otherwise).
+        aiohttp = importlib.import_module("aiohttp")
+        responses = importlib.import_module("starlette.responses")
+        Response, StreamingResponse = responses.Response, responses.StreamingResponse
 
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
