@@ -47,7 +47,9 @@
 // ---- errors
 // ------------------------------------------------------------------------------------------------
 
-enum kvlens_status {
+// Every enum has the fixed type int: any int a caller passes is then a value the API can check and refuse
+// (without it, a value outside the enumerators is undefined behaviour; UBSan found one in the tests).
+enum kvlens_status : int {
     KVLENS_OK = 0,
     KVLENS_ERR_INVALID_ARGUMENT = 1,  // a null handle or output, a parameter out of range, an unknown name,
                                       // an empty prompt or text, a feature the session was not opened for
@@ -98,10 +100,14 @@ kvlens_status kvlens_tokenize(const kvlens_model* model, const std::string& text
 
 struct kvlens_session;  // one llama.cpp context (its KV cache) on a model, plus what scores and routes
 
-enum kvlens_flash_attn { KVLENS_FLASH_ATTN_AUTO = 0, KVLENS_FLASH_ATTN_ON = 1, KVLENS_FLASH_ATTN_OFF = 2 };
+enum kvlens_flash_attn : int {
+    KVLENS_FLASH_ATTN_AUTO = 0,
+    KVLENS_FLASH_ATTN_ON = 1,
+    KVLENS_FLASH_ATTN_OFF = 2
+};
 // Where the captured K/V come from: the compute graph as each layer computes them (the default), or read back
 // from the KV cache after each decode (a reference path; the CLI's --kv-source).
-enum kvlens_kv_source { KVLENS_KV_SOURCE_GRAPH = 0, KVLENS_KV_SOURCE_CACHE = 1 };
+enum kvlens_kv_source : int { KVLENS_KV_SOURCE_GRAPH = 0, KVLENS_KV_SOURCE_CACHE = 1 };
 
 struct kvlens_session_params {
     int n_ctx;      // tokens of KV cache (prompt + answer; the texts of one kvlens_embed batch together)
@@ -135,7 +141,7 @@ void kvlens_session_free(kvlens_session* session);
 // ---- generation with scores, routing
 // -----------------------------------------------------------------------
 
-enum kvlens_think {
+enum kvlens_think : int {
     KVLENS_THINK_DEFAULT = 0,  // as the chat template does by default
     KVLENS_THINK_ON = 1,       // hybrid reasoning models: think first
     KVLENS_THINK_OFF = 2,      // hybrid reasoning models: answer at once

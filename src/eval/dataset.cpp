@@ -75,7 +75,7 @@ DatasetConfig parse_dataset_config(const std::string& json_text, const std::stri
     json j;
     try {
         j = json::parse(json_text);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error; out_of_range (406) for 1E750053830
         throw Error(where + ": invalid JSON: " + e.what());
     }
     if (!j.is_object()) throw Error(where + ": expected a JSON object");
@@ -173,7 +173,7 @@ std::vector<Sample> load_samples(const DatasetConfig& config, int limit) {
         json row;
         try {
             row = json::parse(line);
-        } catch (const json::parse_error& e) {
+        } catch (const json::exception& e) {  // parse_error; out_of_range (406) for 1E750053830
             throw Error(where + ": invalid JSON: " + e.what());
         }
         if (!row.is_object()) throw Error(where + ": expected a JSON object");

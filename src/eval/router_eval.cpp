@@ -292,7 +292,7 @@ json read_json_file(const std::string& path) {
     if (!in) throw Error("'" + path + "': cannot open");
     try {
         return json::parse(in);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error; out_of_range (406) for 1E750053830
         throw Error("'" + path + "': invalid JSON: " + e.what());
     }
 }

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "util/error.h"
+#include "util/json_num.h"
 
 namespace kvlens {
 
@@ -419,20 +420,22 @@ Calibration calibration_from_json(const std::string& text, const std::string& or
     } catch (const std::exception&) {
         throw bad("not valid JSON");
     }
-    if (!j.is_object() || j.value("format", std::string()) != "kvlens-calibration")
+    // Not j.value("format", ...): it throws nlohmann's type_error for a "format" that is not a string
+    // (fuzz_calibration).
+    if (!j.is_object() || !j.contains("format") || j["format"] != "kvlens-calibration")
         throw bad("not a kvlens calibration (\"format\" is not \"kvlens-calibration\")");
     try {
-        const int v = j.at("version").get<int>();
+        const int v = json_get<int>(j.at("version"));
         if (v < 1 || v > Calibration::kVersion)
             throw bad("version " + std::to_string(v) + " is not supported (this kvlens reads versions 1 to " +
                       std::to_string(Calibration::kVersion) + ")");
         Calibration c;
         c.method = parse_calibration_method(j.at("method").get<std::string>());
         c.score = j.at("score").get<std::string>();
-        c.direction = j.at("direction").get<int>();
+        c.direction = json_get<int>(j.at("direction"));
         if (c.direction != 1 && c.direction != -1) throw bad("direction must be 1 or -1");
-        c.n = j.value("n", 0);
-        c.n_correct = j.value("n_correct", 0);
+        c.n = json_value(j, "n", 0);
+        c.n_correct = json_value(j, "n_correct", 0);
         c.train_auroc = j.value("train_auroc", 0.0);
         c.source = j.value("source", std::string());
         c.part = j.value("part", std::string());
@@ -440,10 +443,10 @@ Calibration calibration_from_json(const std::string& text, const std::string& or
             const json& m = j.at("model");
             if (!m.is_object()) throw bad("\"model\" must be an object");
             c.model.file = m.value("file", std::string());
-            c.model.size = m.value("size", (int64_t)-1);
+            c.model.size = json_value(m, "size", (int64_t)-1);
             c.model.name = m.value("name", std::string());
             c.model.arch = m.value("arch", std::string());
-            c.model.n_layer = m.value("n_layer", 0);
+            c.model.n_layer = json_value(m, "n_layer", 0);
         }
         if (c.method == CalibrationMethod::Logistic) {
             if (v < 2) throw bad("method logistic needs version 2");
@@ -545,7 +548,7 @@ CalibrationModel read_run_model(const std::string& run_dir) {
         return o.is_object() && o.contains(k) && o[k].is_string() ? o[k].get<std::string>() : std::string();
     };
     const int n_layer = mi.is_object() && mi.contains("n_layer") && mi["n_layer"].is_number_integer()
-                            ? mi["n_layer"].get<int>()
+                            ? json_get<int>(mi["n_layer"])
                             : 0;
     return calibration_model_of(id["model"].get<std::string>(), text(mi, "name"), text(mi, "arch"), n_layer);
 }

@@ -426,3 +426,21 @@ TEST(LabelledRows, SeveralScoresPartsNullsAndErrors) {
 }
 
 }  // namespace
+
+// A float where an integer is expected (1e300, 3e10, 2.5) or an integer beyond int: a clear error, not the
+// undefined float-to-int conversion nlohmann's get<int>() does (found by fuzz_calibration under UBSan).
+TEST(CalibrationFile, OutOfRangeNumbersAreRefused) {
+    const std::string head =
+        R"({"format":"kvlens-calibration","method":"isotonic","score":"s","x":[0,1],"y":[0.2,0.8],)";
+    for (const std::string bad : {R"("version":1e300,"direction":1)", R"("version":1,"direction":-1e300)",
+                                  R"("version":1,"direction":2.5)", R"("version":4294967297,"direction":1)",
+                                  R"("version":1,"direction":1,"n":3e10)",
+                                  R"("version":1,"direction":1,"model":{"n_layer":1e300})"}) {
+        const std::string e = error_of(head + bad + "}");
+        EXPECT_NE(e.find("missing or mistyped field"), std::string::npos) << bad << " -> " << e;
+    }
+    EXPECT_EQ(error_of(head + R"("version":1,"direction":1,"n":30})"), "");
+    // A "format" that is not a string: the file's error, not nlohmann's (fuzz_calibration).
+    EXPECT_NE(error_of(R"({"format":["kvlens-calibration"],"version":1})").find("not a kvlens calibration"),
+              std::string::npos);
+}

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "util/error.h"
+#include "util/json_num.h"
 
 namespace kvlens {
 
@@ -817,20 +818,20 @@ RouterFile router_from_json(const std::string& text, const std::string& origin) 
     RouterFile r;
     r.origin = origin;
     try {
-        const int v = j.at("version").get<int>();
+        const int v = json_get<int>(j.at("version"));
         if (v != RouterFile::kVersion)
             throw bad("version " + std::to_string(v) + " is not supported (this kvlens reads version " +
                       std::to_string(RouterFile::kVersion) + ")");
         const json& m = j.at("model");
         r.arch = m.at("arch").get<std::string>();
-        r.n_layer = m.at("n_layer").get<int>();
-        r.n_head_kv = m.at("n_head_kv").get<int>();
-        r.head_dim = m.at("head_dim").get<int>();
+        r.n_layer = json_get<int>(m.at("n_layer"));
+        r.n_head_kv = json_get<int>(m.at("n_head_kv"));
+        r.head_dim = json_get<int>(m.at("head_dim"));
         r.chat_template = m.at("chat_template").get<std::string>();
 
         const json& f = j.at("features");
-        r.features.seq_len = f.at("seq_len").get<int>();
-        r.features.n_layers = f.at("n_layers").get<int>();
+        r.features.seq_len = json_get<int>(f.at("seq_len"));
+        r.features.n_layers = json_get<int>(f.at("n_layers"));
         if (r.features.seq_len < 1 || r.features.n_layers < 1) throw bad("seq_len and n_layers must be >= 1");
         const json& pj = f.at("pooling");
         r.pool.kv_part = parse_kv_part(pj.at("kv_part").get<std::string>());
@@ -838,54 +839,55 @@ RouterFile router_from_json(const std::string& text, const std::string& origin) 
         r.pool.head_agg = parse_head_agg(pj.at("head_agg").get<std::string>());
         r.pool.layer_agg = parse_layer_agg(pj.at("layer_agg").get<std::string>());
         r.pool.normalize = pj.at("normalize").get<bool>();
-        r.pool.layers = pj.at("layers").get<std::vector<int>>();
-        r.pool.window = pj.at("window").get<int>();
+        r.pool.layers.clear();
+        for (const json& l : pj.at("layers")) r.pool.layers.push_back(json_get<int>(l));
+        r.pool.window = json_get<int>(pj.at("window"));
 
         // Records, not needed to predict: defaults where absent.
         const json t = j.value("train", json::object());
         RouterTrainParams& p = r.train;
-        p.preset = t.value("preset", p.preset);
-        p.hidden = t.value("hidden", p.hidden);
-        p.lr = t.value("lr", p.lr);
-        p.batch = t.value("batch", p.batch);
-        p.epochs = t.value("epochs", p.epochs);
-        p.patience = t.value("patience", p.patience);
-        p.restore_best = t.value("restore_best", p.restore_best);
-        p.weight_decay = t.value("weight_decay", p.weight_decay);
-        p.beta1 = t.value("beta1", p.beta1);
-        p.beta2 = t.value("beta2", p.beta2);
-        p.eps = t.value("eps", p.eps);
-        p.standardize = t.value("standardize", p.standardize);
-        p.target_scale = t.value("target_scale", p.target_scale);
-        p.val_fraction = t.value("val_fraction", p.val_fraction);
-        p.seed = t.value("seed", p.seed);
+        p.preset = json_value(t, "preset", p.preset);
+        p.hidden = json_value(t, "hidden", p.hidden);
+        p.lr = json_value(t, "lr", p.lr);
+        p.batch = json_value(t, "batch", p.batch);
+        p.epochs = json_value(t, "epochs", p.epochs);
+        p.patience = json_value(t, "patience", p.patience);
+        p.restore_best = json_value(t, "restore_best", p.restore_best);
+        p.weight_decay = json_value(t, "weight_decay", p.weight_decay);
+        p.beta1 = json_value(t, "beta1", p.beta1);
+        p.beta2 = json_value(t, "beta2", p.beta2);
+        p.eps = json_value(t, "eps", p.eps);
+        p.standardize = json_value(t, "standardize", p.standardize);
+        p.target_scale = json_value(t, "target_scale", p.target_scale);
+        p.val_fraction = json_value(t, "val_fraction", p.val_fraction);
+        p.seed = json_value(t, "seed", p.seed);
         const json rep = j.value("report", json::object());
         TrainReport& tr = r.report;
-        tr.train_mse = rep.value("train_mse", 0.0);
-        tr.val_mse = rep.value("val_mse", 0.0);
-        tr.val_mse_baseline = rep.value("val_mse_baseline", 0.0);
-        tr.epochs_run = rep.value("epochs_run", 0);
-        tr.best_epoch = rep.value("best_epoch", 0);
+        tr.train_mse = json_value(rep, "train_mse", 0.0);
+        tr.val_mse = json_value(rep, "val_mse", 0.0);
+        tr.val_mse_baseline = json_value(rep, "val_mse_baseline", 0.0);
+        tr.epochs_run = json_value(rep, "epochs_run", 0);
+        tr.best_epoch = json_value(rep, "best_epoch", 0);
         tr.val_curve = rep.value("val_curve", std::vector<double>());
-        tr.n_train = rep.value("n_train", 0);
-        tr.n_val = rep.value("n_val", 0);
+        tr.n_train = json_value(rep, "n_train", 0);
+        tr.n_val = json_value(rep, "n_val", 0);
         r.source = j.value("source", std::string());
 
         const json& cj = j.at("classifier");
         KvClassifier& c = r.classifier;
-        const int F = cj.at("n_features").get<int>(), H = cj.at("hidden").get<int>();
+        const int F = json_get<int>(cj.at("n_features")), H = json_get<int>(cj.at("hidden"));
         if (F < 1 || H < 1) throw bad("n_features and hidden must be >= 1");
         auto floats = [&](const json& a, size_t n, const char* name) {
             if (!a.is_array() || a.size() != n)
                 throw bad(std::string(name) + " must hold " + std::to_string(n) + " values");
             std::vector<float> out(n);
             for (size_t i = 0; i < n; ++i) {
-                out[i] = (float)a[i].get<double>();
+                out[i] = json_get<float>(a[i]);
                 if (!std::isfinite(out[i])) throw bad(std::string(name) + " holds a non-finite value");
             }
             return out;
         };
-        c.out_scale = cj.at("out_scale").get<float>();
+        c.out_scale = json_get<float>(cj.at("out_scale"));
         const size_t n_std = cj.at("mean").empty() ? 0 : (size_t)F;
         c.mean = floats(cj.at("mean"), n_std, "mean");
         c.sd = floats(cj.at("sd"), n_std, "sd");
@@ -893,7 +895,7 @@ RouterFile router_from_json(const std::string& text, const std::string& origin) 
         c.net.n_hidden = H;
         c.net.b1 = floats(cj.at("b1"), H, "b1");
         c.net.w2 = floats(cj.at("w2"), H, "w2");
-        c.net.b2 = cj.at("b2").get<float>();
+        c.net.b2 = json_get<float>(cj.at("b2"));
         const json& w1 = cj.at("w1");
         if (!w1.is_array() || w1.size() != (size_t)H)
             throw bad("w1 must hold " + std::to_string(H) + " rows");

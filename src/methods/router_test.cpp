@@ -11,8 +11,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -837,4 +839,25 @@ TEST(RouterTiming, DISABLED_Tuned3000x2048) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     printf("tuned, 3000 x 2048: %.1f s, %d epochs (%.2f s/epoch), best %d, val MSE %.1f (constant %.1f)\n", s,
            rep.epochs_run, s / rep.epochs_run, rep.best_epoch, rep.val_mse, rep.val_mse_baseline);
+}
+
+// The fuzzer's regression inputs (fuzz/regressions/router_file: 1e300 or 3e10 where an int or a float is
+// read) are refused with a clear error instead of an undefined conversion.
+TEST(RouterFile, OutOfRangeNumbersAreRefused) {
+    const std::filesystem::path dir =
+        std::filesystem::path(KVLENS_SOURCE_DIR) / "fuzz/regressions/router_file";
+    int n = 0;
+    for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+        std::ifstream f(entry.path());
+        const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+        try {
+            router_from_json(text, "r.json");
+            ADD_FAILURE() << entry.path() << " was accepted";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("mistyped"), std::string::npos)
+                << entry.path() << ": " << e.what();
+        }
+        ++n;
+    }
+    EXPECT_GE(n, 5);
 }

@@ -267,6 +267,7 @@ TEST_F(ServerApi, AdmissionIsBounded) {
     const Api unbounded(*llama, ApiParams{});  // the library's default: never refuses
     EXPECT_EQ(unbounded.max_admitted(), 0);
     for (int i = 0; i < 100; ++i) in.push_back(unbounded.admit());
+    in.clear();  // handles must not outlive their Api (ASan: stack-use-after-scope when unbounded went first)
 }
 
 // The timeout stops an answer after the token it is noticed at: finish_reason length, kvlens.timeout; the

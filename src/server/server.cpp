@@ -29,7 +29,7 @@ bool parse_body(const httplib::Request& req, httplib::Response& res, json& body)
     try {
         body = json::parse(req.body);
         return true;
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error; out_of_range (406) for 1E750053830
         send_error(res, 400, std::string("request body: invalid JSON (") + e.what() + ")",
                    "invalid_request_error", "body");
         return false;

@@ -291,3 +291,10 @@ def test_sigterm_drains_within_the_grace_period():
     final = [x for x in out["stream"] if x.choices and x.choices[0].finish_reason]
     assert len(final) == 1 and final[0].choices[0].finish_reason == "length"
     assert final[0].model_extra["kvlens"]["stop"] == "shutdown"
+
+
+def test_number_overflow_in_the_body_is_a_400(keyed):
+    # nlohmann's parser throws out_of_range (not parse_error) for 1E750053830: once a 500, now the body's 400.
+    status, _, j = raw(keyed.url, "/v1/chat/completions",
+                       b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1E750053830}', key=KEY)
+    assert status == 400 and j["error"]["param"] == "body", j
