@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_pkgs=(build-essential cmake ninja-build git ccache pkg-config nlohmann-json3-dev libcli11-dev libzip-dev
-          libgtest-dev python3 python3-pip python3-dev python3-venv pybind11-dev unzip chromium)
+          libgtest-dev python3 python3-pip python3-dev python3-venv pybind11-dev unzip chromium
+          clang-14 libclang-rt-14-dev)  # clang: the sanitizer build and the libFuzzer targets (test.sh --sanitize)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,7 +1,6 @@
 // kvlens dump: the raw per-layer K and V (and hidden states) of every position, as .npz for numpy.
 #include <cstdio>
 #include <filesystem>
-#include <sstream>
 
 #include "capture/dump.h"
 #include "capture/observers.h"
@@ -19,28 +18,6 @@ struct DumpOptions {
     bool hidden = false, no_bos = false;
     int decode_from = 0;
 };
-
-std::vector<llama_token> parse_token_ids(const std::string& s, int n_vocab) {
-    std::vector<llama_token> ids;
-    std::stringstream ss(s);
-    std::string item;
-    while (std::getline(ss, item, ',')) {
-        size_t used = 0;
-        long v = -1;
-        try {
-            v = std::stol(item, &used);
-        } catch (...) {
-            used = 0;
-        }
-        if (used == 0 || used != item.size()) throw Error("--tokens: '" + item + "' is not a token id");
-        if (v < 0 || v >= n_vocab)
-            throw Error("--tokens: id " + item + " out of range for a vocabulary of " +
-                        std::to_string(n_vocab));
-        ids.push_back((llama_token)v);
-    }
-    if (ids.empty()) throw Error("--tokens: no token ids");
-    return ids;
-}
 
 void run_dump(const DumpOptions& o) {
     if (o.prompt.empty() == o.tokens.empty())

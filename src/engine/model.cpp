@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include "util/error.h"
@@ -90,6 +91,28 @@ void validate_gguf_file(const std::string& path) {
         throw Error(what + ": file is truncated (tensor data needs " + std::to_string(need) +
                     " bytes, file has " + std::to_string(size) + ")");
     }
+}
+
+std::vector<llama_token> parse_token_ids(const std::string& list, int n_vocab) {
+    std::vector<llama_token> ids;
+    std::stringstream ss(list);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        size_t used = 0;
+        long v = -1;
+        try {
+            v = std::stol(item, &used);
+        } catch (...) {
+            used = 0;
+        }
+        if (used == 0 || used != item.size()) throw Error("--tokens: '" + item + "' is not a token id");
+        if (v < 0 || v >= n_vocab)
+            throw Error("--tokens: id " + item + " out of range for a vocabulary of " +
+                        std::to_string(n_vocab));
+        ids.push_back((llama_token)v);
+    }
+    if (ids.empty()) throw Error("--tokens: no token ids");
+    return ids;
 }
 
 // ---- Model ---------------------------------------------------------------------------------------------

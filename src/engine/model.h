@@ -69,6 +69,10 @@ private:
 // Checks that `path` is a readable, complete GGUF file; throws Error naming the file and the problem.
 void validate_gguf_file(const std::string& path);
 
+// Token ids from a comma-separated list ("1,2,3", as `kvlens dump --tokens` takes them), each in
+// [0, n_vocab); throws Error naming the first bad item.
+std::vector<llama_token> parse_token_ids(const std::string& list, int n_vocab);
+
 enum class FlashAttn { Auto, On, Off };
 
 struct SessionParams {

@@ -5,7 +5,8 @@
 # Needs network to PyPI on the first run only (the build requirements, numpy, pytest).
 kvlens_add_gtest(data_dir_test ${PROJECT_SOURCE_DIR}/src/util/data_dir_test.cpp)
 
-if(Python3_Interpreter_FOUND)
+# Not in the sanitizer build (scripts/test.sh --sanitize): pip builds its own, uninstrumented tree.
+if(Python3_Interpreter_FOUND AND NOT KVLENS_SANITIZE)
   add_test(NAME python_pip_install
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/pip_install_test.sh ${Python3_EXECUTABLE} ${PROJECT_SOURCE_DIR}
                    ${CMAKE_BINARY_DIR} ${CMAKE_C_COMPILER} ${CMAKE_CXX_COMPILER}
