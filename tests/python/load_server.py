@@ -54,6 +54,32 @@ class Server:
                 return int(line.split()[1])
         return -1
 
+    def rss_parts_kb(self):
+        """RssAnon (heap, stacks, buffers) and RssFile (pages of the mmapped model file touched so far)."""
+        parts = {}
+        for line in open(f"/proc/{self.p.pid}/status"):
+            if line.startswith(("RssAnon:", "RssFile:")):
+                parts[line.split(":")[0]] = int(line.split()[1])
+        return parts
+
+    def rss_by_mapping_kb(self):
+        """{mapping: RSS kB} from /proc/PID/smaps: which mappings a growth is in (heap arenas, thread stacks...)."""
+        out, key = {}, None
+        for line in open(f"/proc/{self.p.pid}/smaps"):
+            f = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                key = f[0] + " " + (f[5] if len(f) > 5 else "[anon]")
+            elif f[0] == "Rss:":
+                out[key] = int(f[1])
+        return out
+
+    def rss_kb_trimmed(self):
+        """RSS after glibc's malloc_trim(0) in the server (gdb attached for a moment): heap memory that is free
+        but not yet returned to the system is released, so what remains above the start figure is in use."""
+        subprocess.run(["gdb", "-p", str(self.p.pid), "-batch", "-ex", "call (int)malloc_trim(0)"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        return self.rss_kb()
+
     def fds(self):
         return len(os.listdir(f"/proc/{self.p.pid}/fd"))
 
@@ -151,6 +177,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warmup-rounds", type=int, default=10, help="requests per client before the start figures")
     ap.add_argument("--max-rss-growth", type=float, default=0.05, help="RSS end / start - 1 allowed")
+    ap.add_argument("--probe-trim", action="store_true",
+                    help="diagnosis: also read RSS at start and end after malloc_trim(0) in the server (needs gdb)")
     ap.add_argument("--out")
     a = ap.parse_args()
 
@@ -238,7 +266,9 @@ def main():
     warm = len(results)
     results.clear()
     time.sleep(6)  # keep-alive connections of the warm-up close
-    rss0, fds0 = srv.rss_kb(), srv.fds()
+    rss0, fds0, rss0_parts = srv.rss_kb(), srv.fds(), srv.rss_parts_kb()
+    rss0_trim = srv.rss_kb_trimmed() if a.probe_trim else None
+    maps0 = srv.rss_by_mapping_kb() if a.probe_trim else None
 
     # 3. The run.
     t_start = time.monotonic()
@@ -254,7 +284,12 @@ def main():
 
     # 4. Settle, end figures, health, shutdown with requests in flight.
     time.sleep(6)
-    rss1, fds1 = srv.rss_kb(), srv.fds()
+    rss1, fds1, rss1_parts = srv.rss_kb(), srv.fds(), srv.rss_parts_kb()
+    rss1_trim = srv.rss_kb_trimmed() if a.probe_trim else None
+    maps1 = srv.rss_by_mapping_kb() if a.probe_trim else None
+    if a.probe_trim:  # the mappings that grew most, after the trim at both ends
+        grew = sorted(((maps1.get(k, 0) - maps0.get(k, 0), k) for k in set(maps0) | set(maps1)), reverse=True)
+        print("RSS growth by mapping (kB):", [(d, k) for d, k in grew[:12]], file=sys.stderr)
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     c.request("GET", "/health")
     health = c.getresponse().status
@@ -304,7 +339,9 @@ def main():
         "latency_p50_s": round(pct(lat, 50), 3) if lat else None,
         "latency_p95_s": round(pct(lat, 95), 3) if lat else None,
         "rss_kb_start": rss0, "rss_kb_end": rss1, "rss_growth": round(rss1 / rss0 - 1, 4),
-        "rss_kb_during": rss_series,
+        "rss_kb_during": rss_series, "rss_parts_kb_start": rss0_parts, "rss_parts_kb_end": rss1_parts,
+        **({"rss_kb_start_trimmed": rss0_trim, "rss_kb_end_trimmed": rss1_trim,
+            "rss_growth_trimmed": round(rss1_trim / rss0_trim - 1, 4)} if a.probe_trim else {}),
         "fds_start": fds0, "fds_end": fds1, "health_after": health,
         "shutdown_rc": rc, "shutdown_s": round(exit_s, 2), "inflight_at_sigterm": inflight_out,
         "server_said_stopped": any("server stopped" in line for line in srv.err),
@@ -329,6 +366,8 @@ def main():
     print(text)
     if a.out:
         open(a.out, "w").write(text + "\n")
+    if rc != 0:  # what the server said last (a sanitizer's report, an error)
+        print("".join(srv.err[-60:]), file=sys.stderr)
     return 1 if problems else 0
 
 
