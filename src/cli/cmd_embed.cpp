@@ -215,6 +215,9 @@ CLI::App* add_embed_command(CLI::App& app) {
     ev->add_option("--extra", *extras,
                    "NAME=FILE.npy: another representation, float32 [n_texts, dim], rows in texts.jsonl order")
         ->delimiter(',');
+    ev->add_option("--shard", p->shard,
+                   "I/N: embed only the texts that hash to shard I of N (0 <= I < N) into samples.jsonl, no "
+                   "report; run every I, on any machines, then kvlens eval merge computes the report");
     ev->add_flag("--texts-only", p->texts_only,
                  "write texts.jsonl and stop (to compute --extra embeddings from it)");
     ev->add_flag("!--no-hidden", p->hidden, "skip the mean-hidden-state baseline");

@@ -73,9 +73,10 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
     m->command_line = command_line;
     CLI::App* merge = eval->add_subcommand(
         "merge",
-        "join the output directories of the shards of an eval coe / eval sample run (--shard I/N) into the "
-        "run one machine would have written: samples.jsonl, run.json, the same report; refuses shards of "
-        "other settings, missing or repeated shards, overlapping or missing samples (writing nothing)");
+        "join the output directories of the shards of an eval coe, eval sample, eval embed, router label or "
+        "router eval run (--shard I/N) into the run one machine would have written: the same files, the "
+        "report computed from all samples; refuses shards of other settings, missing or repeated shards, "
+        "overlapping or missing samples (writing nothing)");
     merge->add_option("-o,--out", m->out_dir, "output directory (new or empty)")->required();
     merge->add_option("dirs", m->dirs, "the shards' output directories")->required();
     merge->callback([m] { run_eval_merge(*m); });

@@ -14,16 +14,21 @@ std::string data_dir_default() {
 }
 
 void add_dataset_options(CLI::App* sub, std::string& model, std::string& dataset, std::string& data_dir,
-                         std::string& out, int& limit, int& max_tokens, int& n_ctx, int& threads,
-                         std::string& tmpl, std::string& kv_source) {
+                         std::string& out, int& limit, std::string& shard, int& max_tokens, int& n_ctx,
+                         int& threads, std::string& tmpl, std::string& kv_source) {
     sub->add_option("-m,--model", model, "GGUF model file (a hybrid reasoning model)")->required();
     sub->add_option("--dataset", dataset, "built-in dataset name or a dataset config .json")->required();
     sub->add_option("--data-dir", data_dir, "directory of the built-in dataset configs (env KVLENS_DATA_DIR)")
         ->capture_default_str();
     sub->add_option("-o,--out", out, "output directory; reruns resume")->required();
-    sub->add_option("--limit", limit, "first N questions (0: all)")
+    sub->add_option("--limit", limit,
+                    "first N questions (0: all); chosen before --shard, so the shards of a run partition "
+                    "exactly the questions of the one-machine run")
         ->check(CLI::Range(0, 1 << 30))
         ->capture_default_str();
+    sub->add_option("--shard", shard,
+                    "I/N: only the questions whose id hashes to shard I of N (0 <= I < N); run every I, on "
+                    "any machines, then join the directories with kvlens eval merge");
     sub->add_option("-n,--max-tokens", max_tokens,
                     "sampled tokens per answer at most (0: the dataset config's)")
         ->check(CLI::Range(0, 1 << 20))
@@ -51,7 +56,7 @@ CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
     CLI::App* label = router->add_subcommand(
         "label",
         "run fast and slow mode on every question; store outputs, token counts, labels and KV features");
-    add_dataset_options(label, lp->model_path, lp->dataset, lp->data_dir, lp->out_dir, lp->limit,
+    add_dataset_options(label, lp->model_path, lp->dataset, lp->data_dir, lp->out_dir, lp->limit, lp->shard,
                         lp->max_tokens, lp->n_ctx, lp->n_threads, lp->chat_template, lp->kv_source);
     label->add_option("--preset", lp->preset, "feature window seq_len/n_layers: 32/8, 64/4, 128/2")
         ->capture_default_str();
@@ -106,7 +111,7 @@ CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
     ep->data_dir = data_dir_default();
     CLI::App* eval = router->add_subcommand(
         "eval", "always-fast, always-slow, routed, routed + online switching: accuracy, tokens, wall-clock");
-    add_dataset_options(eval, ep->model_path, ep->dataset, ep->data_dir, ep->out_dir, ep->limit,
+    add_dataset_options(eval, ep->model_path, ep->dataset, ep->data_dir, ep->out_dir, ep->limit, ep->shard,
                         ep->max_tokens, ep->n_ctx, ep->n_threads, ep->chat_template, ep->kv_source);
     eval->add_option("--router", ep->router_path, "router file (kvlens router train)")->required();
     eval->add_option("--check-every", ep->policy.check_every, "tokens between two windowed predictions")

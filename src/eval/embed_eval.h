@@ -10,9 +10,15 @@
 // keeps the first N rows of the file (0: all). Classes are the distinct labels, sorted.
 //
 // Outputs in the output directory: texts.jsonl (the distinct texts of all tasks, in order: the rows of every
-// .npy), kv.npy and hidden.npy (the embeddings computed), results.json and report.md.
+// .npy), kv.npy and hidden.npy (the embeddings computed), results.json, report.md and run.json (settings).
+//
+// With --shard I/N a run embeds only the texts of shard I (a text is its own id: eval/shard.h hashes it) and
+// writes their rows to samples.jsonl (resumable) beside run.json, no report: the probe is a k-fold CV over
+// every text, so only `kvlens eval merge` of all N shards computes it, from the joined rows, with the code a
+// one-machine run uses.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
@@ -49,9 +55,17 @@ struct EmbedEvalParams {
     std::string kv_source = "graph";  // where K/V come from (kv_capture.h); recorded in results.json
     int timing_texts = 100;           // time each representation alone on the first N texts (0: no timing)
     ProbeParams probe;
+    std::string shard;  // "I/N": embed only the texts of shard I of N (eval/shard.h); "": all
     std::string command_line;
 };
 
 void run_embed_eval(const EmbedEvalParams& p);
+
+// eval merge's part for the shards of an eval embed run (eval/merge.h): `records` are the shards' rows in
+// texts.jsonl order, `run_info` the run.json of the unsharded run, `shard_infos` every shard's run.json.
+// Writes texts.jsonl, kv.npy, hidden.npy, results.json and report.md as one machine does; the timing is the
+// shards' summed (stored in run_info).
+void write_embed_merge(const std::string& out_dir, const std::vector<nlohmann::json>& records,
+                       nlohmann::json& run_info, const std::vector<nlohmann::json>& shard_infos);
 
 }  // namespace kvlens

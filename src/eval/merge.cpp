@@ -9,7 +9,9 @@
 #include <sstream>
 
 #include "eval/coe_eval.h"
+#include "eval/embed_eval.h"
 #include "eval/results_file.h"
+#include "eval/router_eval.h"
 #include "eval/sample_eval.h"
 #include "eval/shard.h"
 #include "util/error.h"
@@ -20,6 +22,66 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
+
+// What differs between the kinds of sharded runs: their per-sample results file, the record field a sample's
+// shard is hashed from, and what writes the rest of the one-machine directory from the joined records.
+struct Kind {
+    const char* eval;     // run.json "eval"
+    const char* command;  // for messages
+    const char* results;  // the per-sample results file
+    const char* key;      // hashed to the shard; the index when empty (eval/shard.h)
+    const char* indices;  // what a record's index is, for messages
+    bool keep_results;    // the merged directory holds the results file (eval embed's go to .npy files)
+    // May update run_info, which is written after it.
+    void (*write)(const std::string& out_dir, const std::vector<json>& records, json& run_info,
+                  const std::vector<json>& shard_infos);
+};
+
+void write_coe(const std::string& out_dir, const std::vector<json>& records, json& run_info,
+               const std::vector<json>&) {
+    const json& report = run_info["report"];
+    write_coe_report(out_dir, records, run_info, report.at("bootstrap").get<int>(),
+                     report.at("seed").get<uint64_t>(), report.at("dev_fraction").get<double>());
+}
+
+void write_sample(const std::string& out_dir, const std::vector<json>& records, json& run_info,
+                  const std::vector<json>&) {
+    const json& report = run_info["report"];
+    SampleEvalParams sp;
+    sp.ns = report.at("ns").get<std::vector<int>>();
+    sp.scores = report.at("scores").get<std::vector<std::string>>();
+    sp.calibration = report.at("calibration").get<std::string>();
+    write_sample_report(out_dir, records, run_info, sp);
+}
+
+void write_label(const std::string& out_dir, const std::vector<json>& records, json& run_info,
+                 const std::vector<json>&) {
+    write_router_label_report(out_dir, records, run_info);
+}
+
+void write_router(const std::string& out_dir, const std::vector<json>& records, json& run_info,
+                  const std::vector<json>&) {
+    write_router_eval_report(out_dir, records, run_info);
+}
+
+const Kind kKinds[] = {
+    {"coe", "eval coe", "samples.jsonl", "id", "line numbers", true, write_coe},
+    {"sample", "eval sample", "samples.jsonl", "id", "line numbers", true, write_sample},
+    {"embed", "eval embed", "samples.jsonl", "text", "texts.jsonl rows", false, write_embed_merge},
+    {"router_label", "router label", "labels.jsonl", "id", "line numbers", true, write_label},
+    {"router_eval", "router eval", "eval.jsonl", "id", "line numbers", true, write_router},
+};
+
+const Kind* find_kind(const std::string& eval) {
+    for (const Kind& k : kKinds)
+        if (eval == k.eval) return &k;
+    return nullptr;
+}
+
+// "an eval coe run", "a router label run".
+std::string a_run(const Kind& kind) {
+    return std::string(kind.command[0] == 'e' ? "an " : "a ") + kind.command + " run";
+}
 
 struct Shard {
     std::string dir;
@@ -44,9 +106,9 @@ json read_run_json(const std::string& dir) {
 }
 
 // Read only: a shard's directory is never repaired or touched by a merge.
-std::vector<json> read_records(const std::string& dir) {
-    const fs::path path = fs::path(dir) / "samples.jsonl";
-    if (!fs::is_regular_file(path)) throw Error("eval merge: " + in_quotes(dir) + " holds no samples.jsonl");
+std::vector<json> read_records(const std::string& dir, const std::string& name) {
+    const fs::path path = fs::path(dir) / name;
+    if (!fs::is_regular_file(path)) throw Error("eval merge: " + in_quotes(dir) + " holds no " + name);
     std::ifstream in(path, std::ios::binary);
     std::stringstream ss;
     ss << in.rdbuf();
@@ -86,9 +148,14 @@ std::string first_difference(const json& a, const json& b, const std::string& fi
     return "";
 }
 
-std::string sample_key(const json& r) {
-    const std::string id = r.value("id", std::string());
+std::string sample_key(const json& r, const Kind& kind) {
+    const std::string id = r.value(kind.key, std::string());
     return id.empty() ? std::to_string(r["index"].get<int>()) : id;
+}
+
+// For messages: a text as a sample's id may be long.
+std::string short_key(const std::string& key) {
+    return key.size() > 60 ? key.substr(0, 57) + "..." : key;
 }
 
 }  // namespace
@@ -109,10 +176,12 @@ void run_eval_merge(const MergeParams& p) {
         if (!id.is_object() || !id.contains("shard") || !s.info.contains("shard") ||
             !s.info.contains("report") || !s.info.contains("eval"))
             throw Error("eval merge: " + in_quotes(dir) + " is not the output of a run with --shard");
-        const std::string kind = s.info["eval"].get<std::string>();
-        if (kind != "coe" && kind != "sample")
-            throw Error("eval merge: " + in_quotes(dir) + " is an eval " + kind +
-                        " run; eval merge joins eval coe and eval sample shards");
+        const std::string eval = s.info["eval"].get<std::string>();
+        if (find_kind(eval) == nullptr)
+            throw Error(
+                "eval merge: " + in_quotes(dir) + " is a run of kind '" + eval +
+                "'; eval merge joins the shards of eval coe, eval sample, eval embed, router label and "
+                "router eval");
         s.index = s.info["shard"].at("index").get<int>();
         s.count = s.info["shard"].at("count").get<int>();
         shards.push_back(std::move(s));
@@ -120,6 +189,7 @@ void run_eval_merge(const MergeParams& p) {
 
     // One evaluation: the same settings, report settings, shard count and set of samples.
     const Shard& first = shards[0];
+    const Kind& kind = *find_kind(first.info["eval"].get<std::string>());
     const auto unsharded = [](json identity) {
         identity.erase("shard");
         return identity;
@@ -131,8 +201,8 @@ void run_eval_merge(const MergeParams& p) {
                         in_quotes(first.dir));
         };
         if (s.info["eval"] != first.info["eval"])
-            refuse("is an eval " + s.info["eval"].get<std::string>() + " run, " + in_quotes(first.dir) +
-                   " an eval " + first.info["eval"].get<std::string>() + " run");
+            refuse("is " + a_run(*find_kind(s.info["eval"].get<std::string>())) + ", " +
+                   in_quotes(first.dir) + " " + a_run(kind));
         const std::string diff = first_difference(unsharded(s.info["identity"]), identity, first.dir);
         if (!diff.empty()) refuse("was run with other settings (" + diff + ")");
         const std::string report_diff = first_difference(s.info["report"], first.info["report"], first.dir);
@@ -163,24 +233,25 @@ void run_eval_merge(const MergeParams& p) {
     const std::set<int> wanted(all_indices.begin(), all_indices.end());
     std::map<int, std::pair<const Shard*, json>> merged;
     for (Shard& s : shards) {
-        for (json& r : read_records(s.dir)) {
+        for (json& r : read_records(s.dir, kind.results)) {
             const int index = r["index"].get<int>();
             if (!wanted.count(index)) continue;  // an earlier run of that directory with a larger limit
             auto it = merged.find(index);
             if (it != merged.end())
-                throw Error("eval merge: sample " + std::to_string(index) + " (id '" + sample_key(r) +
-                            "') is in both " + in_quotes(it->second.first->dir) + " and " + in_quotes(s.dir));
+                throw Error("eval merge: sample " + std::to_string(index) + " (id '" +
+                            short_key(sample_key(r, kind)) + "') is in both " +
+                            in_quotes(it->second.first->dir) + " and " + in_quotes(s.dir));
             merged.emplace(index, std::make_pair(&s, std::move(r)));
         }
     }
     // After the overlap check, so that a sample in two shards is named as such.
     for (const auto& [index, v] : merged) {
         const auto& [s, r] = v;
-        const int home = shard_of(sample_key(r), count);
+        const int home = shard_of(sample_key(r, kind), count);
         if (home != s->index)
             throw Error("eval merge: " + in_quotes(s->dir) + " (shard " + std::to_string(s->index) + "/" +
                         std::to_string(count) + ") holds sample " + std::to_string(index) + " (id '" +
-                        sample_key(r) + "') of shard " + std::to_string(home));
+                        short_key(sample_key(r, kind)) + "') of shard " + std::to_string(home));
     }
     std::string missing;
     int n_missing = 0;
@@ -190,7 +261,8 @@ void run_eval_merge(const MergeParams& p) {
     }
     if (n_missing > 0)
         throw Error("eval merge: " + std::to_string(n_missing) + " of " + std::to_string(all_indices.size()) +
-                    " samples are in no shard (line numbers " + missing + (n_missing > 10 ? ", ..." : "") +
+                    " samples are in no shard (" + kind.indices + " " + missing +
+                    (n_missing > 10 ? ", ..." : "") +
                     "): a shard did not finish; rerun it (it resumes), then merge");
 
     // Dataset order (the index is the line number, and the run's samples are in file order).
@@ -200,34 +272,38 @@ void run_eval_merge(const MergeParams& p) {
     json run_info = first.info;
     run_info["identity"] = identity;
     run_info.erase("shard");
-    run_info["n_samples"] = records.size();
+    if (run_info.contains("n_samples")) run_info["n_samples"] = records.size();
     run_info["command"] = p.command_line;
     json from = json::array();
-    for (const Shard* s : by_index)
+    std::vector<json> shard_infos;
+    for (const Shard* s : by_index) {
         from.push_back({{"dir", s->dir}, {"command", s->info.value("command", "")}});
+        shard_infos.push_back(s->info);
+    }
     run_info["merged_from"] = from;
 
+    // A merge that fails while writing (a full disk, a report input the checks above cannot see, such as
+    // eval embed's --extra files) removes what it wrote: a refused merge leaves nothing.
+    const bool created = !fs::exists(p.out_dir);
     std::error_code ec;
     fs::create_directories(p.out_dir, ec);
     if (!fs::is_directory(p.out_dir))
         throw Error("eval merge: -o " + in_quotes(p.out_dir) + ": cannot create it");
-    {
-        ResultsFile out((fs::path(p.out_dir) / "samples.jsonl").string(), "index");
-        for (const json& r : records) out.append(r);
-    }
-    write_run_info((fs::path(p.out_dir) / "run.json").string(), run_info);
-
-    const json& report = run_info["report"];
-    const std::string kind = run_info["eval"].get<std::string>();
-    if (kind == "coe") {
-        write_coe_report(p.out_dir, records, run_info, report.at("bootstrap").get<int>(),
-                         report.at("seed").get<uint64_t>(), report.at("dev_fraction").get<double>());
-    } else {
-        SampleEvalParams sp;
-        sp.ns = report.at("ns").get<std::vector<int>>();
-        sp.scores = report.at("scores").get<std::vector<std::string>>();
-        sp.calibration = report.at("calibration").get<std::string>();
-        write_sample_report(p.out_dir, records, run_info, sp);
+    try {
+        if (kind.keep_results) {
+            ResultsFile out((fs::path(p.out_dir) / kind.results).string(), "index");
+            for (const json& r : records) out.append(r);
+        }
+        kind.write(p.out_dir, records, run_info, shard_infos);
+        // Last: a directory with run.json is a finished merge.
+        write_run_info((fs::path(p.out_dir) / "run.json").string(), run_info);
+    } catch (...) {
+        if (created) {
+            fs::remove_all(p.out_dir, ec);
+        } else {
+            for (const auto& entry : fs::directory_iterator(p.out_dir, ec)) fs::remove_all(entry.path(), ec);
+        }
+        throw;
     }
 }
 

@@ -12,6 +12,7 @@
 #include "engine/model.h"
 #include "eval/dataset.h"
 #include "eval/results_file.h"
+#include "eval/shard.h"
 #include "eval/svg_plot.h"
 #include "methods/fast_slow.h"
 #include "util/error.h"
@@ -27,18 +28,23 @@ namespace {
 // What every router command loads: the questions, the model, its template, a one-sequence session.
 struct Setup {
     DatasetConfig cfg;
-    std::vector<Sample> samples;
+    std::vector<Sample> all_samples;  // the run's (--limit), before --shard
+    std::vector<Sample> samples;      // this run's: its shard of all_samples
+    ShardSpec shard;
     std::unique_ptr<Model> model;
     ChatTemplate tmpl = ChatTemplate::Auto;
     int max_tokens = 0;
 };
 
 Setup load_setup(const std::string& model_path, const std::string& dataset, const std::string& data_dir,
-                 const std::string& chat_template, int limit, int max_tokens) {
+                 const std::string& chat_template, int limit, const std::string& shard, int max_tokens) {
     Setup s;
     s.cfg = load_dataset_config(dataset, data_dir);
-    s.samples = load_samples(s.cfg, limit);
-    if (s.samples.empty()) throw Error("dataset '" + s.cfg.name + "': no samples");
+    // The limit chooses the run's questions, the shard a part of them (eval/shard.h).
+    s.all_samples = load_samples(s.cfg, limit);
+    if (s.all_samples.empty()) throw Error("dataset '" + s.cfg.name + "': no samples");
+    s.shard = parse_shard(shard);
+    s.samples = select_shard(s.all_samples, s.shard);
     s.max_tokens = max_tokens > 0 ? max_tokens : s.cfg.max_tokens;
     const ChatTemplate flag = parse_chat_template(chat_template);
     set_verbose(false);
@@ -59,11 +65,12 @@ std::vector<ChatMessage> messages(const DatasetConfig& cfg, const Sample& s) {
     return msgs;
 }
 
-// A session holding the longest prompt plus the generation budget and the switch text.
+// A session holding the longest prompt plus the generation budget and the switch text. The longest of the
+// whole run, not of the shard: a shard decodes in the context one machine would.
 std::unique_ptr<Session> make_session(const Setup& s, int n_ctx, int n_threads, const std::string& kv_source,
                                       int n_seq = 1, int extra_tokens = 0) {
     size_t longest = 0;
-    for (const Sample& x : s.samples)
+    for (const Sample& x : s.all_samples)
         longest = std::max(longest,
                            s.model->tokenize(render_chat_undecided(s.tmpl, messages(s.cfg, x)), true).size());
     SessionParams sp;
@@ -298,7 +305,8 @@ json read_json_file(const std::string& path) {
 }
 
 // The output directory of a label or eval run: run.json (identity = what the dataset and model fix, plus
-// `extra`; a rerun must match it), the resumable results file and the samples still to do.
+// `extra` and the shard; a rerun must match it), the resumable results file and the samples still to do.
+// run.json also holds what eval merge needs: the kind of run, its report settings and the shard's place.
 struct RouterRun {
     json info;
     std::unique_ptr<ResultsFile> results;
@@ -306,7 +314,8 @@ struct RouterRun {
 };
 
 RouterRun open_router_run(const Setup& s, const std::string& model_path, const std::string& out_dir,
-                          const std::string& results_name, const json& extra_identity, const json& extra_info,
+                          const std::string& kind, const std::string& results_name,
+                          const json& extra_identity, const json& extra_info,
                           const std::string& command_line) {
     json identity = {{"model", fs::absolute(model_path).string()},
                      {"dataset", s.cfg.name},
@@ -316,6 +325,7 @@ RouterRun open_router_run(const Setup& s, const std::string& model_path, const s
                      {"max_tokens", s.max_tokens},
                      {"template", to_string(s.tmpl)}};
     identity.update(extra_identity);
+    if (s.shard.active()) identity["shard"] = to_string(s.shard);
     const std::string run_path = open_run_dir(out_dir, identity);
     RouterRun run;
     run.info = {{"identity", identity},
@@ -323,8 +333,11 @@ RouterRun open_router_run(const Setup& s, const std::string& model_path, const s
                 {"group_field", s.cfg.group_field},
                 {"command", command_line},
                 {"kvlens_version", KVLENS_VERSION},
-                {"llama_cpp", KVLENS_LLAMA_ORIGIN}};
+                {"llama_cpp", KVLENS_LLAMA_ORIGIN},
+                {"eval", kind},
+                {"report", json::object()}};
     run.info.update(extra_info);
+    if (s.shard.active()) run.info["shard"] = shard_run_info(s.shard, s.all_samples);
     write_run_info(run_path, run.info);
     run.results = std::make_unique<ResultsFile>((fs::path(out_dir) / results_name).string(), "index");
     for (const Sample& x : s.samples)
@@ -343,14 +356,13 @@ static void router_label(const RouterLabelParams& p) {
     } catch (const Error& e) {
         throw Error(std::string("--preset: ") + e.what());
     }
-    Setup s = load_setup(p.model_path, p.dataset, p.data_dir, p.chat_template, p.limit, p.max_tokens);
-    const ModelInfo& mi = s.model->info();
+    Setup s =
+        load_setup(p.model_path, p.dataset, p.data_dir, p.chat_template, p.limit, p.shard, p.max_tokens);
     json extra = {{"preset", to_string(features)}, {"long_tokens", p.long_tokens}};
     if (p.windows > 0) extra.update({{"windows", p.windows}, {"cut_max_tokens", p.cut_max_tokens}});
     if (parse_capture_source(p.kv_source) != CaptureSource::Graph) extra["kv_source"] = p.kv_source;
-    RouterRun run =
-        open_router_run(s, p.model_path, p.out_dir, "labels.jsonl", extra, json::object(), p.command_line);
-    const json& run_info = run.info;
+    RouterRun run = open_router_run(s, p.model_path, p.out_dir, "router_label", "labels.jsonl", extra,
+                                    json::object(), p.command_line);
     ResultsFile& results = *run.results;
     const std::vector<const Sample*>& todo = run.todo;
     if (!todo.empty()) {
@@ -406,17 +418,25 @@ static void router_label(const RouterLabelParams& p) {
         progress.finish();
     }
 
-    const std::vector<json> records = wanted_records(results, s.samples);
+    write_router_label_report(p.out_dir, wanted_records(results, s.samples), run.info);
+}
+
+void write_router_label_report(const std::string& out_dir, const std::vector<json>& records,
+                               const json& run_info) {
+    const json &id = run_info.at("identity"), &mi = run_info.at("model_info");
+    const std::string group_field = run_info.at("group_field").get<std::string>();
     std::ostringstream md;
-    md << "# Router labels: " << s.cfg.name << " on " << mi.name << " (" << mi.arch << ")\n\n"
+    md << "# Router labels: " << id.at("dataset").get<std::string>() << " on "
+       << mi.at("name").get<std::string>() << " (" << mi.at("arch").get<std::string>() << ")\n\n"
        << versions_block(run_info) << records.size()
-       << " questions, greedy, fast mode (empty think block) and slow mode (thinking), max " << s.max_tokens
-       << " tokens each. Tokens: generated tokens per answer, end-of-turn included.\n\n"
-       << mode_table(records, {"fast", "slow"}, s.cfg.group_field) << "\n"
-       << "Labels (method.md 3; long = at least " << p.long_tokens << " tokens):\n\n"
+       << " questions, greedy, fast mode (empty think block) and slow mode (thinking), max "
+       << id.at("max_tokens").get<int>() << " tokens each. Tokens: generated tokens per answer, end-of-turn "
+       << "included.\n\n"
+       << mode_table(records, {"fast", "slow"}, group_field) << "\n"
+       << "Labels (method.md 3; long = at least " << id.at("long_tokens").get<int>() << " tokens):\n\n"
        << label_table(records);
-    if (p.windows > 0) md << "\n" << window_tables(records, p.windows);
-    write_text_file((fs::path(p.out_dir) / "report.md").string(), md.str());
+    if (id.contains("windows")) md << "\n" << window_tables(records, id.at("windows").get<int>());
+    write_text_file((fs::path(out_dir) / "report.md").string(), md.str());
 }
 
 // ---- train ------------------------------------------------------------------------------------------------
@@ -527,20 +547,27 @@ static void router_train(const RouterTrainCliParams& p) {
 
 // ---- eval -------------------------------------------------------------------------------------------------
 
+static const std::vector<std::string> kModes = {"always_fast", "always_slow", "routed", "routed_switch"};
+
 static void router_eval(const RouterEvalParams& p) {
     const RouterFile rf = load_router(p.router_path);
-    Setup s = load_setup(p.model_path, p.dataset, p.data_dir, p.chat_template, p.limit, p.max_tokens);
+    Setup s =
+        load_setup(p.model_path, p.dataset, p.data_dir, p.chat_template, p.limit, p.shard, p.max_tokens);
     const ModelInfo& mi = s.model->info();
     check_router_for_model(rf, mi.arch, mi.n_layer, mi.n_head_kv, mi.head_dim, to_string(s.tmpl));
-    static const std::vector<std::string> kModes = {"always_fast", "always_slow", "routed", "routed_switch"};
     json extra = {{"router", fs::absolute(p.router_path).string()},
                   {"route_threshold", p.policy.route_threshold},
                   {"delta", p.policy.delta},
                   {"check_every", p.policy.check_every}};
     if (parse_capture_source(p.kv_source) != CaptureSource::Graph) extra["kv_source"] = p.kv_source;
-    RouterRun run = open_router_run(s, p.model_path, p.out_dir, "eval.jsonl", extra,
-                                    {{"router_features", to_string(rf.features)}}, p.command_line);
-    const json& run_info = run.info;
+    // long_tokens sets each record's label, yet is not in the identity (runs before it resume): eval merge
+    // refuses shards that differ in it. The router file as typed and its preset are for the report.
+    const json info = {{"router_features", to_string(rf.features)},
+                       {"router_file", p.router_path},
+                       {"router_preset", rf.train.preset},
+                       {"report", {{"long_tokens", p.long_tokens}}}};
+    RouterRun run =
+        open_router_run(s, p.model_path, p.out_dir, "router_eval", "eval.jsonl", extra, info, p.command_line);
     ResultsFile& results = *run.results;
     const std::vector<const Sample*>& todo = run.todo;
     if (!todo.empty()) {
@@ -569,7 +596,18 @@ static void router_eval(const RouterEvalParams& p) {
         progress.finish();
     }
 
-    const std::vector<json> records = wanted_records(results, s.samples);
+    write_router_eval_report(p.out_dir, wanted_records(results, s.samples), run.info);
+}
+
+void write_router_eval_report(const std::string& out_dir, const std::vector<json>& records,
+                              const json& run_info) {
+    const json &id = run_info.at("identity"), &mi = run_info.at("model_info");
+    const std::string dataset = id.at("dataset").get<std::string>(),
+                      group_field = run_info.at("group_field").get<std::string>();
+    RoutePolicy policy;
+    policy.route_threshold = id.at("route_threshold").get<float>();
+    policy.delta = id.at("delta").get<float>();
+    policy.check_every = id.at("check_every").get<int>();
     const double n = (double)records.size();
     // The four modes overall.
     std::vector<std::vector<std::string>> rows;
@@ -603,7 +641,7 @@ static void router_eval(const RouterEvalParams& p) {
     for (const json& r : records) {
         const double d = r["prompt_score"].get<double>(), l = r["label"].get<double>();
         se += (d - l) * (d - l);
-        const bool pred_hard = d >= p.policy.route_threshold, hard = l >= 50;
+        const bool pred_hard = d >= policy.route_threshold, hard = l >= 50;
         tp += pred_hard && hard;
         fp += pred_hard && !hard;
         tn += !pred_hard && !hard;
@@ -631,21 +669,23 @@ static void router_eval(const RouterEvalParams& p) {
     }
     series.insert(series.begin(), sweep);
     PlotSpec spec;
-    spec.title = "Accuracy vs generated tokens (" + s.cfg.name + ")";
+    spec.title = "Accuracy vs generated tokens (" + dataset + ")";
     spec.x_label = "mean generated tokens per question";
     spec.y_label = "accuracy (%)";
     spec.x_min = 0;
-    write_text_file((fs::path(p.out_dir) / "accuracy-vs-tokens.svg").string(), svg_line_plot(spec, series));
+    write_text_file((fs::path(out_dir) / "accuracy-vs-tokens.svg").string(), svg_line_plot(spec, series));
 
     std::ostringstream md;
-    md << "# Fast/slow routing: " << s.cfg.name << " on " << mi.name << " (" << mi.arch << ")\n\n"
-       << versions_block(run_info) << records.size() << " questions, greedy, max " << s.max_tokens
-       << " sampled tokens per answer. Router `" << p.router_path << "` (features " << to_string(rf.features)
-       << ", preset " << rf.train.preset << "); route to fast when d < " << fmt(p.policy.route_threshold, 0)
-       << "; switch once, checked every " << p.policy.check_every << " tokens: slow -> fast when d < "
-       << fmt(p.policy.route_threshold - p.policy.delta, 0)
-       << " inside the think block, fast -> slow when d > "
-       << fmt(p.policy.route_threshold + p.policy.delta, 0)
+    md << "# Fast/slow routing: " << dataset << " on " << mi.at("name").get<std::string>() << " ("
+       << mi.at("arch").get<std::string>() << ")\n\n"
+       << versions_block(run_info) << records.size() << " questions, greedy, max "
+       << id.at("max_tokens").get<int>() << " sampled tokens per answer. Router `"
+       << run_info.at("router_file").get<std::string>() << "` (features "
+       << run_info.at("router_features").get<std::string>() << ", preset "
+       << run_info.at("router_preset").get<std::string>() << "); route to fast when d < "
+       << fmt(policy.route_threshold, 0) << "; switch once, checked every " << policy.check_every
+       << " tokens: slow -> fast when d < " << fmt(policy.route_threshold - policy.delta, 0)
+       << " inside the think block, fast -> slow when d > " << fmt(policy.route_threshold + policy.delta, 0)
        << ". Tokens count everything the model generated, before and after a switch, plus the appended "
           "switch "
           "text.\n\n"
@@ -657,17 +697,17 @@ static void router_eval(const RouterEvalParams& p) {
        << markdown_table({"route threshold", "accuracy %", "vs always-slow (points)", "mean tokens",
                           "tokens / always-slow"},
                          sweep_rows)
-       << "\nPer " << (s.cfg.group_field.empty() ? "group" : s.cfg.group_field) << ":\n\n"
-       << mode_table(records, kModes, s.cfg.group_field) << "\n"
+       << "\nPer " << (group_field.empty() ? "group" : group_field) << ":\n\n"
+       << mode_table(records, kModes, group_field) << "\n"
        << "Classifier on this set (labels from the always-fast and always-slow runs): MSE "
-       << fmt(n > 0 ? se / n : NAN, 1) << "; at threshold " << fmt(p.policy.route_threshold, 0)
+       << fmt(n > 0 ? se / n : NAN, 1) << "; at threshold " << fmt(policy.route_threshold, 0)
        << " (hard = label >= 50):\n\n"
        << markdown_table({"", "predicted easy", "predicted hard"},
                          {{"easy (label < 50)", std::to_string(tn), std::to_string(fp)},
                           {"hard (label >= 50)", std::to_string(fn), std::to_string(tp)}})
        << "\nLabels:\n\n"
        << label_table(records) << "\n![accuracy vs tokens](accuracy-vs-tokens.svg)\n";
-    write_text_file((fs::path(p.out_dir) / "report.md").string(), md.str());
+    write_text_file((fs::path(out_dir) / "report.md").string(), md.str());
 }
 
 // ---- entry points -----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 // online switching on a test set. Every step writes a resumable JSONL and a Markdown report.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -17,7 +18,8 @@ struct RouterLabelParams {
     std::string out_dir;   // labels.jsonl, run.json, report.md
     std::string chat_template = "auto";
     std::string preset = "32/8";  // feature window: seq_len/n_layers
-    int limit = 0;                // first N questions (0: all)
+    int limit = 0;                // first N questions (0: all); chosen before the shard
+    std::string shard;            // "I/N": only the questions of shard I of N (eval/shard.h); "": all
     int max_tokens = 0;           // per mode (0: the dataset's)
     int long_tokens = 128;        // a fast answer this long counts as slow (label 25)
     int windows = 0;              // also label windows every N sampled tokens along both answers (0: off)
@@ -30,6 +32,10 @@ struct RouterLabelParams {
 // Runs fast and slow mode (greedy) on every question, stores both outputs, their token counts, the label
 // and the prompt's router features; the report tabulates accuracy and tokens per mode and per group.
 void run_router_label(const RouterLabelParams& p);
+// report.md of a label run from its records (dataset order) and run.json: the run's own, or eval merge's of
+// the shards (eval/merge.h).
+void write_router_label_report(const std::string& out_dir, const std::vector<nlohmann::json>& records,
+                               const nlohmann::json& run_info);
 
 struct RouterTrainCliParams {
     std::vector<std::string> label_dirs;  // outputs of run_router_label for one model
@@ -47,6 +53,7 @@ struct RouterEvalParams {
     std::string chat_template = "auto";
     RoutePolicy policy;
     int limit = 0, max_tokens = 0, n_ctx = 0, n_threads = 0;
+    std::string shard;  // "I/N": only the questions of shard I of N (eval/shard.h), chosen after --limit
     std::string kv_source = "graph";
     int long_tokens = 128;
     std::string command_line;
@@ -55,5 +62,8 @@ struct RouterEvalParams {
 // per mode and per group, the classifier's MSE and confusion at 50 against the labels the two fixed modes
 // give), accuracy-vs-tokens.svg.
 void run_router_eval(const RouterEvalParams& p);
+// report.md and accuracy-vs-tokens.svg of an eval run from its records and run.json (as above).
+void write_router_eval_report(const std::string& out_dir, const std::vector<nlohmann::json>& records,
+                              const nlohmann::json& run_info);
 
 }  // namespace kvlens

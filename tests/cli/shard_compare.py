@@ -1,14 +1,16 @@
 """Checks for shard_merge_test.sh.
 
-one-vs-merged ONE MERGED [--loose]: samples.jsonl equal record for record (numbers within 1e-9 relative,
-timing fields excluded), run.json identities equal, report.md equal apart from the command and the decoding
-time. --loose: numbers within 1e-3 (texts still exact), no report comparison: for eval coe with --parallel > 1,
+one-vs-merged ONE MERGED [--loose]: the per-sample results (samples.jsonl; router label: labels.jsonl, router
+eval: eval.jsonl) equal record for record (numbers within 1e-9 relative, timing fields excluded), run.json
+identities equal, report.md equal apart from the command and wall times, the other files (router eval's SVG)
+byte for byte. eval embed, whose merged directory holds no per-sample file: texts.jsonl, kv.npy and hidden.npy
+byte for byte, results.json apart from the command and wall times, and the report as above. --loose: numbers within 1e-3 (texts still exact), no report comparison: for eval coe with --parallel > 1,
 where an answer's batch neighbours differ between a shard and the one-machine run, and llama.cpp's batched
 kernels move the scores at about 1e-5 (as any change of --parallel does).
 relabel DIR...: rewrites each samples.jsonl with a fixed mix of correct and wrong answers (the tiny random
 model never finishes an answer, so every real label is "wrong" and the report's metrics would be n/a).
-shards N DIR...: every record of shard I hashes to I (FNV-1a 64 of the id, then MurmurHash3's fmix64, % N),
-computed here independently of the C++.
+shards N DIR...: every record of shard I hashes to I (FNV-1a 64 of the id, or of eval embed's text, then
+MurmurHash3's fmix64, % N), computed here independently of the C++.
 """
 import json
 import math
@@ -16,11 +18,24 @@ import sys
 
 TOL = 1e-9
 TIMING = {"batch_seconds", "batch_size", "seconds"}  # wall times, and the batch a coe answer shared
+# eval embed's results.json: the command and the wall times
+EMBED_TIMING = {"command", "main_pass_seconds", "seconds_per_1000_texts"}
+TIMING_COLUMNS = {"wall-clock s", "s / 1000 texts"}  # report table columns of wall times
+RESULTS = {"router_label": "labels.jsonl", "router_eval": "eval.jsonl"}
 M64 = (1 << 64) - 1
 
 
+def kind(d):
+    return json.load(open(f"{d}/run.json")).get("eval", "")
+
+
 def records(d):
-    return [json.loads(line) for line in open(f"{d}/samples.jsonl") if line.strip()]
+    name = RESULTS.get(kind(d), "samples.jsonl")
+    return [json.loads(line) for line in open(f"{d}/{name}") if line.strip()]
+
+
+def cells(line):
+    return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
 def same(a, b, path):
@@ -54,14 +69,56 @@ def same(a, b, path):
 def report_lines(d):
     lines = open(f"{d}/report.md").read().splitlines()
     out = []
+    masked = set()  # columns of the current table that hold wall times
     for i, line in enumerate(lines):
-        if line.startswith("kvlens eval") or "decoding time" in line or "tokens/s" in line:
-            continue  # the command (inside the Command block) and the wall time
+        if line.startswith("kvlens eval") or line.startswith("Command: `"):
+            continue  # the command (inside the Command block, or inline)
+        if "decoding time" in line or "tokens/s" in line:
+            continue  # the wall time
+        if line.startswith("|"):
+            row = cells(line)
+            if i == 0 or not lines[i - 1].startswith("|"):  # a table's header
+                masked = {j for j, c in enumerate(row) if c in TIMING_COLUMNS}
+            line = " | ".join("*" if j in masked else c for j, c in enumerate(row))
         out.append(line)
     return out
 
 
+def same_reports(one, merged):
+    la, lb = report_lines(one), report_lines(merged)
+    for x, y in zip(la, lb):
+        assert x == y, f"report.md differs:\n  one:    {x}\n  merged: {y}"
+    assert len(la) == len(lb), f"report.md lengths {len(la)} vs {len(lb)}"
+    assert len(la) > 10, "report.md nearly empty"
+    return len(la)
+
+
+def same_bytes(one, merged, name):
+    a, b = open(f"{one}/{name}", "rb").read(), open(f"{merged}/{name}", "rb").read()
+    assert a == b, f"{name} differs ({len(a)} vs {len(b)} bytes)"
+
+
+def embed_vs_merged(one, merged):
+    for name in ("texts.jsonl", "kv.npy", "hidden.npy"):
+        same_bytes(one, merged, name)
+    ra, rb = json.load(open(f"{one}/results.json")), json.load(open(f"{merged}/results.json"))
+    TIMING.update(EMBED_TIMING)
+    why = same(ra, rb, "results.json")
+    assert why is None, why
+    # The merged wall times are the shards' summed: present wherever one machine has them.
+    for x, y in zip(ra["results"], rb["results"]):
+        assert (x["seconds_per_1000_texts"] is None) == (y["seconds_per_1000_texts"] is None), (x, y)
+    assert any(r["seconds_per_1000_texts"] for r in rb["results"]), "no timing in the merged results"
+    n = same_reports(one, merged)
+    print(f"ok: {merged} = {one}: {len(ra['results'])} results, the .npy files, report.md {n} lines")
+
+
 def one_vs_merged(one, merged, loose=False):
+    ia = json.load(open(f"{one}/run.json"))["identity"]
+    ib = json.load(open(f"{merged}/run.json"))["identity"]
+    assert ia == ib, f"identity {ia} vs {ib}"
+    if kind(one) == "embed":
+        return embed_vs_merged(one, merged)
     a, b = records(one), records(merged)
     assert [r["index"] for r in b] == sorted(r["index"] for r in b), "merged samples not in dataset order"
     assert [r["index"] for r in a] == [r["index"] for r in b], (
@@ -69,18 +126,13 @@ def one_vs_merged(one, merged, loose=False):
     for ra, rb in zip(a, b):
         why = same(ra, rb, f"sample {ra['index']}")
         assert why is None, why
-    ia = json.load(open(f"{one}/run.json"))["identity"]
-    ib = json.load(open(f"{merged}/run.json"))["identity"]
-    assert ia == ib, f"identity {ia} vs {ib}"
     if loose:
         print(f"ok: {merged} = {one} within {TOL}: {len(a)} samples")
         return
-    la, lb = report_lines(one), report_lines(merged)
-    for x, y in zip(la, lb):
-        assert x == y, f"report.md differs:\n  one:    {x}\n  merged: {y}"
-    assert len(la) == len(lb), f"report.md lengths {len(la)} vs {len(lb)}"
-    assert len(la) > 10, "report.md nearly empty"
-    print(f"ok: {merged} = {one}: {len(a)} samples, report.md {len(la)} lines")
+    n = same_reports(one, merged)
+    if kind(one) == "router_eval":
+        same_bytes(one, merged, "accuracy-vs-tokens.svg")
+    print(f"ok: {merged} = {one}: {len(a)} samples, report.md {n} lines")
 
 
 def fnv_fmix(s):
@@ -101,7 +153,7 @@ def shards(n, dirs):
         assert info["identity"]["shard"] == f"{i}/{n}", info["identity"].get("shard")
         expect = [k for k in info["shard"]["all_indices"]]
         for r in records(d):
-            key = r["id"] or str(r["index"])
+            key = (r["text"] if kind(d) == "embed" else r["id"]) or str(r["index"])
             assert fnv_fmix(key) % n == i, f"{d}: sample {r['index']} (id {key}) hashes to {fnv_fmix(key) % n}"
         mine = [k for k in expect]  # every shard records the whole run's samples
         total += len(records(d))
