@@ -259,6 +259,22 @@ AurocInterval bootstrap_auroc_difference(const std::vector<double>& a, const std
     });
 }
 
+AurocInterval bootstrap_mean_difference(const std::vector<int>& a, const std::vector<int>& b, int resamples,
+                                        uint64_t seed, double level) {
+    if (a.size() != b.size()) {
+        throw Error("bootstrap_mean_difference: " + std::to_string(a.size()) + " outcomes against " +
+                    std::to_string(b.size()));
+    }
+    return bootstrap_interval(a.size(), resamples, seed, level, [&](const std::vector<int>& counts) {
+        int64_t diff = 0, n = 0;
+        for (size_t i = 0; i < a.size(); ++i) {
+            diff += (int64_t)counts[i] * (a[i] - b[i]);
+            n += counts[i];
+        }
+        return (double)diff / (double)n;
+    });
+}
+
 double prr(const std::vector<double>& scores, const std::vector<int>& labels) {
     validate(scores, labels);
     return prr_of(group_by_score(scores, labels, order_desc(scores)));

@@ -58,6 +58,12 @@ AurocInterval bootstrap_auroc_difference(const std::vector<double>& a, const std
                                          const std::vector<int>& labels, int resamples = 1000,
                                          uint64_t seed = 0, double level = 0.95);
 
+// Paired bootstrap interval of mean(a) - mean(b) for two outcomes per item (e.g. 0/1: did strategy A / B
+// answer question i correctly), resampling items with the same indices for both (and the same indices as
+// bootstrap_auroc with that seed). The estimate itself is mean(a) - mean(b); nothing is skipped.
+AurocInterval bootstrap_mean_difference(const std::vector<int>& a, const std::vector<int>& b,
+                                        int resamples = 1000, uint64_t seed = 0, double level = 0.95);
+
 // Prediction-rejection ratio, as LM-Polygraph's PredictionRejectionArea (with its uncertainty = -score):
 // order the samples by descending score; acc_k = accuracy of the k highest-scored (k = 1..n, i.e. reject the
 // n-k lowest); area = mean over k of acc_k. PRR = (area - random) / (oracle - random), where random =

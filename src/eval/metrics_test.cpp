@@ -107,6 +107,32 @@ TEST(Metrics, BootstrapAurocDifference) {
     EXPECT_THROW(bootstrap_auroc_difference(a, {1.0}, y), Error);
 }
 
+TEST(Metrics, BootstrapMeanDifference) {
+    // 60 items: a right on the first 40, b on the first 25: the difference is 15/60 in the data.
+    std::vector<int> a(60, 0), b(60, 0);
+    for (int i = 0; i < 40; ++i) a[i] = 1;
+    for (int i = 0; i < 25; ++i) b[i] = 1;
+    const AurocInterval d = bootstrap_mean_difference(a, b, 2000, 3);
+    EXPECT_EQ(d.skipped, 0);
+    EXPECT_LT(d.lo, 0.25);
+    EXPECT_GT(d.hi, 0.25);
+    // Normal approximation of a paired difference: sd = sqrt(p (1 - p) / n) with p = 15/60 discordant items
+    // all in a's favour; the percentile interval is within a few thousandths of +-1.96 sd.
+    const double sd = std::sqrt(0.25 * 0.75 / 60);
+    EXPECT_NEAR(d.lo, 0.25 - 1.96 * sd, 0.03);
+    EXPECT_NEAR(d.hi, 0.25 + 1.96 * sd, 0.03);
+    // Paired: identical outcomes give exactly 0, however mixed they are.
+    std::vector<int> mixed = {1, 0, 0, 1, 1, 0, 1, 0, 1, 1};
+    const AurocInterval zero = bootstrap_mean_difference(mixed, mixed, 200, 1);
+    EXPECT_EQ(zero.lo, 0.0);
+    EXPECT_EQ(zero.hi, 0.0);
+    // Swapping the arguments mirrors the interval (same draws).
+    const AurocInterval back = bootstrap_mean_difference(b, a, 2000, 3);
+    EXPECT_NEAR(back.lo, -d.hi, 1e-12);
+    EXPECT_NEAR(back.hi, -d.lo, 1e-12);
+    EXPECT_THROW(bootstrap_mean_difference(a, {1}), Error);
+}
+
 TEST(Metrics, HandComputed) {
     const Scores s{0.9, 0.8, 0.7, 0.6};
     const Labels y{1, 0, 1, 0};

@@ -12,6 +12,7 @@
 
 #include "engine/chat_template.h"
 #include "eval/dataset.h"
+#include "eval/metrics.h"
 #include "eval/results_file.h"
 #include "eval/shard.h"
 #include "eval/split.h"
@@ -204,6 +205,7 @@ struct Row {
     std::string label;
     std::map<int, double> accuracy, area;  // by N
     std::map<int, std::vector<CoveragePoint>> curve;
+    std::map<int, std::vector<int>> correct;  // by N, per question: for the paired comparisons
 };
 
 }  // namespace
@@ -261,7 +263,7 @@ void write_sample_report(const std::string& out_dir, const std::vector<json>& re
     auto row = [&](const std::string& label) -> Row& {
         for (Row& r : rows)
             if (r.label == label) return r;
-        rows.push_back({label, {}, {}, {}});
+        rows.push_back({label, {}, {}, {}, {}});
         return rows.back();
     };
     auto add = [&](const std::string& label, int n, const Outcome& o) {
@@ -269,6 +271,7 @@ void write_sample_report(const std::string& out_dir, const std::vector<json>& re
         int ok = 0;
         for (int c : o.correct) ok += c;
         r.accuracy[n] = (double)ok / nq;
+        r.correct[n] = o.correct;
         if (!o.confidence.empty()) {
             r.curve[n] = coverage_curve(o.confidence, o.correct);
             r.area[n] = coverage_area(r.curve[n]);
@@ -395,6 +398,43 @@ void write_sample_report(const std::string& out_dir, const std::vector<json>& re
           "accuracy at full coverage).\n\n"
        << markdown_table(head, area_rows) << "\n";
     for (int n : ns) md << "![coverage N=" << n << "](coverage-n" << n << ".svg)\n\n";
+    // Paired comparisons: the same questions under two strategies, so the interval is of the per-question
+    // difference (a bootstrap over questions), not two accuracies' intervals side by side.
+    std::vector<std::pair<std::string, std::string>> pairs = {
+        {"majority vote (conf: vote share)", "first sample"}};
+    for (const std::string& s : p.scores) {
+        if (!usable.count(s)) continue;
+        pairs.push_back({"best-of-N by calibrated " + s + " (conf: p)", "first sample"});
+        pairs.push_back({"vote weighted by calibrated " + s + " (conf: weight share)",
+                         "majority vote (conf: vote share)"});
+    }
+    std::vector<std::vector<std::string>> pair_rows;
+    summary["paired"] = json::array();
+    for (const auto& [a, b] : pairs) {
+        std::vector<std::string> cells = {a + " - " + b};
+        json pj = {{"a", a}, {"b", b}, {"by_n", json::object()}};
+        for (int n : ns) {
+            const std::vector<int>&ca = row(a).correct.at(n), &cb = row(b).correct.at(n);
+            int only_a = 0, only_b = 0;
+            for (int q = 0; q < nq; ++q) {
+                only_a += ca[q] && !cb[q];
+                only_b += cb[q] && !ca[q];
+            }
+            const double d = (double)(only_a - only_b) / nq;
+            const AurocInterval ci = bootstrap_mean_difference(ca, cb, 1000, p.seed);
+            cells.push_back(fmt(100.0 * d, 1) + " [" + fmt(100.0 * ci.lo, 1) + ", " + fmt(100.0 * ci.hi, 1) +
+                            "] " + std::to_string(only_a) + "/" + std::to_string(only_b));
+            pj["by_n"][std::to_string(n)] = {
+                {"difference", d}, {"ci95", {ci.lo, ci.hi}}, {"only_a", only_a}, {"only_b", only_b}};
+        }
+        pair_rows.push_back(cells);
+        summary["paired"].push_back(pj);
+    }
+    md << "## Paired differences (accuracy points, A - B)\n\n"
+          "Each cell: the difference on these questions, its 95% interval (bootstrap over questions, 1000 "
+          "resamples, both strategies on the same resampled questions) and the questions only A / only B "
+          "answered right. An interval that contains 0 says these questions do not tell the two apart.\n\n"
+       << markdown_table(head, pair_rows) << "\n";
     md << "## Calibration direction per score (all samples pooled)\n\n";
     std::vector<std::vector<std::string>> cal_rows;
     for (const std::string& s : p.scores) {

@@ -181,6 +181,27 @@ def test_bootstrap_matches_resampling_with_sklearn(metrics_ref, skm):
         assert close(b["lo"], np.percentile(kept, 2.5)) and close(b["hi"], np.percentile(kept, 97.5))
 
 
+def test_paired_mean_difference_matches_resampling(metrics_ref):
+    rng = np.random.default_rng(9)
+    cases = []
+    for n in (7, 50, 400):
+        a = (rng.random(n) < 0.6).astype(int)
+        b = np.where(rng.random(n) < 0.7, a, 1 - a)  # mostly the same outcomes, as two strategies' would be
+        cases.append({"paired": {"a": a.tolist(), "b": b.tolist()}, "bootstrap": {"resamples": 300, "seed": 4}})
+    for case, out in zip(cases, run_ref(metrics_ref, cases)):
+        a = np.array(case["paired"]["a"])
+        b = np.array(case["paired"]["b"])
+        g = MT19937_64(4)
+        diffs = []
+        for _ in range(300):
+            idx = np.array([g() % len(a) for _ in range(len(a))])
+            diffs.append(np.mean(a[idx]) - np.mean(b[idx]))
+        assert close(out["difference"], np.mean(a) - np.mean(b))
+        bs = out["bootstrap"]
+        assert bs["skipped"] == 0
+        assert close(bs["lo"], np.percentile(diffs, 2.5)) and close(bs["hi"], np.percentile(diffs, 97.5))
+
+
 # --- PRR ----------------------------------------------------------------------------------------------------
 
 

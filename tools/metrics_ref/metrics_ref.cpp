@@ -6,6 +6,8 @@
 //   fit is applied to); stdout: {"n", "n_correct", "accuracy", "auroc", "aupr", "fpr95", "prr", "roc":
 //   {"fpr", "tpr", "thresholds"}[, "bootstrap"][, "auroc_within_bins", "length_fit": {"slope", "intercept"},
 //   "residual"[, "test_residual"]]}
+// or {"paired": {"a": [...], "b": [...]}, "bootstrap": {...}}: the paired bootstrap interval of mean(a) -
+// mean(b); stdout: {"difference", "bootstrap"}
 // or {"ids": [...]} with optionally "dev_fraction" (default 0.3); stdout: {"hashes", "parts":
 // ["dev"/"test"]}. NaN and the +inf first threshold print as null (JSON has neither). A line that cannot be
 // evaluated prints
@@ -37,6 +39,18 @@ json split(const json& in) {
 
 json evaluate(const json& in) {
     if (in.contains("ids")) return split(in);
+    if (in.contains("paired")) {
+        const auto a = in.at("paired").at("a").get<std::vector<int>>();
+        const auto b = in.at("paired").at("b").get<std::vector<int>>();
+        const json& bs = in.at("bootstrap");
+        const kvlens::AurocInterval ci = kvlens::bootstrap_mean_difference(
+            a, b, bs.value("resamples", 1000), bs.value("seed", std::uint64_t{0}), bs.value("level", 0.95));
+        double diff = 0;
+        for (size_t i = 0; i < a.size(); ++i) diff += a[i] - b[i];
+        return {{"difference", a.empty() ? 0.0 : diff / (double)a.size()},
+                {"bootstrap",
+                 {{"lo", ci.lo}, {"hi", ci.hi}, {"resamples", ci.resamples}, {"skipped", ci.skipped}}}};
+    }
     const auto scores = in.at("scores").get<std::vector<double>>();
     const auto labels = in.at("labels").get<std::vector<int>>();
     const kvlens::BinaryMetrics m = kvlens::binary_metrics(scores, labels);
