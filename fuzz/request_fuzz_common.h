@@ -1,4 +1,4 @@
-// The server's request step (server/api.h) without HTTP: a tiny model loaded once, one Api over it.
+// The server's request step (service/openai_api.h) without HTTP: a tiny model loaded once, one Api over it.
 // KVLENS_FUZZ_MODEL names the GGUF (default: the tests' tiny Llama, KVLENS_FUZZ_DEFAULT_MODEL).
 #pragma once
 
@@ -6,7 +6,7 @@
 #include <memory>
 
 #include "engine/model.h"
-#include "server/api.h"
+#include "service/openai_api.h"
 
 namespace kvlens::fuzz {
 

@@ -2,7 +2,7 @@
 // adds chat / score / encode / kv in the ecosystem's names): the model, the OpenAI-compatible API of `kvlens
 // serve` as plain function calls (request dict in, response dict out: the same JSON as over HTTP, with the
 // KV-CoE scores and the routing), and the raw per-layer K/V of a text as numpy arrays. Computation runs
-// without the GIL.
+// without the GIL. Everything goes through the public API (kvlens/kvlens.h), as any program's would.
 //
 //   from kvlens import _kvlens as kvlens
 //   m = kvlens.Model("model.gguf")
@@ -13,77 +13,107 @@
 #include <cmath>
 #include <functional>
 #include <map>
+#include <stdexcept>
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <nlohmann/json.hpp>
-
-#include "capture/dump.h"
-#include "engine/batcher.h"
-#include "engine/chat_template.h"
-#include "engine/model.h"
-#include "eval/coe_eval.h"
-#include "eval/merge.h"
-#include "eval/sample_eval.h"
-#include "methods/coe.h"
-#include "methods/embed.h"
-#include "server/api.h"
-#include "util/data_dir.h"
-#include "util/error.h"
+#include "kvlens/kvlens.h"
 
 namespace py = pybind11;
 using namespace py::literals;
-using nlohmann::json;
 
 namespace {
 
-// Python objects <-> JSON through the json module: exactly the JSON the HTTP API speaks.
-json to_json(const py::handle& o) {
-    const std::string s = py::module_::import("json").attr("dumps")(o).cast<std::string>();
-    return json::parse(s);
+// What the module raises as kvlens.Error (a ValueError); a refused request names its parameter (.param).
+struct BindingError : std::runtime_error {
+    explicit BindingError(const std::string& message, const std::string& param_ = "", bool has_param_ = false)
+        : std::runtime_error(message), param(param_), has_param(has_param_) {}
+    std::string param;
+    bool has_param;
+};
+
+// A failed public API call with its message.
+void check(kvlens_status s) {
+    if (s != KVLENS_OK) throw BindingError(kvlens_last_error());
 }
 
-py::object from_json(const json& j) {
-    return py::module_::import("json").attr("loads")(j.dump(-1, ' ', false, json::error_handler_t::replace));
+// A failed call whose message may start with the name of the argument at fault ("texts[1]: ..."): raised
+// with that name as .param and the rest as the message, as a refused request is.
+void check_param(kvlens_status s, const std::string& prefix) {
+    if (s == KVLENS_OK) return;
+    const std::string m = kvlens_last_error();
+    const size_t colon = m.find(": ");
+    if (s == KVLENS_ERR_INVALID_ARGUMENT && colon != std::string::npos &&
+        m.compare(0, prefix.size(), prefix) == 0)
+        throw BindingError(m.substr(colon + 2), m.substr(0, colon), true);
+    throw BindingError(m);
 }
 
-kvlens::SessionParams session_params(int n_ctx, int threads, const std::string& flash_attn,
+// A failed call whose message starts with one of `fields` ("kv_part: ..."): raised without it, as the
+// bindings said it before they went through the public API.
+void check_unprefixed(kvlens_status s, std::initializer_list<const char*> fields) {
+    if (s == KVLENS_OK) return;
+    const std::string m = kvlens_last_error();
+    for (const char* f : fields) {
+        const std::string prefix = std::string(f) + ": ";
+        if (m.rfind(prefix, 0) == 0) throw BindingError(m.substr(prefix.size()));
+    }
+}
+
+// A refused or failed request of the service: a refusal (4xx, 503) names its parameter.
+void check_request(kvlens_status s, const kvlens_request_error& e) {
+    if (s == KVLENS_OK) return;
+    if (e.http_status >= 500 && e.http_status != 503) throw BindingError(e.message);
+    throw BindingError(e.message, e.param, true);
+}
+
+struct Model {
+    kvlens_model_ptr m;
+};
+struct Api {
+    kvlens_service_ptr s;
+};
+
+std::string json_dumps(const py::handle& o) {
+    return py::module_::import("json").attr("dumps")(o).cast<std::string>();
+}
+py::object json_loads(const std::string& s) {
+    return py::module_::import("json").attr("loads")(s);
+}
+
+kvlens_flash_attn flash_attn_of(const std::string& flash_attn) {
+    if (flash_attn != "auto" && flash_attn != "on" && flash_attn != "off")
+        throw BindingError("flash_attn '" + flash_attn + "': expected auto, on or off");
+    return flash_attn == "on"    ? KVLENS_FLASH_ATTN_ON
+           : flash_attn == "off" ? KVLENS_FLASH_ATTN_OFF
+                                 : KVLENS_FLASH_ATTN_AUTO;
+}
+
+kvlens_session_params session_params(int n_ctx, int threads, const std::string& flash_attn,
                                      const std::string& kv_source) {
-    kvlens::SessionParams sp;
+    kvlens_session_params sp = kvlens_session_default_params();
     sp.n_ctx = n_ctx;
     sp.n_threads = threads;
-    if (flash_attn != "auto" && flash_attn != "on" && flash_attn != "off")
-        throw kvlens::Error("flash_attn '" + flash_attn + "': expected auto, on or off");
-    sp.flash_attn = flash_attn == "on"    ? kvlens::FlashAttn::On
-                    : flash_attn == "off" ? kvlens::FlashAttn::Off
-                                          : kvlens::FlashAttn::Auto;
-    try {
-        sp.capture_source = kvlens::parse_capture_source(kv_source);
-    } catch (const kvlens::Error& e) {
-        throw kvlens::Error(std::string("kv_source: ") + e.what());
-    }
+    sp.flash_attn = flash_attn_of(flash_attn);
+    if (kv_source != "graph" && kv_source != "cache")
+        throw BindingError("kv_source: K/V source '" + kv_source + "': expected graph or cache");
+    sp.kv_source = kv_source == "cache" ? KVLENS_KV_SOURCE_CACHE : KVLENS_KV_SOURCE_GRAPH;
     return sp;
 }
 
-// The token-axis KV-CoE knobs (kv_coe_*), as the CLI's --coe-* flags; a bad value names its argument.
-kvlens::TokenCoeSpec token_coe_spec(const std::string& layers, const std::string& kv_part,
-                                    const std::string& positions, const std::string& head_agg) {
-    auto knob = [](const char* name, auto parse) {
-        try {
-            return parse();
-        } catch (const kvlens::Error& e) {
-            throw kvlens::Error(std::string(name) + ": " + e.what());
-        }
-    };
-    kvlens::TokenCoeSpec spec;
-    knob("coe_layers", [&] { return kvlens::parse_layers(layers); });
-    spec.layers = layers;
-    spec.kv_part = knob("coe_kv_part", [&] { return kvlens::parse_kv_part(kv_part); });
-    spec.positions = knob("coe_positions", [&] { return kvlens::parse_coe_positions(positions); });
-    spec.head_agg = knob("coe_head_agg", [&] { return kvlens::parse_head_agg(head_agg); });
-    return spec;
+kvlens_session_ptr open_session(const Model& model, const kvlens_session_params& sp) {
+    kvlens_session* s = nullptr;
+    check(kvlens_session_open(model.m.get(), sp, &s));
+    return kvlens_session_ptr(s);
+}
+
+kvlens_think think_of(const std::string& think) {
+    if (think == "on") return KVLENS_THINK_ON;
+    if (think == "off") return KVLENS_THINK_OFF;
+    if (think == "default") return KVLENS_THINK_DEFAULT;
+    throw BindingError("think mode '" + think + "': unknown (known: on, off, default)");
 }
 
 // Keyword arguments onto the fields of a params struct (the eval entry points): each setter takes its key's
@@ -95,8 +125,8 @@ void apply_kwargs(const py::kwargs& kw, const Setters& setters, const char* what
         const auto it = setters.find(k);
         if (it == setters.end()) {
             std::string known;
-            for (const auto& s : setters) known += (known.empty() ? "" : ", ") + s.first;
-            throw kvlens::Error(std::string(what) + ": unknown argument '" + k + "' (known: " + known + ")");
+            for (const auto& st : setters) known += (known.empty() ? "" : ", ") + st.first;
+            throw BindingError(std::string(what) + ": unknown argument '" + k + "' (known: " + known + ")");
         }
         it->second(value);
     }
@@ -117,118 +147,162 @@ py::array_t<float> array3(const std::vector<float>& v, int a, int b, int c) {
 PYBIND11_MODULE(_kvlens, m) {
     m.doc() =
         "kvlens: the KV cache of an LLM as a free representation (KV-CoE, fast/slow thinking, embeddings)";
-    m.attr("__version__") = KVLENS_VERSION;
-    static py::exception<kvlens::Error> error(m, "Error", PyExc_ValueError);
+    m.attr("__version__") = kvlens_version();
+    static py::exception<BindingError> error(m, "Error", PyExc_ValueError);
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
-        } catch (const kvlens::ApiError& e) {  // a refused request: kvlens.Error with .param
+        } catch (const BindingError& e) {
+            if (!e.has_param) {
+                PyErr_SetString(error.ptr(), e.what());
+                return;
+            }
             py::object inst = py::reinterpret_borrow<py::object>(error.ptr())(e.what());
-            inst.attr("param") = e.param;
+            inst.attr("param") = e.param;  // a refused request: kvlens.Error with .param
             PyErr_SetObject(error.ptr(), inst.ptr());
-        } catch (const kvlens::Error& e) {
-            PyErr_SetString(error.ptr(), e.what());
         }
     });
+    const kvlens_session_params defaults = kvlens_session_default_params();
 
-    py::class_<kvlens::Model>(m, "Model", "A GGUF model (weights loaded once, shared by every Api and call)")
+    py::class_<Model>(m, "Model", "A GGUF model (weights loaded once, shared by every Api and call)")
         .def(py::init([](const std::string& path, int gpu_layers, bool verbose) {
-                 kvlens::set_verbose(verbose);
-                 return std::make_unique<kvlens::Model>(kvlens::ModelParams{path, gpu_layers});
+                 kvlens_model_params mp = kvlens_model_default_params();
+                 mp.n_gpu_layers = gpu_layers;
+                 mp.verbose = verbose;
+                 kvlens_model* mo = nullptr;
+                 check(kvlens_model_load(path, mp, &mo));
+                 return Model{kvlens_model_ptr(mo)};
              }),
              "path"_a, "gpu_layers"_a = -1, "verbose"_a = false)
-        .def_property_readonly("path", &kvlens::Model::path)
+        .def_property_readonly("path",
+                               [](const Model& mo) {
+                                   kvlens_model_info i;
+                                   check(kvlens_model_get_info(mo.m.get(), &i));
+                                   return i.path;
+                               })
         .def_property_readonly("info",
-                               [](const kvlens::Model& mo) {
-                                   const kvlens::ModelInfo& i = mo.info();
+                               [](const Model& mo) {
+                                   kvlens_model_info i;
+                                   check(kvlens_model_get_info(mo.m.get(), &i));
                                    return py::dict("arch"_a = i.arch, "name"_a = i.name,
                                                    "n_layer"_a = i.n_layer, "n_embd"_a = i.n_embd,
                                                    "n_head"_a = i.n_head, "n_head_kv"_a = i.n_head_kv,
-                                                   "head_dim"_a = i.head_dim, "kv_width"_a = i.kv_width(),
+                                                   "head_dim"_a = i.head_dim, "kv_width"_a = i.kv_width,
                                                    "n_ctx_train"_a = i.n_ctx_train, "n_vocab"_a = i.n_vocab,
-                                                   "chat_template"_a = i.chat_template);
+                                                   "chat_template"_a = i.gguf_chat_template);
                                })
-        .def("tokenize", &kvlens::Model::tokenize, "text"_a, "add_special"_a = true, "parse_special"_a = true)
-        .def("detokenize", &kvlens::Model::detokenize, "tokens"_a, "render_special"_a = false);
+        .def(
+            "tokenize",
+            [](const Model& mo, const std::string& text, bool add_special, bool parse_special) {
+                std::vector<int32_t> out;
+                check(kvlens_tokenize(mo.m.get(), text, add_special, &out, parse_special));
+                return out;
+            },
+            "text"_a, "add_special"_a = true, "parse_special"_a = true)
+        .def(
+            "detokenize",
+            [](const Model& mo, const std::vector<int32_t>& tokens, bool render_special) {
+                std::string out;
+                check(kvlens_detokenize(mo.m.get(), tokens, render_special, &out));
+                return out;
+            },
+            "tokens"_a, "render_special"_a = false);
 
-    py::class_<kvlens::Api>(m, "Api",
-                            "The OpenAI-compatible API of `kvlens serve`, without HTTP: request dicts in, "
-                            "response dicts out")
-        .def(py::init([](const kvlens::Model& model, int n_ctx, int threads, int parallel, int max_tokens,
+    py::class_<Api>(
+        m, "Api",
+        "The OpenAI-compatible API of `kvlens serve`, without HTTP: request dicts in, response dicts "
+        "out")
+        .def(py::init([](const Model& model, int n_ctx, int threads, int parallel, int max_tokens,
                          const std::string& chat_template, const std::string& router,
                          const std::string& calibration, const std::string& flash_attn,
                          const std::string& kv_source, const std::string& coe_layers,
                          const std::string& coe_kv_part, const std::string& coe_positions,
                          const std::string& coe_head_agg) {
-                 kvlens::ApiParams p;
+                 kvlens_service_params p = kvlens_service_default_params();
                  p.session = session_params(n_ctx, threads, flash_attn, kv_source);
-                 p.token_coe = token_coe_spec(coe_layers, coe_kv_part, coe_positions, coe_head_agg);
+                 p.session.coe_layers = coe_layers;
+                 p.session.coe_kv_part = coe_kv_part;
+                 p.session.coe_positions = coe_positions;
+                 p.session.coe_head_agg = coe_head_agg;
+                 p.session.chat_template = chat_template;
+                 p.session.router_path = router;
+                 p.session.calibration_path = calibration;
                  p.parallel = parallel;
                  p.default_max_tokens = max_tokens;
-                 p.chat_template = chat_template;
-                 p.router_path = router;
-                 p.calibration_path = calibration;
-                 return std::make_unique<kvlens::Api>(model, p);
+                 kvlens_service* svc = nullptr;
+                 check(kvlens_service_open(model.m.get(), p, &svc));
+                 return Api{kvlens_service_ptr(svc)};
              }),
              "model"_a, "n_ctx"_a = 0, "threads"_a = 0, "parallel"_a = 1, "max_tokens"_a = 512,
              "chat_template"_a = "auto", "router"_a = "", "calibration"_a = "", "flash_attn"_a = "auto",
-             "kv_source"_a = "graph", "coe_layers"_a = kvlens::TokenCoeSpec{}.layers,
-             "coe_kv_part"_a = kvlens::to_string(kvlens::TokenCoeSpec{}.kv_part),
-             "coe_positions"_a = kvlens::to_string(kvlens::TokenCoeSpec{}.positions),
-             "coe_head_agg"_a = kvlens::to_string(kvlens::TokenCoeSpec{}.head_agg), py::keep_alive<1, 2>())
-        .def("models", [](const kvlens::Api& a) { return from_json(a.models()); })
+             "kv_source"_a = "graph", "coe_layers"_a = defaults.coe_layers,
+             "coe_kv_part"_a = defaults.coe_kv_part, "coe_positions"_a = defaults.coe_positions,
+             "coe_head_agg"_a = defaults.coe_head_agg, py::keep_alive<1, 2>())
+        .def("models",
+             [](const Api& a) {
+                 std::string out;
+                 check(kvlens_service_models(a.s.get(), &out));
+                 return json_loads(out);
+             })
         .def(
             "chat",
-            [](const kvlens::Api& a, const py::dict& request, const py::object& on_chunk) {
-                const kvlens::ChatRequest r = a.parse_chat(to_json(request));
-                json out;
+            [](const Api& a, const py::dict& request, const py::object& on_chunk) {
+                kvlens_request_error err;
+                kvlens_chat_request* parsed = nullptr;
+                check_request(kvlens_service_parse_chat(a.s.get(), json_dumps(request), &parsed, &err), err);
+                const kvlens_chat_request_ptr r(parsed);
+                std::string out;
+                kvlens_status st;
                 if (on_chunk.is_none()) {
                     py::gil_scoped_release nogil;
-                    out = a.chat(r);
+                    st = kvlens_service_chat(a.s.get(), r.get(), {}, &out, &err);
                 } else {
                     // Streaming: on_chunk(chunk dict) for every chat.completion.chunk; return False to stop.
-                    auto send = [&on_chunk](const json& j) {
+                    auto send = [&on_chunk](const std::string& j) {
                         py::gil_scoped_acquire gil;
-                        const py::object keep = on_chunk(from_json(j));
+                        const py::object keep = on_chunk(json_loads(j));
                         return keep.is_none() || keep.cast<bool>();
                     };
                     py::gil_scoped_release nogil;
-                    out = a.chat(r, send);
+                    st = kvlens_service_chat(a.s.get(), r.get(), send, &out, &err);
                 }
-                return from_json(out);
+                check_request(st, err);
+                return out.empty() ? py::object(py::none()) : json_loads(out);
             },
             "request"_a, "on_chunk"_a = py::none(),
             "A chat completion: the request as for POST /v1/chat/completions (think: default|on|off|auto)")
         .def(
             "embeddings",
-            [](const kvlens::Api& a, const py::dict& request) {
-                const json body = to_json(request);
-                json out;
+            [](const Api& a, const py::dict& request) {
+                const std::string body = json_dumps(request);
+                kvlens_request_error err;
+                std::string out;
+                kvlens_status st;
                 {
                     py::gil_scoped_release nogil;
-                    out = a.embeddings(body);
+                    st = kvlens_service_embeddings(a.s.get(), body, &out, &err);
                 }
-                return from_json(out);
+                check_request(st, err);
+                return json_loads(out);
             },
             "request"_a, "KV embeddings: the request as for POST /v1/embeddings");
 
     m.def(
         "kv",
-        [](const kvlens::Model& model, const py::object& text_or_tokens, bool hidden, bool add_special,
-           int threads, const std::string& flash_attn, const std::string& kv_source) {
-            std::vector<llama_token> toks;
+        [](const Model& model, const py::object& text_or_tokens, bool hidden, bool add_special, int threads,
+           const std::string& flash_attn, const std::string& kv_source) {
+            std::vector<int32_t> toks;
             if (py::isinstance<py::str>(text_or_tokens))
-                toks = model.tokenize(text_or_tokens.cast<std::string>(), add_special, true);
+                check(kvlens_tokenize(model.m.get(), text_or_tokens.cast<std::string>(), add_special, &toks));
             else
-                toks = text_or_tokens.cast<std::vector<llama_token>>();
-            kvlens::KvDump d;
+                toks = text_or_tokens.cast<std::vector<int32_t>>();
+            kvlens_session_params sp = session_params((int)toks.size() + 8, threads, flash_attn, kv_source);
+            sp.n_batch = std::max(1, (int)toks.size());
+            kvlens_kv d;
             {
                 py::gil_scoped_release nogil;
-                kvlens::SessionParams sp =
-                    session_params((int)toks.size() + 8, threads, flash_attn, kv_source);
-                sp.n_batch = std::max(1, (int)toks.size());
-                kvlens::Session session(model, sp);
-                d = kvlens::dump_kv(session, toks, hidden);
+                const kvlens_session_ptr session = open_session(model, sp);
+                check(kvlens_kv_of_tokens(session.get(), toks, hidden, &d));
             }
             py::dict out("tokens"_a = toks, "k"_a = array3(d.k, d.n_layer, d.n_tokens, d.kv_width),
                          "v"_a = array3(d.v, d.n_layer, d.n_tokens, d.kv_width));
@@ -242,45 +316,31 @@ PYBIND11_MODULE(_kvlens, m) {
 
     m.def(
         "encode",
-        [](const kvlens::Model& model, const std::vector<std::string>& texts, bool normalize,
+        [](const Model& model, const std::vector<std::string>& texts, bool normalize,
            const std::string& layers, const std::string& kv_part, const std::string& head_agg,
            const std::string& pos_agg, int batch_size, int n_ctx, int threads,
            const std::string& flash_attn) {
-            kvlens::EmbedParams ep;
-            ep.spec.normalize = normalize;
-            ep.spec.kv_part = kvlens::parse_kv_part(kv_part);
-            ep.spec.head_agg = kvlens::parse_head_agg(head_agg);
-            ep.spec.pos_agg = kvlens::parse_pos_agg(pos_agg);
-            if (layers.empty()) {  // the server's: the last 4 layers, or all of a smaller model
-                ep.spec.layers.clear();
-                for (int l = -std::min(4, model.info().n_layer); l < 0; ++l) ep.spec.layers.push_back(l);
-            } else {
-                ep.spec.layers = kvlens::parse_layers(layers);
-            }
-            if (batch_size < 1) throw kvlens::Error("batch_size must be >= 1");
-            ep.batch_seqs = batch_size;
-            for (size_t i = 0; i < texts.size(); ++i) {
-                const std::string problem = kvlens::text_problem(texts[i]);
-                if (!problem.empty())
-                    throw kvlens::ApiError(400, "texts[" + std::to_string(i) + "]", problem);
-            }
-            std::vector<kvlens::Embedding> out;
-            int width = 0;
+            kvlens_embed_params ep = kvlens_embed_default_params();
+            ep.normalize = normalize;
+            ep.layers = layers;  // "": the server's: the last 4 layers, or all of a smaller model
+            ep.kv_part = kv_part;
+            ep.head_agg = head_agg;
+            ep.pos_agg = pos_agg;
+            if (batch_size < 1) throw BindingError("batch_size must be >= 1");
+            kvlens_session_params sp = session_params(n_ctx, threads, flash_attn, "graph");
+            sp.n_seq_max = batch_size;
+            kvlens_embeddings e;
+            kvlens_status st;
             {
                 py::gil_scoped_release nogil;
-                kvlens::SessionParams sp = session_params(n_ctx, threads, flash_attn, "graph");
-                sp.n_seq_max = batch_size;
-                kvlens::Session session(model, sp);
-                kvlens::Embedder embedder(session, ep);
-                width = embedder.kv_width();
-                out = embedder.embed(texts);
+                const kvlens_session_ptr session = open_session(model, sp);
+                st = kvlens_embed(session.get(), texts, ep, &e);
             }
-            py::array_t<float> arr({(py::ssize_t)texts.size(), (py::ssize_t)width});
-            float* dst = arr.mutable_data();
-            for (size_t i = 0; i < out.size(); ++i) {
-                if (!out[i].ok) throw kvlens::ApiError(400, "texts[" + std::to_string(i) + "]", out[i].error);
-                std::copy(out[i].kv.begin(), out[i].kv.end(), dst + i * width);
-            }
+            // A pooling argument's message as the pooling says it; a bad text names texts[i] (.param).
+            check_unprefixed(st, {"layers", "kv_part", "head_agg", "pos_agg"});
+            check_param(st, "texts[");
+            py::array_t<float> arr({(py::ssize_t)e.n, (py::ssize_t)e.width});
+            std::copy(e.data.begin(), e.data.end(), arr.mutable_data());
             return arr;
         },
         "model"_a, "texts"_a, "normalize"_a = false, "layers"_a = "", "kv_part"_a = "kv_cat",
@@ -292,69 +352,58 @@ PYBIND11_MODULE(_kvlens, m) {
 
     m.def(
         "score_answer",
-        [](const kvlens::Model& model, const std::vector<std::map<std::string, std::string>>& messages,
+        [](const Model& model, const std::vector<std::map<std::string, std::string>>& messages,
            const std::string& answer, const std::string& think, const std::string& chat_template,
            bool end_of_turn, int threads, const std::string& flash_attn, const std::string& kv_source,
            const std::string& coe_layers, const std::string& coe_kv_part, const std::string& coe_positions,
            const std::string& coe_head_agg) {
-            const kvlens::TokenCoeSpec spec =
-                token_coe_spec(coe_layers, coe_kv_part, coe_positions, coe_head_agg);
-            const kvlens::ModelInfo& mi = model.info();
-            const kvlens::ChatTemplate flag = kvlens::parse_chat_template(chat_template);
-            const kvlens::ChatTemplate t = flag == kvlens::ChatTemplate::Auto
-                                               ? kvlens::detect_chat_template(mi.chat_template, mi.arch)
-                                               : flag;
-            std::vector<kvlens::ChatMessage> msgs;
+            std::vector<kvlens_chat_message> msgs;
             for (size_t i = 0; i < messages.size(); ++i) {
                 const auto role = messages[i].find("role"), content = messages[i].find("content");
                 if (role == messages[i].end() || content == messages[i].end())
-                    throw kvlens::ApiError(400, "messages[" + std::to_string(i) + "]",
-                                           "expected a dict with role and content");
+                    throw BindingError("expected a dict with role and content",
+                                       "messages[" + std::to_string(i) + "]", true);
                 msgs.push_back({role->second, content->second});
             }
-            if (msgs.empty()) throw kvlens::ApiError(400, "messages", "no messages");
-            const std::string prompt_text =
-                kvlens::render_chat(t, msgs, true, kvlens::parse_think_mode(think));
-            const std::vector<llama_token> prompt = model.tokenize(prompt_text, true, true);
-            // The answer as the model would have produced it after the prompt, closed by the template's
-            // end-of-turn token as a generation that stops by itself is (that token is scored too).
-            std::vector<llama_token> forced = model.tokenize(answer, false, true);
-            if (end_of_turn)
-                for (const std::string& eot : kvlens::end_of_turn_texts(t)) {
-                    const std::vector<llama_token> e = model.tokenize(eot, false, true);
-                    if (e.size() == 1 && model.is_eog(e[0])) {
-                        forced.push_back(e[0]);
-                        break;
-                    }
-                }
-            if (forced.empty()) throw kvlens::ApiError(400, "answer", "empty answer");
-            kvlens::Generation g;
-            std::map<std::string, double> scores;
+            if (msgs.empty()) throw BindingError("no messages", "messages", true);
+            kvlens_score_params params = kvlens_score_default_params();
+            params.think = think_of(think);
+            params.end_of_turn = end_of_turn;
+            // A context for the prompt and the answer (+ its end-of-turn token) and no more.
+            std::string prompt_text;
+            const kvlens_status rendered =
+                kvlens_chat_render(model.m.get(), chat_template, msgs, params.think, true, &prompt_text);
+            check_unprefixed(rendered, {"chat_template"});
+            check(rendered);
+            std::vector<int32_t> prompt, forced;
+            check(kvlens_tokenize(model.m.get(), prompt_text, true, &prompt));
+            check(kvlens_tokenize(model.m.get(), answer, false, &forced));
+            kvlens_session_params sp = session_params(0, threads, flash_attn, kv_source);
+            sp.n_ctx = (int)(prompt.size() + forced.size()) + (end_of_turn ? 1 : 0) + 8;
+            sp.n_batch = std::min(sp.n_ctx, 512);
+            sp.chat_template = chat_template;
+            sp.coe_layers = coe_layers;
+            sp.coe_kv_part = coe_kv_part;
+            sp.coe_positions = coe_positions;
+            sp.coe_head_agg = coe_head_agg;
+            kvlens_answer_scores r;
+            kvlens_status st;
             {
                 py::gil_scoped_release nogil;
-                kvlens::SessionParams sp = session_params(0, threads, flash_attn, kv_source);
-                sp.n_ctx = (int)(prompt.size() + forced.size()) + 8;
-                sp.n_batch = std::min(sp.n_ctx, 512);
-                kvlens::Session session(model, sp);
-                kvlens::CoeScorer scorer(session, 0, (int)prompt.size(), spec);
-                kvlens::Batcher batcher(session, false);
-                batcher.join(0, prompt, (int)forced.size(), kvlens::make_sampler({}, 0), {}, forced);
-                while (!batcher.empty())
-                    for (kvlens::Generation& done : batcher.step()) g = std::move(done);
-                scores = scorer.result(g.steps).named();
+                const kvlens_session_ptr session = open_session(model, sp);
+                st = kvlens_score_answer(session.get(), msgs, answer, params, &r);
             }
+            check_param(st, "answer: ");
             py::dict sc;
-            for (const auto& [k, v] : scores)
+            for (const auto& [k, v] : r.scores)
                 sc[py::str(k)] = std::isfinite(v) ? py::object(py::float_(v)) : py::none();
-            return py::dict("scores"_a = sc, "n_prompt"_a = prompt.size(), "tokens"_a = g.output,
-                            "stop"_a = kvlens::to_string(g.stop));
+            return py::dict("scores"_a = sc, "n_prompt"_a = r.n_prompt, "tokens"_a = r.tokens,
+                            "stop"_a = r.stop);
         },
         "model"_a, "messages"_a, "answer"_a, "think"_a = "default", "chat_template"_a = "auto",
         "end_of_turn"_a = true, "threads"_a = 0, "flash_attn"_a = "auto", "kv_source"_a = "graph",
-        "coe_layers"_a = kvlens::TokenCoeSpec{}.layers,
-        "coe_kv_part"_a = kvlens::to_string(kvlens::TokenCoeSpec{}.kv_part),
-        "coe_positions"_a = kvlens::to_string(kvlens::TokenCoeSpec{}.positions),
-        "coe_head_agg"_a = kvlens::to_string(kvlens::TokenCoeSpec{}.head_agg),
+        "coe_layers"_a = defaults.coe_layers, "coe_kv_part"_a = defaults.coe_kv_part,
+        "coe_positions"_a = defaults.coe_positions, "coe_head_agg"_a = defaults.coe_head_agg,
         "The scores of a given answer (teacher forcing: its tokens decoded after the chat prompt as if "
         "generated, with the same capture and step statistics): {scores, n_prompt, tokens, stop}");
 
@@ -364,12 +413,7 @@ PYBIND11_MODULE(_kvlens, m) {
     m.def(
         "run_coe_eval",
         [](const py::kwargs& kw) {
-            kvlens::CoeEvalParams p;
-            p.data_dir = kvlens::find_data_dir();
-            p.command_line = "kvlens eval coe";
-            std::string layers = p.token_coe.layers, kv_part = kvlens::to_string(p.token_coe.kv_part),
-                        positions = kvlens::to_string(p.token_coe.positions),
-                        head_agg = kvlens::to_string(p.token_coe.head_agg);
+            kvlens_eval_coe_params p = kvlens_eval_coe_default_params();
             apply_kwargs(kw,
                          {{"model", set(p.model_path)},
                           {"dataset", set(p.dataset)},
@@ -384,30 +428,28 @@ PYBIND11_MODULE(_kvlens, m) {
                           {"kv_source", set(p.kv_source)},
                           {"template", set(p.chat_template)},
                           {"think", set(p.think)},
-                          {"coe_layers", set(layers)},
-                          {"coe_kv_part", set(kv_part)},
-                          {"coe_positions", set(positions)},
-                          {"coe_head_agg", set(head_agg)},
+                          {"coe_layers", set(p.coe_layers)},
+                          {"coe_kv_part", set(p.coe_kv_part)},
+                          {"coe_positions", set(p.coe_positions)},
+                          {"coe_head_agg", set(p.coe_head_agg)},
                           {"bootstrap", set(p.bootstrap)},
                           {"seed", set(p.seed)},
                           {"dev_fraction", set(p.dev_fraction)},
                           {"command_line", set(p.command_line)}},
                          "run_coe_eval");
-            p.token_coe = token_coe_spec(layers, kv_part, positions, head_agg);
-            py::gil_scoped_release nogil;
-            kvlens::run_coe_eval(p);
+            kvlens_status st;
+            {
+                py::gil_scoped_release nogil;
+                st = kvlens_eval_coe(p);
+            }
+            check(st);
         },
         "kvlens eval coe (model=, dataset=, out=, limit=, shard='I/N', ... as the CLI's flags): runs or "
         "resumes the evaluation in out and writes its report");
     m.def(
         "run_sample_eval",
         [](const py::kwargs& kw) {
-            kvlens::SampleEvalParams p;
-            p.data_dir = kvlens::find_data_dir();
-            p.command_line = "kvlens eval sample";
-            std::string layers = p.token_coe.layers, kv_part = kvlens::to_string(p.token_coe.kv_part),
-                        positions = kvlens::to_string(p.token_coe.positions),
-                        head_agg = kvlens::to_string(p.token_coe.head_agg);
+            kvlens_eval_sample_params p = kvlens_eval_sample_default_params();
             apply_kwargs(kw,
                          {{"model", set(p.model_path)},
                           {"dataset", set(p.dataset)},
@@ -430,33 +472,36 @@ PYBIND11_MODULE(_kvlens, m) {
                           {"kv_source", set(p.kv_source)},
                           {"template", set(p.chat_template)},
                           {"think", set(p.think)},
-                          {"coe_layers", set(layers)},
-                          {"coe_kv_part", set(kv_part)},
-                          {"coe_positions", set(positions)},
-                          {"coe_head_agg", set(head_agg)},
+                          {"coe_layers", set(p.coe_layers)},
+                          {"coe_kv_part", set(p.coe_kv_part)},
+                          {"coe_positions", set(p.coe_positions)},
+                          {"coe_head_agg", set(p.coe_head_agg)},
                           {"command_line", set(p.command_line)}},
                          "run_sample_eval");
-            if (p.part != "all" && p.part != "dev" && p.part != "test")
-                throw kvlens::Error("part '" + p.part + "': expected all, dev or test");
-            p.token_coe = token_coe_spec(layers, kv_part, positions, head_agg);
-            py::gil_scoped_release nogil;
-            kvlens::run_sample_eval(p);
+            kvlens_status st;
+            {
+                py::gil_scoped_release nogil;
+                st = kvlens_eval_sample(p);
+            }
+            check(st);
         },
         "kvlens eval sample (model=, dataset=, out=, limit=, shard='I/N', n=[1, 4, 8], ... as the CLI's "
         "flags): runs or resumes the evaluation in out and writes its report");
     m.def(
         "eval_merge",
         [](const std::vector<std::string>& dirs, const std::string& out, const std::string& command_line) {
-            kvlens::MergeParams p{dirs, out, command_line};
-            py::gil_scoped_release nogil;
-            kvlens::run_eval_merge(p);
+            kvlens_status st;
+            {
+                py::gil_scoped_release nogil;
+                st = kvlens_eval_merge(dirs, out, command_line);
+            }
+            check(st);
         },
         "dirs"_a, "out"_a, "command_line"_a = "kvlens eval merge",
         "kvlens eval merge: joins the output directories of one run's shards into out (new or empty), "
         "refusing shards that do not make up one run (nothing written then)");
 
-    m.def(
-        "data_dir", [] { return kvlens::find_data_dir(); },
-        "Where the built-in dataset configs are: KVLENS_DATA_DIR, else those installed beside this module, "
-        "else the source tree it was built from");
+    m.def("data_dir", &kvlens_data_dir,
+          "Where the built-in dataset configs are: KVLENS_DATA_DIR, else those installed beside this module, "
+          "else the source tree it was built from");
 }

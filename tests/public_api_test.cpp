@@ -1,7 +1,8 @@
 // The public API (include/kvlens/kvlens.h) against the internal path it wraps, on the tiny random models and
-// the reasoning model: generation with scores (and calibration), think auto, embeddings and raw K/V must be
-// exactly what the engine, capture and methods (and `kvlens generate --scores`) give; bad inputs give the
-// documented status with a message naming the parameter or file, and leave the output alone.
+// the reasoning model: generation with scores (and calibration, features), think auto, N samples with a
+// choice, scoring a given answer, embeddings, raw K/V, calibration files and the OpenAI-compatible service
+// must be exactly what the engine, capture, methods and evaluation (and `kvlens generate --scores`) give; bad
+// inputs give the documented status with a message naming the parameter or file, and leave the output alone.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -15,15 +16,19 @@
 #include <vector>
 
 #include "capture/dump.h"
+#include "capture/observers.h"
 #include "engine/chat_template.h"
 #include "engine/generate.h"
 #include "engine/model.h"
+#include "eval/matchers.h"
 #include "kvlens/kvlens.h"
 #include "methods/calibration.h"
 #include "methods/coe.h"
 #include "methods/embed.h"
 #include "methods/fast_slow.h"
 #include "methods/router.h"
+#include "methods/sampling.h"
+#include "methods/selection.h"
 
 namespace {
 
@@ -521,4 +526,390 @@ TEST(PublicApi, BadInputsGiveTheDocumentedStatus) {
     EXPECT_EQ(kvlens_generate(tiny.session.get(), "Hi", p, &g), KVLENS_OK) << kvlens_last_error();
     EXPECT_STREQ(kvlens_last_error(), "");
     EXPECT_STREQ(kvlens_status_name(KVLENS_ERR_RUNTIME), "runtime");
+}
+
+TEST(PublicApi, ModelTextHelpers) {
+    Handles h = open(kLlama, two_threads());
+    ASSERT_TRUE(h.model);
+    kvlens::Model model(kvlens::ModelParams{kLlama});
+    std::vector<int32_t> t;
+    ASSERT_EQ(kvlens_tokenize(h.model.get(), "<|eot_id|>hello", false, &t, false), KVLENS_OK);
+    const std::vector<llama_token> want = model.tokenize("<|eot_id|>hello", false, false);
+    EXPECT_EQ(t, std::vector<int32_t>(want.begin(), want.end()));
+    std::string text;
+    ASSERT_EQ(kvlens_detokenize(h.model.get(), t, false, &text), KVLENS_OK);
+    EXPECT_EQ(text, model.detokenize(want, false));
+    ASSERT_EQ(kvlens_parse_tokens(h.model.get(), "1,2,3", &t), KVLENS_OK);
+    EXPECT_EQ(t, (std::vector<int32_t>{1, 2, 3}));
+    EXPECT_EQ(kvlens_parse_tokens(h.model.get(), "1,x", &t), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(t, (std::vector<int32_t>{1, 2, 3}));  // left alone
+    kvlens_model_info info;
+    ASSERT_EQ(kvlens_model_get_info(h.model.get(), &info), KVLENS_OK);
+    EXPECT_EQ(info.gguf_chat_template, model.info().chat_template);
+
+    // Chat templates: as render_chat, "auto" the detected one.
+    const std::vector<kvlens_chat_message> msgs = {{"system", "Be brief."}, {"user", "Hi"}};
+    for (const char* name : {"auto", "chatml", "qwen3"}) {
+        ASSERT_EQ(kvlens_chat_render(h.model.get(), name, msgs, KVLENS_THINK_OFF, true, &text), KVLENS_OK);
+        const kvlens::ChatTemplate ct =
+            std::string(name) == "auto" ? kvlens::ChatTemplate::Llama3 : kvlens::parse_chat_template(name);
+        EXPECT_EQ(text, kvlens::render_chat(ct, {{"system", "Be brief."}, {"user", "Hi"}}, true,
+                                            kvlens::ThinkMode::Off))
+            << name;
+    }
+    EXPECT_EQ(kvlens_chat_render(h.model.get(), "jinja", msgs, KVLENS_THINK_OFF, true, &text),
+              KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()).rfind("chat_template", 0), 0u);
+    EXPECT_EQ(kvlens_chat_render(h.model.get(), "auto", msgs, KVLENS_THINK_AUTO, true, &text),
+              KVLENS_ERR_INVALID_ARGUMENT);
+
+    // The model-free checks of a session's parameters.
+    kvlens_session_params sp = kvlens_session_default_params();
+    EXPECT_EQ(kvlens_session_params_check(sp), KVLENS_OK);
+    sp.coe_kv_part = "q";
+    EXPECT_EQ(kvlens_session_params_check(sp), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()).rfind("coe_kv_part: ", 0), 0u);
+    sp = kvlens_session_default_params();
+    sp.coe_layers = "5";  // out of range for 2 layers: a check on the model, not here
+    EXPECT_EQ(kvlens_session_params_check(sp), KVLENS_OK);
+    EXPECT_FALSE(kvlens_data_dir().empty());
+    EXPECT_EQ(kvlens_default_calibration_path("/m/x.gguf", "kv_coe_r"), "/m/x.calibration.kv_coe_r.json");
+}
+
+TEST(PublicApi, FeaturesEqualThePoolOfTheGeneration) {
+    Handles h = open(kLlama, two_threads());
+    ASSERT_TRUE(h.session);
+    kvlens_generate_params p = kvlens_generate_default_params();
+    p.max_tokens = 7;
+    p.features = true;
+    p.feature_positions = "producer";
+    p.feature_layer_agg = "mean";
+    p.feature_normalize = true;
+    kvlens_generation g;
+    ASSERT_EQ(kvlens_generate(h.session.get(), "What is 2+3?", p, &g), KVLENS_OK) << kvlens_last_error();
+
+    kvlens::Model model(kvlens::ModelParams{kLlama});
+    const kvlens::ModelInfo& mi = model.info();
+    const std::vector<llama_token> toks =
+        model.tokenize(kvlens::render_chat(kvlens::ChatTemplate::Llama3, {{"user", "What is 2+3?"}}, true,
+                                           kvlens::ThinkMode::Default),
+                       true);
+    kvlens::SessionParams sp;
+    sp.n_threads = 2;
+    kvlens::Session session(model, sp);
+    kvlens::PoolSpec spec;
+    spec.layer_agg = kvlens::LayerAgg::Mean;
+    spec.normalize = true;
+    kvlens::KvPool pool(spec, mi.n_layer, mi.n_head_kv, mi.head_dim);
+    kvlens::PoolObserver obs(pool, 0, (llama_pos)toks.size() - 1);
+    session.capture().subscribe(&obs);
+    kvlens::GenerateParams gp;
+    gp.max_tokens = 7;
+    const kvlens::Generation want = kvlens::generate(session, {toks}, gp).at(0);
+    session.capture().unsubscribe(&obs);
+    const kvlens::Pooled r = pool.result();
+    EXPECT_EQ(g.text, want.text);
+    EXPECT_EQ(g.feature_width, r.width);
+    EXPECT_EQ(g.feature_n_vectors, r.n_vectors);
+    EXPECT_EQ(g.feature_data, r.data);
+    EXPECT_EQ(g.feature_layers, pool.layers());
+    EXPECT_EQ(g.feature_n_positions, pool.count());
+    // The KV-CoE chain behind kv_coe_*: one state per producer position.
+    EXPECT_EQ(g.coe_n_states, (int64_t)want.output.size());
+    EXPECT_EQ(g.coe_layers, (std::vector<int>{0, 1}));  // the last 4 of 2 layers
+    EXPECT_EQ(g.coe_m.size() + 1, (size_t)g.coe_n_states);
+    EXPECT_EQ(g.coe_status, "ok");
+
+    p.feature_kv_part = "q";
+    EXPECT_EQ(kvlens_generate_params_check(p), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()).rfind("feature_kv_part: ", 0), 0u);
+    p.feature_kv_part = "k";
+    p.feature_layers = "7";  // 2 layers: refused on the model
+    EXPECT_EQ(kvlens_generate_params_check(p), KVLENS_OK);
+    EXPECT_EQ(kvlens_generate(h.session.get(), "Hi", p, &g), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()).rfind("feature_layers: ", 0), 0u) << kvlens_last_error();
+}
+
+TEST(PublicApi, KvDecodeFromEqualsDumpKv) {
+    Handles h = open(kLlama, two_threads());
+    ASSERT_TRUE(h.session);
+    kvlens::Model model(kvlens::ModelParams{kLlama});
+    kvlens::SessionParams isp;
+    isp.n_threads = 2;
+    kvlens::Session session(model, isp);
+    const std::vector<llama_token> toks = model.tokenize("one two three four five", true);
+    const kvlens::KvDump want = kvlens::dump_kv(session, toks, false, 3);
+    kvlens_kv kv;
+    ASSERT_EQ(kvlens_kv_of_tokens(h.session.get(), {toks.begin(), toks.end()}, false, &kv, 3), KVLENS_OK);
+    EXPECT_EQ(kv.k, want.k);
+    EXPECT_EQ(kv.v, want.v);
+    EXPECT_EQ(kvlens_kv_of_tokens(h.session.get(), {toks.begin(), toks.end()}, false, &kv, 99),
+              KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()).rfind("decode_from: 99 is more than the ", 0), 0u);
+}
+
+TEST(PublicApi, ScoreAnswerOfTheModelsOwnAnswerGivesItsScores) {
+    const std::string reasoner = KVLENS_REASONER_MODEL;
+    kvlens_session_params sp = two_threads();
+    sp.n_ctx = 1024;
+    Handles h = open(reasoner, sp);
+    ASSERT_TRUE(h.session);
+    kvlens_generate_params p = kvlens_generate_default_params();
+    p.think = KVLENS_THINK_OFF;
+    p.max_tokens = 64;
+    kvlens_generation g;
+    ASSERT_EQ(kvlens_generate(h.session.get(), "What is 12+7?", p, &g), KVLENS_OK) << kvlens_last_error();
+    ASSERT_EQ(g.stop, "end_of_turn");
+    kvlens_score_params sc = kvlens_score_default_params();
+    sc.think = KVLENS_THINK_OFF;
+    kvlens_answer_scores a;
+    ASSERT_EQ(kvlens_score_answer(h.session.get(), {{"user", "What is 12+7?"}}, g.text, sc, &a), KVLENS_OK)
+        << kvlens_last_error();
+    EXPECT_EQ(a.tokens, g.output_tokens);
+    EXPECT_EQ(a.n_prompt, (int)g.prompt_tokens.size());
+    EXPECT_EQ(a.stop, "end_of_turn");  // the end-of-turn token closes the forced answer
+    ASSERT_EQ(a.scores.size(), g.scores.size());
+    for (const auto& [k, v] : g.scores) {
+        if (!std::isnan(v)) {
+            EXPECT_NEAR(a.scores.at(k), v, 1e-6 * std::max(1.0, std::fabs(v))) << k;
+        }
+    }
+    EXPECT_EQ(kvlens_score_answer(h.session.get(), {}, "x", sc, &a), KVLENS_ERR_INVALID_ARGUMENT);
+    sc.end_of_turn = false;
+    EXPECT_EQ(kvlens_score_answer(h.session.get(), {{"user", "Hi"}}, "", sc, &a),
+              KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()).rfind("answer: ", 0), 0u);
+}
+
+TEST(PublicApi, SampleNEqualsSampleNAndTheSelection) {
+    kvlens_session_params sp = two_threads();
+    sp.n_seq_max = 3;
+    Handles h = open(kQwen3, sp);
+    ASSERT_TRUE(h.session);
+    kvlens_sample_params p = kvlens_sample_default_params();
+    p.n = 3;
+    p.max_tokens = 6;
+    p.seed = 11;
+    p.strategy = "best";
+    p.score = "max_prob";
+    p.reference = "5";
+    EXPECT_EQ(kvlens_sample_params_check(p), KVLENS_OK);
+    kvlens_samples r;
+    ASSERT_EQ(kvlens_sample_n(h.session.get(), "What is 2+3?", p, &r), KVLENS_OK) << kvlens_last_error();
+
+    kvlens::Model model(kvlens::ModelParams{kQwen3});
+    const std::vector<llama_token> toks =
+        model.tokenize(kvlens::render_chat(kvlens::ChatTemplate::Qwen3, {{"user", "What is 2+3?"}}, true,
+                                           kvlens::ThinkMode::Default),
+                       true);
+    kvlens::SessionParams isp;
+    isp.n_threads = 2;
+    isp.n_seq_max = 3;
+    kvlens::Session session(model, isp);
+    kvlens::SampleParams ip;
+    ip.n = 3;
+    ip.max_tokens = 6;
+    ip.sampling = {0.7f, 0, 0.95f, 11};
+    const kvlens::SampleSet set = kvlens::sample_n(session, toks, ip);
+    std::vector<kvlens::Candidate> cands;
+    ASSERT_EQ(r.samples.size(), 3u);
+    for (int i = 0; i < 3; ++i) {
+        const kvlens::SampleOut& so = set.samples[i];
+        EXPECT_EQ(r.samples[i].text, so.gen.text);
+        expect_same_scores(r.samples[i].scores, so.scores);
+        const kvlens::MatchResult m = kvlens::match_answer(kvlens::MatcherKind::LastNumber, so.gen.text, "5");
+        EXPECT_EQ(r.samples[i].extracted, m.extracted);
+        EXPECT_EQ(r.samples[i].correct, m.correct && so.gen.stop == kvlens::StopReason::EndOfTurn);
+        cands.push_back({m.extracted, so.scores.at("max_prob")});
+    }
+    const kvlens::Choice ch = kvlens::select_answer(kvlens::Strategy::BestOfN, cands);
+    EXPECT_EQ(r.chosen, ch.index);
+    EXPECT_EQ(r.answer, ch.answer);
+    EXPECT_EQ(r.votes, ch.votes);
+    EXPECT_EQ(r.score, "max_prob");
+    EXPECT_FALSE(r.abstained);
+    p.abstain_below = 2;  // above any probability
+    ASSERT_EQ(kvlens_sample_n(h.session.get(), "What is 2+3?", p, &r), KVLENS_OK);
+    EXPECT_TRUE(r.abstained);
+
+    kvlens_sample_params bad = p;
+    bad.strategy = "vote";
+    EXPECT_EQ(kvlens_sample_params_check(bad), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()).rfind("strategy: ", 0), 0u);
+    bad = p;
+    bad.strategy = "weighted";  // no calibration
+    EXPECT_EQ(kvlens_sample_n(h.session.get(), "Hi", bad, &r), KVLENS_ERR_INVALID_ARGUMENT);
+    bad = p;
+    bad.score = "nope";
+    EXPECT_EQ(kvlens_sample_n(h.session.get(), "Hi", bad, &r), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()), "score 'nope': no such score");
+    bad = p;
+    bad.n = 4;  // more than n_seq_max
+    EXPECT_EQ(kvlens_sample_n(h.session.get(), "Hi", bad, &r), KVLENS_ERR_INVALID_ARGUMENT);
+}
+
+TEST(PublicApi, CalibrateFitsSavesAndLoads) {
+    const std::string dir = temp_path("calibrate");
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    const std::string from = dir + "/samples.jsonl";
+    {
+        std::ofstream f(from);
+        const double s[] = {-1, -0.5, 0, 0.2, 0.5, 1, 1.5, 2};
+        const int y[] = {0, 0, 1, 0, 1, 1, 0, 1};
+        for (int i = 0; i < 8; ++i)
+            f << nlohmann::json{{"id", "q" + std::to_string(i)},
+                                {"correct", (bool)y[i]},
+                                {"scores", {{"kv_coe_r", s[i]}, {"max_prob", s[7 - i] * 0.3}}}}
+                     .dump()
+              << "\n";
+    }
+    kvlens_calibrate_params p = kvlens_calibrate_default_params();
+    p.from = from;
+    p.method = "platt";
+    p.features = {"kv_coe_r"};
+    p.out_path = dir + "/cal.json";
+    kvlens_calibration_info c;
+    ASSERT_EQ(kvlens_calibrate(p, &c), KVLENS_OK) << kvlens_last_error();
+    const kvlens::Calibration want =
+        kvlens::fit_platt({-1, -0.5, 0, 0.2, 0.5, 1, 1.5, 2}, {0, 0, 1, 0, 1, 1, 0, 1});
+    EXPECT_EQ(c.path, p.out_path);
+    EXPECT_EQ(c.method, "platt");
+    EXPECT_EQ(c.score, "kv_coe_r");
+    EXPECT_EQ(c.n, 8);
+    EXPECT_EQ(c.n_correct, 4);
+    EXPECT_EQ(c.direction, want.direction);
+    EXPECT_EQ(c.train_auroc, want.train_auroc);
+    kvlens_calibration_info loaded;
+    ASSERT_EQ(kvlens_calibration_load(p.out_path, &loaded), KVLENS_OK) << kvlens_last_error();
+    EXPECT_EQ(loaded.score, "kv_coe_r");
+    EXPECT_EQ(loaded.method, "platt");
+    EXPECT_EQ(kvlens::load_calibration(p.out_path).a, want.a);
+
+    p.method = "logistic";
+    p.features = {"kv_coe_r", "max_prob"};
+    p.name = "two";
+    ASSERT_EQ(kvlens_calibrate(p, &c), KVLENS_OK) << kvlens_last_error();
+    EXPECT_EQ(c.score, "combined:two");
+    EXPECT_EQ(c.features, p.features);
+    EXPECT_EQ(c.weights.size(), 2u);
+
+    p.method = "cubic";
+    EXPECT_EQ(kvlens_calibrate(p, &c), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()).rfind("method: ", 0), 0u);
+    p.method = "isotonic";  // one score only
+    EXPECT_EQ(kvlens_calibrate(p, &c), KVLENS_ERR_INVALID_ARGUMENT);
+    p.features = {"kv_coe_r"};
+    p.out_path.clear();
+    EXPECT_EQ(kvlens_calibrate(p, &c), KVLENS_ERR_INVALID_ARGUMENT);  // nowhere to save
+    EXPECT_EQ(kvlens_calibration_load(dir + "/none.json", &loaded), KVLENS_ERR_FILE);
+    EXPECT_EQ(loaded.score, "kv_coe_r");  // left alone
+    std::filesystem::remove_all(dir);
+}
+
+TEST(PublicApi, EvaluationsRefuseBadParameters) {
+    kvlens_eval_coe_params c = kvlens_eval_coe_default_params();
+    EXPECT_EQ(c.parallel, 4);
+    EXPECT_EQ(c.coe_layers, kvlens_session_default_params().coe_layers);
+    EXPECT_EQ(c.data_dir, kvlens_data_dir());
+    c.coe_kv_part = "q";
+    EXPECT_EQ(kvlens_eval_coe(c), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()).rfind("coe_kv_part: ", 0), 0u);
+    kvlens_eval_sample_params s = kvlens_eval_sample_default_params();
+    EXPECT_EQ(s.ns, (std::vector<int>{1, 4, 8}));
+    s.part = "train";
+    EXPECT_EQ(kvlens_eval_sample(s), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()), "part 'train': expected all, dev or test");
+    const std::string out = temp_path("merge_out");
+    std::filesystem::remove_all(out);
+    EXPECT_EQ(kvlens_eval_merge({"/nonexistent/shard0"}, out, "kvlens eval merge"), KVLENS_ERR_RUNTIME);
+    EXPECT_NE(std::string(kvlens_last_error()), "");
+    std::filesystem::remove_all(out);
+}
+
+TEST(PublicApi, ServiceAnswersAsTheOpenAiApi) {
+    kvlens_model* m = nullptr;
+    ASSERT_EQ(kvlens_model_load(kLlama, kvlens_model_default_params(), &m), KVLENS_OK);
+    const kvlens_model_ptr model(m);
+    kvlens_service_params p = kvlens_service_default_params();
+    EXPECT_EQ(p.session.n_ctx, 0);
+    p.session.n_threads = 2;
+    p.queue = 0;
+    kvlens_service* sv = nullptr;
+    ASSERT_EQ(kvlens_service_open(model.get(), p, &sv), KVLENS_OK) << kvlens_last_error();
+    const kvlens_service_ptr service(sv);
+    EXPECT_STREQ(kvlens_service_model_id(service.get()), "tiny-llama");
+    EXPECT_EQ(kvlens_service_max_admitted(service.get()), 1);
+    std::string out;
+    ASSERT_EQ(kvlens_service_models(service.get(), &out), KVLENS_OK);
+    EXPECT_EQ(nlohmann::json::parse(out)["data"][0]["id"], "tiny-llama");
+
+    kvlens_request_error err;
+    kvlens_chat_request* r = nullptr;
+    const std::string body = R"({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5})";
+    ASSERT_EQ(kvlens_service_parse_chat(service.get(), body, &r, &err), KVLENS_OK) << err.message;
+    const kvlens_chat_request_ptr req(r);
+    EXPECT_FALSE(kvlens_chat_request_stream(req.get()));
+    ASSERT_EQ(kvlens_service_chat(service.get(), req.get(), {}, &out, &err), KVLENS_OK) << err.message;
+    const nlohmann::json resp = nlohmann::json::parse(out);
+    EXPECT_EQ(resp["object"], "chat.completion");
+    EXPECT_LE(resp["kvlens"]["n_generated"].get<int>(), 5);
+    EXPECT_TRUE(resp["kvlens"]["scores"].contains("kv_coe_r"));
+    // Streamed: the same answer in chunks.
+    std::vector<nlohmann::json> chunks;
+    ASSERT_EQ(kvlens_service_chat(
+                  service.get(), req.get(),
+                  [&](const std::string& c) {
+                      chunks.push_back(nlohmann::json::parse(c));
+                      return true;
+                  },
+                  &out, &err),
+              KVLENS_OK);
+    ASSERT_FALSE(chunks.empty());
+    EXPECT_EQ(chunks.back()["object"], "chat.completion.chunk");
+    EXPECT_EQ(nlohmann::json::parse(out)["choices"], resp["choices"]);
+
+    // Refusals name the parameter; text that is not JSON names the body.
+    r = nullptr;
+    EXPECT_EQ(kvlens_service_parse_chat(service.get(), R"({"messages": [], "max_tokens": 5})", &r, &err),
+              KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(r, nullptr);
+    EXPECT_EQ(err.http_status, 400);
+    EXPECT_EQ(err.param, "messages");
+    EXPECT_EQ(err.type, "invalid_request_error");
+    EXPECT_EQ(kvlens_service_parse_chat(service.get(), "{oops", &r, &err), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(err.param, "body");
+    EXPECT_EQ(err.message.rfind("request body: invalid JSON (", 0), 0u);
+
+    ASSERT_EQ(kvlens_service_embeddings(service.get(), R"({"input": ["a", "b"]})", &out, &err), KVLENS_OK);
+    EXPECT_EQ(nlohmann::json::parse(out)["data"].size(), 2u);
+    EXPECT_EQ(kvlens_service_embeddings(service.get(), R"({"input": ["a", ""]})", &out, &err),
+              KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(err.param, "input[1]");
+
+    // The line: parallel 1 + queue 0 admits one.
+    kvlens_admission* a = nullptr;
+    ASSERT_EQ(kvlens_service_admit(service.get(), &a, &err), KVLENS_OK);
+    const kvlens_admission_ptr first(a);
+    kvlens_admission* b = nullptr;
+    EXPECT_EQ(kvlens_service_admit(service.get(), &b, &err), KVLENS_ERR_BUSY);
+    EXPECT_EQ(b, nullptr);
+    EXPECT_EQ(err.http_status, 503);
+    EXPECT_EQ(err.code, "overloaded");
+    EXPECT_STREQ(kvlens_status_name(KVLENS_ERR_BUSY), "busy");
+
+    // Shutdown: a completion stops at once with what it has (after its first token).
+    kvlens_service_shutdown(service.get(), 0);
+    ASSERT_EQ(kvlens_service_chat(service.get(), req.get(), {}, &out, &err), KVLENS_OK) << err.message;
+    if (resp["kvlens"]["n_generated"] == 5) {
+        EXPECT_EQ(nlohmann::json::parse(out)["kvlens"]["stop"], "shutdown");
+    }
+
+    kvlens_service_params bad = kvlens_service_default_params();
+    bad.session.coe_head_agg = "max";
+    EXPECT_EQ(kvlens_service_open(model.get(), bad, &sv), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()).rfind("coe_head_agg: ", 0), 0u);
+    bad = kvlens_service_default_params();
+    bad.session.calibration_path = "/nonexistent/cal.json";
+    EXPECT_EQ(kvlens_service_open(model.get(), bad, &sv), KVLENS_ERR_FILE);
 }

@@ -2,8 +2,6 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "capture/dump.h"
-#include "capture/observers.h"
 #include "cli/common.h"
 #include "io/npz.h"
 #include "util/error.h"
@@ -25,26 +23,29 @@ void run_dump(const DumpOptions& o) {
     const std::filesystem::path dir = std::filesystem::path(o.out).parent_path();
     if (!dir.empty() && !std::filesystem::is_directory(dir))
         throw Error("--out '" + o.out + "': directory '" + dir.string() + "' does not exist");
-    std::unique_ptr<Model> model = load_model(o.model);
-    const ModelInfo& mi = model->info();
-    const std::vector<llama_token> toks = o.tokens.empty()
-                                              ? model->tokenize(o.prompt, !o.no_bos, /*parse_special=*/true)
-                                              : parse_token_ids(o.tokens, mi.n_vocab);
+    const kvlens_model_ptr model = open_model(o.model);
+    kvlens_model_info mi;
+    check(kvlens_model_get_info(model.get(), &mi));
+    std::vector<int32_t> toks;
+    if (o.tokens.empty())
+        check(kvlens_tokenize(model.get(), o.prompt, !o.no_bos, &toks, /*parse_special=*/true));
+    else
+        check(kvlens_parse_tokens(model.get(), o.tokens, &toks));
     const int T = (int)toks.size();
 
-    Session session(*model, session_params(o.model));
+    kvlens_session* s = nullptr;
+    check(kvlens_session_open(model.get(), api_session_params(o.model), &s));
+    const kvlens_session_ptr session(s);
     // Everything is gathered first, so that a failure leaves no partial file behind.
-    if (o.decode_from > T)
-        throw Error("--decode-from: " + std::to_string(o.decode_from) + " is more than the " +
-                    std::to_string(T) + " tokens");
-    const KvDump d = dump_kv(session, toks, o.hidden, o.decode_from);
+    kvlens_kv d;
+    check(kvlens_kv_of_tokens(session.get(), toks, o.hidden, &d, o.decode_from),
+          {{"decode_from", "--decode-from"}});
     const int L = d.n_layer, W = d.kv_width;
     std::vector<int32_t> pos(T);
     for (int t = 0; t < T; ++t) pos[t] = t;
-    const std::vector<int32_t> ids(toks.begin(), toks.end());
     const std::vector<float>&k = d.k, &v = d.v, &h = d.hidden;
     NpzWriter npz(o.out);
-    npz.add("tokens", ids.data(), {(size_t)T});
+    npz.add("tokens", toks.data(), {(size_t)T});
     npz.add("pos", pos.data(), {(size_t)T});
     npz.add("k", k.data(), {(size_t)L, (size_t)T, (size_t)W});
     npz.add("v", v.data(), {(size_t)L, (size_t)T, (size_t)W});

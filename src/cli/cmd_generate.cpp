@@ -4,14 +4,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "capture/observers.h"
 #include "cli/common.h"
-#include "engine/chat_template.h"
-#include "engine/generate.h"
-#include "kvlens/kvlens.h"
-#include "methods/calibration.h"
-#include "methods/coe.h"
-#include "methods/fast_slow.h"
 #include "util/error.h"
 
 namespace kvlens::cli {
@@ -24,29 +17,13 @@ struct GenerateOptions {
     std::string prompt, system, think = "default", chat_template = "auto", features, positions = "generated";
     bool raw = false;
     int max_tokens = 256;
-    SamplingParams sampling;
-    std::string router, route_log;  // --think auto
-    RoutePolicy policy;
+    kvlens_generate_params gen = kvlens_generate_default_params();  // sampling and --think auto's policy
+    std::string router, route_log;                                  // --think auto
     bool no_switch = false;
     std::string calibration, score = "hs_coe_c";  // P(correct) of the answer
     std::string scores_out;                       // --scores FILE
     TokenCoeOptions coe;
 };
-
-// Which positions the features pool: all of them, the prompt, the generated tokens that were fed back, or
-// the producer positions (last prompt token + fed-back generated tokens: the forward passes that produced
-// an output token, as KV-CoE uses).
-std::pair<llama_pos, llama_pos> position_range(const std::string& which, llama_pos n_prompt) {
-    if (which == "all") return {0, INT32_MAX};
-    if (which == "prompt") return {0, n_prompt};
-    if (which == "producer") return {n_prompt - 1, INT32_MAX};
-    return {n_prompt, INT32_MAX};  // generated
-}
-
-// A failed public API call as the CLI reports errors.
-void check(kvlens_status s) {
-    if (s != KVLENS_OK) throw Error(kvlens_last_error());
-}
 
 // --think auto: the router picks the mode on the prompt and may switch once while decoding. Through the
 // public API (include/kvlens/kvlens.h), which runs the same internal calls.
@@ -56,42 +33,20 @@ void run_generate_routed(const GenerateOptions& o) {
     if (!o.features.empty()) throw Error("--features: not available with --think auto");
     if (!o.calibration.empty()) throw Error("--calibration: not available with --think auto");
     if (!o.scores_out.empty()) throw Error("--scores: not available with --think auto");
-    with_flag("--template", [&] { return parse_chat_template(o.chat_template); });
-    const CaptureSource source =
-        with_flag("--kv-source", [&] { return parse_capture_source(o.model.kv_source); });
-
-    kvlens_model_params mp = kvlens_model_default_params();
-    mp.n_gpu_layers = o.model.gpu_layers;
-    mp.verbose = o.model.verbose;
-    kvlens_model* m = nullptr;
-    check(kvlens_model_load(o.model.model, mp, &m));
-    const kvlens_model_ptr model(m);
-    kvlens_session_params sp = kvlens_session_default_params();
-    sp.n_ctx = o.model.ctx;
-    sp.n_batch = o.model.batch;
-    sp.n_threads = o.model.threads;
-    sp.flash_attn = o.model.flash_attn == "on"    ? KVLENS_FLASH_ATTN_ON
-                    : o.model.flash_attn == "off" ? KVLENS_FLASH_ATTN_OFF
-                                                  : KVLENS_FLASH_ATTN_AUTO;
-    sp.kv_source = source == CaptureSource::Cache ? KVLENS_KV_SOURCE_CACHE : KVLENS_KV_SOURCE_GRAPH;
+    kvlens_session_params sp = api_session_params(o.model);
     sp.chat_template = o.chat_template;
+    check(kvlens_session_params_check(sp), {{"chat_template", "--template"}});
+    const kvlens_model_ptr model = open_model(o.model);
     sp.router_path = o.router;
     kvlens_session* s = nullptr;
     check(kvlens_session_open(model.get(), sp, &s));
     const kvlens_session_ptr session(s);
 
-    kvlens_generate_params gp = kvlens_generate_default_params();
+    kvlens_generate_params gp = o.gen;
     gp.system = o.system;
     gp.think = KVLENS_THINK_AUTO;
     gp.scores = false;
     gp.max_tokens = o.max_tokens;
-    gp.temperature = o.sampling.temperature;
-    gp.top_k = o.sampling.top_k;
-    gp.top_p = o.sampling.top_p;
-    gp.seed = o.sampling.seed;
-    gp.check_every = o.policy.check_every;
-    gp.route_threshold = o.policy.route_threshold;
-    gp.switch_delta = o.policy.delta;
     gp.allow_switch = !o.no_switch;
     kvlens_generation r;
     check(kvlens_generate(session.get(), o.prompt, gp, &r));
@@ -131,90 +86,74 @@ void run_generate(const GenerateOptions& o) {
     if (o.prompt.empty()) throw Error("--prompt: empty");
     if (o.think == "auto") return run_generate_routed(o);
     if (!o.router.empty()) throw Error("--router: only with --think auto");
-    const ChatTemplate tmpl_flag =
-        with_flag("--template", [&] { return parse_chat_template(o.chat_template); });
-    const ThinkMode think = with_flag("--think", [&] { return parse_think_mode(o.think); });
-    const PoolSpec spec = pool_spec(o.pool);
-    const TokenCoeSpec coe_spec = token_coe_spec(o.coe);
+    kvlens_session_params sp = api_session_params(o.model);
+    sp.chat_template = o.chat_template;
+    const bool want_scores = !o.calibration.empty() || !o.scores_out.empty();
+    set_token_coe(sp, o.coe);
+    check(kvlens_session_params_check(sp), flag_names());
+    const kvlens_think think = parse_think(o.think);
+    kvlens_generate_params gp = o.gen;
+    gp.system = o.system;
+    gp.think = think;
+    gp.raw = o.raw;
+    gp.max_tokens = o.max_tokens;
+    gp.scores = want_scores;
+    gp.features = !o.features.empty();
+    gp.feature_positions = o.positions;
+    set_pooling(gp, o.pool);
+    gp.features = true;  // every pooling flag is checked, as before, whether or not features are written
+    check(kvlens_generate_params_check(gp), flag_names());
+    gp.features = !o.features.empty();
+    if (!want_scores) {  // as before: the KV-CoE flags' layers are checked on the model only when scored
+        const kvlens_session_params d = kvlens_session_default_params();
+        sp.coe_layers = d.coe_layers;
+    }
     // Before any work: a file that cannot be written would lose the generation's scores.
     if (!o.scores_out.empty() && !std::ofstream(o.scores_out, std::ios::app))
         throw Error("--scores '" + o.scores_out + "': cannot open for writing");
     // A calibration names its score; "auto" looks next to the model for --score's.
-    std::vector<Calibration> cals;
+    kvlens_calibration_info cal;
     if (!o.calibration.empty()) {
-        const std::string path =
-            o.calibration == "auto" ? default_calibration_path(o.model.model, o.score) : o.calibration;
-        cals.push_back(with_flag("--calibration", [&] { return load_calibration(path); }));
+        sp.calibration_path =
+            o.calibration == "auto" ? kvlens_default_calibration_path(o.model.model, o.score) : o.calibration;
+        check_calibration_file(kvlens_calibration_load(sp.calibration_path, &cal));
     }
 
-    std::unique_ptr<Model> model = load_model(o.model);
-    const ModelInfo& mi = model->info();
-    for (const Calibration& c : cals)
-        check_calibration_model(c, calibration_model_of(model->path(), mi.name, mi.arch, mi.n_layer));
+    const kvlens_model_ptr model = open_model(o.model);
+    kvlens_model_info mi;
+    check(kvlens_model_get_info(model.get(), &mi));
+    kvlens_session* s = nullptr;
+    check_calibrated(kvlens_session_open(model.get(), sp, &s));
+    const kvlens_session_ptr session(s);
 
-    std::string text = o.prompt;
-    ChatTemplate tmpl = tmpl_flag;
-    if (!o.raw) {
-        if (tmpl == ChatTemplate::Auto) tmpl = detect_chat_template(mi.chat_template, mi.arch);
-        std::vector<ChatMessage> msgs;
-        if (!o.system.empty()) msgs.push_back({"system", o.system});
-        msgs.push_back({"user", o.prompt});
-        text = render_chat(tmpl, msgs, /*add_assistant_prefix=*/true, think);
-    }
-    const std::vector<llama_token> prompt =
-        model->tokenize(text, /*add_special=*/true, /*parse_special=*/!o.raw);
-
-    Session session(*model, session_params(o.model));
-    std::unique_ptr<KvPool> pool;
-    std::unique_ptr<PoolObserver> obs;
-    if (!o.features.empty()) {
-        pool = with_flag("--layers", [&] {
-            return std::make_unique<KvPool>(spec, mi.n_layer, mi.n_head_kv, mi.head_dim);
-        });
-        const auto [p0, p1] = position_range(o.positions, (llama_pos)prompt.size());
-        obs = std::make_unique<PoolObserver>(*pool, 0, p0, p1);
-        session.capture().subscribe(obs.get());
-    }
-
-    std::unique_ptr<CoeScorer> scorer;
-    if (!cals.empty() || !o.scores_out.empty())
-        scorer = with_flag("--coe-layers", [&] {
-            return std::make_unique<CoeScorer>(session, 0, (int)prompt.size(), coe_spec);
-        });
-
-    GenerateParams gp;
-    gp.max_tokens = o.max_tokens;
-    gp.sampling = o.sampling;
-    const Generation g = generate(session, {prompt}, gp).at(0);
+    kvlens_generation g;
+    check(kvlens_generate(session.get(), o.prompt, gp, &g), flag_names());
     printf("%s\n", g.text.c_str());
     fflush(stdout);
-    std::map<std::string, double> scores;
-    if (scorer) {
-        const CoeResult r = scorer->result(g.steps);
-        scores = r.named();
-        for (const auto& [k, v] : calibrated_scores(scores, cals)) {
-            scores[k] = v;
-            if (cals[0].method == CalibrationMethod::Logistic)
-                fprintf(stderr, "kvlens: %s = %.3f (from %zu scores)\n", k.c_str(), v,
-                        cals[0].features.size());
+    const std::map<std::string, double>& scores = g.scores;
+    if (want_scores) {
+        for (const auto& [k, v] : scores) {
+            if (k.rfind("p_correct.", 0) != 0) continue;
+            if (cal.method == "logistic")
+                fprintf(stderr, "kvlens: %s = %.3f (from %zu scores)\n", k.c_str(), v, cal.features.size());
             else
-                fprintf(stderr, "kvlens: %s = %.3f (raw %s = %.6g)\n", k.c_str(), v, cals[0].score.c_str(),
-                        scores.at(cals[0].score));
+                fprintf(stderr, "kvlens: %s = %.3f (raw %s = %.6g)\n", k.c_str(), v, cal.score.c_str(),
+                        scores.at(cal.score));
         }
         if (!o.scores_out.empty()) {
-            nlohmann::json j = {{"model", model->path()},
+            nlohmann::json j = {{"model", mi.path},
                                 {"token_coe",
-                                 {{"layers", scorer->token().layers()},
-                                  {"kv_part", to_string(coe_spec.kv_part)},
-                                  {"positions", to_string(coe_spec.positions)},
-                                  {"head_agg", to_string(coe_spec.head_agg)},
-                                  {"n_states", scorer->token().count()},
-                                  {"m", r.kv.m},
-                                  {"a", r.kv.a},
-                                  {"status", coe_status_string(r.kv.status)}}},
-                                {"prompt_tokens", g.prompt},
-                                {"output_tokens", g.output},
-                                {"stop", to_string(g.stop)},
+                                 {{"layers", g.coe_layers},
+                                  {"kv_part", o.coe.kv_part},
+                                  {"positions", o.coe.positions},
+                                  {"head_agg", o.coe.head_agg},
+                                  {"n_states", g.coe_n_states},
+                                  {"m", g.coe_m},
+                                  {"a", g.coe_a},
+                                  {"status", g.coe_status}}},
+                                {"prompt_tokens", g.prompt_tokens},
+                                {"output_tokens", g.output_tokens},
+                                {"stop", g.stop},
                                 {"text", g.text},
                                 {"scores", scores}};
             std::ofstream f(o.scores_out, std::ios::app);
@@ -225,33 +164,30 @@ void run_generate(const GenerateOptions& o) {
     }
 
     if (!o.features.empty()) {
-        session.capture().unsubscribe(obs.get());
-        const Pooled r = pool->result();
         nlohmann::json j;
-        j["model"] = model->path();
+        j["model"] = mi.path;
         j["arch"] = mi.arch;
-        j["template"] = o.raw ? "raw" : to_string(tmpl);
-        j["think"] = to_string(think);
+        j["template"] = o.raw ? "raw" : o.chat_template == "auto" ? mi.chat_template : o.chat_template;
+        j["think"] = o.think;
         j["n_layer"] = mi.n_layer;
-        j["kv_width"] = mi.kv_width();
-        j["width"] = r.width;
-        j["n_vectors"] = r.n_vectors;
-        j["pooling"] = {{"kv_part", to_string(spec.kv_part)},
-                        {"pos_agg", to_string(spec.pos_agg)},
-                        {"head_agg", to_string(spec.head_agg)},
-                        {"layer_agg", to_string(spec.layer_agg)},
-                        {"layers", pool->layers()},
-                        {"normalize", spec.normalize},
-                        {"window", spec.window},
-                        {"positions", o.positions},
-                        {"n_positions", pool->count()}};
-        j["prompt_tokens"] = g.prompt;
-        j["output_tokens"] = g.output;
-        j["stop"] = to_string(g.stop);
+        j["kv_width"] = mi.kv_width;
+        j["width"] = g.feature_width;
+        j["n_vectors"] = g.feature_n_vectors;
+        j["pooling"] = {{"kv_part", gp.feature_kv_part},       {"pos_agg", gp.feature_pos_agg},
+                        {"head_agg", gp.feature_head_agg},     {"layer_agg", gp.feature_layer_agg},
+                        {"layers", g.feature_layers},          {"normalize", gp.feature_normalize},
+                        {"window", gp.feature_window},         {"positions", o.positions},
+                        {"n_positions", g.feature_n_positions}};
+        j["prompt_tokens"] = g.prompt_tokens;
+        j["output_tokens"] = g.output_tokens;
+        j["stop"] = g.stop;
         j["text"] = g.text;
         if (!scores.empty()) j["scores"] = scores;
         std::vector<std::vector<float>> vecs;
-        for (int i = 0; i < r.n_vectors; ++i) vecs.emplace_back(r.row(i), r.row(i) + r.width);
+        for (int i = 0; i < g.feature_n_vectors; ++i) {
+            const float* row = g.feature_data.data() + (size_t)i * g.feature_width;
+            vecs.emplace_back(row, row + g.feature_width);
+        }
         j["vectors"] = vecs;
         std::ofstream f(o.features, std::ios::app);
         if (!f) throw Error("--features '" + o.features + "': cannot open for writing");
@@ -259,8 +195,8 @@ void run_generate(const GenerateOptions& o) {
           << "\n";  // outputs may hold invalid UTF-8
         if (!f) throw Error("--features '" + o.features + "': write failed");
         fprintf(stderr, "kvlens: features: %d vector(s) x %d floats (%s, %s over %lld %s positions) -> %s\n",
-                r.n_vectors, r.width, to_string(spec.kv_part), to_string(spec.pos_agg),
-                (long long)pool->count(), o.positions.c_str(), o.features.c_str());
+                g.feature_n_vectors, g.feature_width, gp.feature_kv_part.c_str(), gp.feature_pos_agg.c_str(),
+                (long long)g.feature_n_positions, o.positions.c_str(), o.features.c_str());
     }
 }
 
@@ -284,16 +220,16 @@ CLI::App* add_generate_command(CLI::App& app) {
                     "CoE, output baselines), the token-axis chain's steps and the tokens");
     add_token_coe_options(sub, o->coe);
     sub->add_option("--router", o->router, "router file for --think auto (kvlens router train)");
-    sub->add_option("--check-every", o->policy.check_every,
+    sub->add_option("--check-every", o->gen.check_every,
                     "--think auto: tokens between two windowed predictions while decoding")
         ->check(CLI::Range(1, 1 << 20))
         ->capture_default_str();
-    sub->add_option("--route-threshold", o->policy.route_threshold,
+    sub->add_option("--route-threshold", o->gen.route_threshold,
                     "--think auto: predicted difficulty below which the answer is fast")
         ->check(CLI::Range(0.0, 100.0))
         ->capture_default_str();
     sub->add_option(
-           "--switch-delta", o->policy.delta,
+           "--switch-delta", o->gen.switch_delta,
            "--think auto: switch slow -> fast below threshold - delta, fast -> slow above threshold + delta")
         ->check(CLI::Range(0.0, 100.0))
         ->capture_default_str();
@@ -307,16 +243,16 @@ CLI::App* add_generate_command(CLI::App& app) {
     sub->add_option("-n,--max-tokens", o->max_tokens, "tokens to generate at most")
         ->check(CLI::Range(1, 1 << 20))
         ->capture_default_str();
-    sub->add_option("--temp", o->sampling.temperature, "sampling temperature (0: greedy)")
+    sub->add_option("--temp", o->gen.temperature, "sampling temperature (0: greedy)")
         ->check(CLI::Range(0.0, 100.0))
         ->capture_default_str();
-    sub->add_option("--top-k", o->sampling.top_k, "top-k filter (0: off)")
+    sub->add_option("--top-k", o->gen.top_k, "top-k filter (0: off)")
         ->check(CLI::Range(0, 1 << 24))
         ->capture_default_str();
-    sub->add_option("--top-p", o->sampling.top_p, "top-p filter (1: off)")
+    sub->add_option("--top-p", o->gen.top_p, "top-p filter (1: off)")
         ->check(CLI::Range(0.0, 1.0))
         ->capture_default_str();
-    sub->add_option("--seed", o->sampling.seed, "sampling seed")->capture_default_str();
+    sub->add_option("--seed", o->gen.seed, "sampling seed")->capture_default_str();
     sub->add_option("--features", o->features,
                     "append one JSON line with the pooled per-layer KV vectors, token ids and pooling");
     sub->add_option(

@@ -10,14 +10,6 @@
 #include <sstream>
 
 #include "cli/common.h"
-#include "engine/chat_template.h"
-#include "eval/matchers.h"
-#include "eval/sample_eval.h"
-#include "eval/split.h"
-#include "methods/calibration.h"
-#include "methods/sampling.h"
-#include "methods/selection.h"
-#include "util/data_dir.h"
 
 namespace kvlens::cli {
 
@@ -26,104 +18,78 @@ namespace {
 struct SampleOptions {
     ModelOptions model;
     std::string prompt, system, think = "default", chat_template = "auto";
-    int n = 4, max_tokens = 256;
-    SamplingParams sampling;
-    std::string matcher = "last_number", reference, strategy = "majority", score = "hs_coe_c", calibration,
-                out;
-    double abstain_below = -1;
+    kvlens_sample_params sample = kvlens_sample_default_params();
+    std::string calibration, out;
     TokenCoeOptions coe;
 };
 
 void run_sample(const SampleOptions& o) {
     if (o.prompt.empty()) throw Error("--prompt: empty");
-    const ChatTemplate tmpl_flag =
-        with_flag("--template", [&] { return parse_chat_template(o.chat_template); });
-    const ThinkMode think = with_flag("--think", [&] { return parse_think_mode(o.think); });
-    const MatcherKind matcher = with_flag("--matcher", [&] { return parse_matcher(o.matcher); });
-    const Strategy strategy = with_flag("--strategy", [&] { return parse_strategy(o.strategy); });
-    with_flag("--temp", [&] {
-        check_sampling_params(o.sampling);
-        return 0;
-    });
+    kvlens_session_params sp = api_session_params(o.model, o.sample.n);
+    sp.chat_template = o.chat_template;
+    check(kvlens_session_params_check(sp), flag_names());  // the template; the --coe-* flags once loaded
+    kvlens_sample_params p = o.sample;
+    p.system = o.system;
+    p.think = parse_think(o.think);
+    check(kvlens_sample_params_check(p),
+          {{"matcher", "--matcher"}, {"strategy", "--strategy"}, {"sampling", "--temp"}});
 
     // The calibration decides the score; "auto" looks next to the model.
-    std::vector<Calibration> cals;
-    std::string score = o.score;
+    kvlens_calibration_info cal;
+    std::string score = o.sample.score;
     if (!o.calibration.empty()) {
-        const std::string path =
-            o.calibration == "auto" ? default_calibration_path(o.model.model, o.score) : o.calibration;
-        cals.push_back(with_flag("--calibration", [&] { return load_calibration(path); }));
-        score = cals[0].score;
+        sp.calibration_path = o.calibration == "auto"
+                                  ? kvlens_default_calibration_path(o.model.model, o.sample.score)
+                                  : o.calibration;
+        check_calibration_file(kvlens_calibration_load(sp.calibration_path, &cal));
+        score = cal.score;
     }
-    if (strategy == Strategy::WeightedVote && cals.empty())
+    if (p.strategy == "weighted" && o.calibration.empty())
         throw Error(
             "--strategy weighted: needs --calibration (votes are weighted by calibrated probabilities)");
-    if (o.abstain_below >= 0 && strategy == Strategy::BestOfN && cals.empty())
+    if (p.abstain_below >= 0 && p.strategy == "best" && o.calibration.empty())
         throw Error("--abstain-below with --strategy best: needs --calibration (a raw score has no scale)");
 
-    std::unique_ptr<Model> model = load_model(o.model);
-    const ModelInfo& mi = model->info();
-    for (const Calibration& c : cals)
-        check_calibration_model(c, calibration_model_of(model->path(), mi.name, mi.arch, mi.n_layer));
-    const ChatTemplate tmpl =
-        tmpl_flag == ChatTemplate::Auto ? detect_chat_template(mi.chat_template, mi.arch) : tmpl_flag;
-    std::vector<ChatMessage> msgs;
-    if (!o.system.empty()) msgs.push_back({"system", o.system});
-    msgs.push_back({"user", o.prompt});
-    const std::vector<llama_token> prompt = model->tokenize(render_chat(tmpl, msgs, true, think), true, true);
-
-    Session session(*model, session_params(o.model, o.n));
-    SampleParams sp;
-    sp.token_coe = token_coe_spec(o.coe);
-    sp.n = o.n;
-    sp.max_tokens = o.max_tokens;
-    sp.sampling = o.sampling;
-    const SampleSet set = sample_n(session, prompt, sp);
-
-    std::vector<Candidate> cands;
-    std::vector<nlohmann::json> lines;
-    for (int i = 0; i < o.n; ++i) {
-        const SampleOut& s = set.samples[i];
-        const MatchResult m = match_answer(matcher, s.gen.text, o.reference);
-        auto it = s.scores.find(score);
-        if (cals.empty() && it == s.scores.end()) throw Error("--score '" + score + "': no such score");
-        const double p = cals.empty() ? it->second : cals[0].apply(s.scores);  // a logistic one reads several
-        cands.push_back({m.extracted, p});
-        nlohmann::json j = {{"sample", i},
-                            {"seed", o.sampling.seed + (uint32_t)i},
-                            {"output", s.gen.text},
-                            {"extracted", m.extracted},
-                            {"stop", to_string(s.gen.stop)},
-                            {"n_output_tokens", s.gen.output.size()},
-                            {"scores", s.scores}};
-        for (const auto& [k, v] : calibrated_scores(s.scores, cals)) j[k] = v;
-        if (!o.reference.empty()) j["correct"] = m.correct && s.gen.stop == StopReason::EndOfTurn;
-        lines.push_back(j);
-    }
-    const Choice ch = select_answer(strategy, cands);
-    const bool answer = o.abstain_below < 0 || answers(ch.confidence, o.abstain_below);
+    const kvlens_model_ptr model = open_model(o.model);
+    set_token_coe(sp, o.coe);
+    kvlens_session* s = nullptr;
+    check_calibrated(kvlens_session_open(model.get(), sp, &s));
+    const kvlens_session_ptr session(s);
+    kvlens_samples set;
+    const kvlens_status st = kvlens_sample_n(session.get(), o.prompt, p, &set);
+    if (st != KVLENS_OK && std::string(kvlens_last_error()).rfind("score '", 0) == 0)
+        throw Error(std::string("--") + kvlens_last_error());  // "--score 'x': no such score"
+    check(st);
 
     if (!o.out.empty()) {
         std::ofstream f(o.out, std::ios::app);
-        for (size_t i = 0; i < lines.size(); ++i) {
-            lines[i]["chosen"] = (int)i == ch.index && answer;
-            lines[i]["strategy"] = to_string(strategy);
-            f << lines[i].dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+        for (size_t i = 0; i < set.samples.size(); ++i) {
+            const kvlens_sample& x = set.samples[i];
+            nlohmann::json j = {{"sample", i},       {"seed", p.seed + (uint32_t)i},
+                                {"output", x.text},  {"extracted", x.extracted},
+                                {"stop", x.stop},    {"n_output_tokens", x.n_output_tokens},
+                                {"scores", x.scores}};
+            for (const auto& [k, v] : x.p_correct) j[k] = v;
+            if (!p.reference.empty()) j["correct"] = x.correct;
+            j["chosen"] = (int)i == set.chosen && !set.abstained;
+            j["strategy"] = p.strategy;
+            f << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
         }
         if (!f) throw Error("--out '" + o.out + "': write failed");
     }
-    const std::string conf = std::to_string(ch.confidence);
-    if (!answer) {
-        printf("abstained: confidence %s < %g (strategy %s%s)\n", conf.c_str(), o.abstain_below,
-               to_string(strategy), strategy == Strategy::Majority ? "" : (", score " + score).c_str());
+    const std::string conf = std::to_string(set.confidence);
+    const std::string& strategy = p.strategy;
+    if (set.abstained) {
+        printf("abstained: confidence %s < %g (strategy %s%s)\n", conf.c_str(), p.abstain_below,
+               strategy.c_str(), strategy == "majority" ? "" : (", score " + score).c_str());
         return;
     }
-    printf("answer: %s\n", ch.answer.empty() ? "(none extracted)" : ch.answer.c_str());
-    printf("chosen: sample %d of %d, strategy %s%s, confidence %s, votes %d/%d\n", ch.index, o.n,
-           to_string(strategy),
-           strategy == Strategy::Majority || strategy == Strategy::First ? "" : (", score " + score).c_str(),
-           conf.c_str(), ch.votes, o.n);
-    printf("%s\n", set.samples[ch.index].gen.text.c_str());
+    printf("answer: %s\n", set.answer.empty() ? "(none extracted)" : set.answer.c_str());
+    printf("chosen: sample %d of %d, strategy %s%s, confidence %s, votes %d/%d\n", set.chosen, p.n,
+           strategy.c_str(),
+           strategy == "majority" || strategy == "first" ? "" : (", score " + score).c_str(), conf.c_str(),
+           set.votes, p.n);
+    printf("%s\n", set.samples[set.chosen].text.c_str());
 }
 
 struct CalibrateOptions {
@@ -136,72 +102,54 @@ std::vector<std::string> parse_name_list(const std::string& s);
 void run_calibrate(const CalibrateOptions& o) {
     if (o.out.empty() && o.model.empty())
         throw Error("calibrate: give -o FILE or -m MODEL (saved next to it)");
-    const CalibrationMethod m = with_flag("--method", [&] { return parse_calibration_method(o.method); });
-    const bool logistic = m == CalibrationMethod::Logistic;
-    std::vector<std::string> features;
+    if (o.method != "isotonic" && o.method != "platt" && o.method != "logistic")
+        throw Error("--method: calibration method '" + o.method + "': expected isotonic, platt or logistic");
+    const bool logistic = o.method == "logistic";
+    kvlens_calibrate_params cp = kvlens_calibrate_default_params();
     if (logistic) {
         if (!o.score.empty()) throw Error("--score: logistic combines --features (name it with --name)");
-        features = parse_name_list(o.features);
-        if (features.empty())
+        cp.features = parse_name_list(o.features);
+        if (cp.features.empty())
             throw Error("--features: logistic needs the scores to combine, e.g. kv_coe_r,max_prob");
     } else {
-        if (o.score.empty()) throw Error(std::string("--score: ") + to_string(m) + " calibrates one score");
+        if (o.score.empty()) throw Error("--score: " + o.method + " calibrates one score");
         if (!o.features.empty() || !o.name.empty())
             throw Error("--features, --name: only with --method logistic");
-        features = {o.score};
+        cp.features = {o.score};
     }
     // Logistic is meant to be reported on held-out questions: it trains on the development part by default.
     const std::string part = o.part.empty() ? (logistic ? "dev" : "all") : o.part;
     if (part != "dev" && part != "test" && part != "all")
         throw Error("--part '" + part + "': expected dev, test or all");
-    std::function<bool(const std::string&)> keep;
-    if (part != "all") keep = [&](const std::string& id) { return part_name(split_part(id)) == part; };
-    const LabelledRows data = read_labelled_rows(o.from, features, keep);
-
-    Calibration c;
-    if (logistic) {
-        c = fit_logistic(features, data.rows, data.labels, o.ridge,
-                         o.name.empty() ? "combined" : "combined:" + o.name);
-    } else {
-        std::vector<double> s;
-        for (const auto& r : data.rows) s.push_back(r[0]);
-        c = fit_calibration(m, s, data.labels);
-        c.score = o.score;
-    }
-    c.source = o.from;
-    if (logistic || part != "all") c.part = part;
-    // The model it is for: the training run's (run.json beside the labels), else the one it is saved next to.
-    c.model = read_run_model(std::filesystem::path(o.from).parent_path().string());
-    if (!o.model.empty()) {
-        const CalibrationModel target = calibration_model_of(o.model, "", "", 0);
-        with_flag("-m", [&] {
-            check_calibration_model(c, target);
-            return 0;
-        });
-        if (c.model.empty()) c.model = target;
-    }
-    const std::string path = o.out.empty() ? default_calibration_path(o.model, c.score) : o.out;
-    save_calibration(c, path);
+    cp.from = o.from;
+    cp.method = o.method;
+    cp.name = o.name;
+    cp.part = part;
+    cp.ridge = o.ridge;
+    cp.model_path = o.model;
+    cp.out_path = o.out;
+    kvlens_calibration_info c;
+    check(kvlens_calibrate(cp, &c), {{"model_path", "-m"}});
 
     const std::string on =
         std::to_string(c.n) + " samples (" + std::to_string(c.n_correct) + " correct" +
-        (part == "all" ? "" : "; the " + part + " part of " + std::to_string(data.n_lines) + " lines") +
-        (data.n_skipped ? "; " + std::to_string(data.n_skipped) + " skipped for a null score" : "") + ")";
+        (part == "all" ? "" : "; the " + part + " part of " + std::to_string(c.n_lines) + " lines") +
+        (c.n_skipped ? "; " + std::to_string(c.n_skipped) + " skipped for a null score" : "") + ")";
     if (!logistic) {
-        printf("%s calibration of %s on %s: P(correct) %s with the score, AUROC %.3f -> %s\n", to_string(m),
-               o.score.c_str(), on.c_str(), c.direction > 0 ? "increases" : "decreases", c.train_auroc,
-               path.c_str());
+        printf("%s calibration of %s on %s: P(correct) %s with the score, AUROC %.3f -> %s\n",
+               o.method.c_str(), o.score.c_str(), on.c_str(), c.direction > 0 ? "increases" : "decreases",
+               c.train_auroc, c.path.c_str());
     } else {
         printf("logistic calibration '%s' of %zu scores on %s: training AUROC %.3f -> %s\n", c.score.c_str(),
-               features.size(), on.c_str(), c.train_auroc, path.c_str());
+               c.features.size(), on.c_str(), c.train_auroc, c.path.c_str());
         printf("  %-20s %10s %12s %12s   (weight per standard deviation; ridge %g)\n", "feature", "weight",
                "mean", "std", c.ridge);
-        for (size_t j = 0; j < features.size(); ++j)
-            printf("  %-20s %+10.4f %12.6g %12.6g%s\n", features[j].c_str(), c.w[j], c.mean[j], c.sd[j],
-                   c.sd[j] > 0 ? "" : "   dropped: constant on the training set");
+        for (size_t j = 0; j < c.features.size(); ++j)
+            printf("  %-20s %+10.4f %12.6g %12.6g%s\n", c.features[j].c_str(), c.weights[j], c.mean[j],
+                   c.sd[j], c.sd[j] > 0 ? "" : "   dropped: constant on the training set");
         printf("  %-20s %+10.4f\n", "bias", c.bias);
     }
-    if (!c.model.empty()) printf("  for model %s\n", c.model.describe().c_str());
+    if (!c.model.empty()) printf("  for model %s\n", c.model.c_str());
 }
 
 std::vector<int> parse_int_list(const std::string& s) {
@@ -231,9 +179,6 @@ std::vector<std::string> parse_name_list(const std::string& s) {
 
 CLI::App* add_sample_command(CLI::App& app) {
     auto o = std::make_shared<SampleOptions>();
-    o->sampling.temperature = 0.7f;
-    o->sampling.top_k = 0;
-    o->sampling.top_p = 0.95f;
     CLI::App* sub = app.add_subcommand("sample",
                                        "N samples of one prompt decoded together (shared prompt cache), "
                                        "scored; choose one answer or abstain");
@@ -241,34 +186,37 @@ CLI::App* add_sample_command(CLI::App& app) {
     add_token_coe_options(sub, o->coe);
     sub->add_option("-p,--prompt", o->prompt, "the user message")->required();
     sub->add_option("-s,--system", o->system, "system message");
-    sub->add_option("-n,--samples", o->n, "samples N")->check(CLI::Range(1, 64))->capture_default_str();
-    sub->add_option("--max-tokens", o->max_tokens, "tokens per sample at most")
+    sub->add_option("-n,--samples", o->sample.n, "samples N")
+        ->check(CLI::Range(1, 64))
+        ->capture_default_str();
+    sub->add_option("--max-tokens", o->sample.max_tokens, "tokens per sample at most")
         ->check(CLI::Range(1, 1 << 20))
         ->capture_default_str();
     sub->add_option("--template", o->chat_template,
                     "chat template: auto, chatml, qwen2, qwen3, deepseek-r1, llama3")
         ->capture_default_str();
     sub->add_option("--think", o->think, "thinking mode: on, off, default")->capture_default_str();
-    sub->add_option("--temp", o->sampling.temperature, "sampling temperature")->capture_default_str();
-    sub->add_option("--top-k", o->sampling.top_k, "top-k filter (0: off)")->capture_default_str();
-    sub->add_option("--top-p", o->sampling.top_p, "top-p filter (1: off)")->capture_default_str();
-    sub->add_option("--seed", o->sampling.seed, "sampling seed (sample i uses seed + i)")
+    sub->add_option("--temp", o->sample.temperature, "sampling temperature")->capture_default_str();
+    sub->add_option("--top-k", o->sample.top_k, "top-k filter (0: off)")->capture_default_str();
+    sub->add_option("--top-p", o->sample.top_p, "top-p filter (1: off)")->capture_default_str();
+    sub->add_option("--seed", o->sample.seed, "sampling seed (sample i uses seed + i)")
         ->capture_default_str();
-    sub->add_option("--matcher", o->matcher,
+    sub->add_option("--matcher", o->sample.matcher,
                     "answer extraction: last_number, number_after_answer, boxed, choice_letter")
         ->capture_default_str();
-    sub->add_option("--reference", o->reference, "reference answer: adds \"correct\" to each JSONL line");
-    sub->add_option("--strategy", o->strategy,
+    sub->add_option("--reference", o->sample.reference,
+                    "reference answer: adds \"correct\" to each JSONL line");
+    sub->add_option("--strategy", o->sample.strategy,
                     "first, best (best-of-N by score), majority, weighted (score-weighted vote)")
         ->capture_default_str();
     sub->add_option(
-           "--score", o->score,
+           "--score", o->sample.score,
            "selection score (kv_coe_r, kv_coe_c, hs_coe_c, max_prob, ...); a calibration file names its own")
         ->capture_default_str();
     sub->add_option("--calibration", o->calibration,
                     "calibration file, or 'auto': <model>.calibration.<score>.json");
     sub->add_option(
-        "--abstain-below", o->abstain_below,
+        "--abstain-below", o->sample.abstain_below,
         "abstain when the choice's confidence (calibrated p; vote or weight share) is below this");
     sub->add_option("-o,--out", o->out,
                     "append one JSON line per sample (text, answer, scores) to this file");
@@ -299,10 +247,10 @@ CLI::App* add_sample_command(CLI::App& app) {
 
     // kvlens eval sample
     CLI::App* eval = app.get_subcommand("eval");
-    auto p = std::make_shared<SampleEvalParams>();
+    auto p = std::make_shared<kvlens_eval_sample_params>(kvlens_eval_sample_default_params());
     auto ns = std::make_shared<std::string>("1,4,8");
     auto scores = std::make_shared<std::string>("kv_coe_r,kv_coe_c,hs_coe_c,max_prob,inv_ppl");
-    p->data_dir = find_data_dir();  // --data-dir overrides
+    // data_dir: kvlens_data_dir(); --data-dir overrides
     CLI::App* ev = eval->add_subcommand(
         "sample",
         "N samples per question: accuracy of every selection strategy and accuracy-coverage curves");
@@ -351,8 +299,11 @@ CLI::App* add_sample_command(CLI::App& app) {
     ev->add_option("--template", p->chat_template, "chat template")->capture_default_str();
     ev->add_option("--think", p->think, "thinking mode: on, off, default")->capture_default_str();
     ev->callback([ev, p, ns, scores, coe_opts] {
-        SampleEvalParams q = *p;
-        q.token_coe = token_coe_spec(*coe_opts);
+        kvlens_eval_sample_params q = *p;
+        q.coe_layers = coe_opts->layers;
+        q.coe_kv_part = coe_opts->kv_part;
+        q.coe_positions = coe_opts->positions;
+        q.coe_head_agg = coe_opts->head_agg;
         q.ns = with_flag("--n", [&] { return parse_int_list(*ns); });
         q.scores = parse_name_list(*scores);
         // main() keeps argv to itself; the given options, as parsed, stand in for the command line.
@@ -364,7 +315,7 @@ CLI::App* add_sample_command(CLI::App& app) {
                 q.command_line += " " + opt->get_name() + " " + (quote ? "'" + v + "'" : v);
             }
         }
-        run_sample_eval(q);
+        check(kvlens_eval_sample(q), coe_flag_names());
     });
     return sub;
 }

@@ -1,5 +1,6 @@
 // kvlens serve: the OpenAI-compatible HTTP server (chat completions with KV-CoE scores and fast/slow
 // routing, KV embeddings) and its web page.
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 
@@ -17,20 +18,20 @@ namespace {
 struct ServeOptions {
     ModelOptions model;
     ServerParams server;
-    ApiParams api;
-    std::string calibration, score = "hs_coe_c";
+    kvlens_service_params api = kvlens_service_default_params();
+    std::string chat_template = "auto", router, calibration, score = "hs_coe_c";
     TokenCoeOptions coe;
     double shutdown_grace_s = 5;
 };
 
-// What SIGTERM / SIGINT reach: the running server's API and its grace period.
-const Api* g_api = nullptr;
+// What SIGTERM / SIGINT reach: the running server's service and its grace period.
+std::atomic<const kvlens_service*> g_service{nullptr};
 double g_grace_s = 5;
 
 extern "C" void on_signal(int) {
     // New connections stop now; completions still running get the grace period, then stop with what they
     // have (finish_reason "length"), so the process exits within a bound however long they asked to run.
-    if (const Api* api = g_api) api->shutdown(g_grace_s);
+    if (const kvlens_service* s = g_service.load()) kvlens_service_shutdown(s, g_grace_s);
     stop_server();
 }
 
@@ -43,24 +44,35 @@ void run_serve(const ServeOptions& o) {
     // freed.
     mallopt(M_MMAP_THRESHOLD, 128 * 1024);
 #endif
-    ApiParams ap = o.api;
-    ap.session = session_params(o.model);
-    ap.token_coe = token_coe_spec(o.coe);
+    kvlens_service_params ap = o.api;
+    ap.session = api_session_params(o.model);  // n_ctx 0: the service's default
+    ap.session.chat_template = o.chat_template;
+    ap.session.router_path = o.router;
+    set_token_coe(ap.session, o.coe);
+    {
+        // The flags before the model loads; n_ctx 0 and the chat template are the service's to check.
+        kvlens_session_params early = ap.session;
+        early.n_ctx = 1;
+        early.chat_template = "auto";
+        check(kvlens_session_params_check(early), flag_names());
+    }
     if (!o.calibration.empty())
-        ap.calibration_path =
-            o.calibration == "auto" ? default_calibration_path(o.model.model, o.score) : o.calibration;
-    std::unique_ptr<Model> model = load_model(o.model);
-    const Api api(*model, ap);
+        ap.session.calibration_path =
+            o.calibration == "auto" ? kvlens_default_calibration_path(o.model.model, o.score) : o.calibration;
+    const kvlens_model_ptr model = open_model(o.model);
+    kvlens_service* svc = nullptr;
+    check(kvlens_service_open(model.get(), ap, &svc));
+    const kvlens_service_ptr service(svc);
     g_grace_s = o.shutdown_grace_s;
-    g_api = &api;
-    struct Forget {  // the handler must not reach api once it is gone
-        ~Forget() { g_api = nullptr; }
+    g_service = service.get();
+    struct Forget {  // the handler must not reach the service once it is gone
+        ~Forget() { g_service = nullptr; }
     } forget;
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
-    run_server(api, o.server, [&](int port) {
+    run_server(service.get(), o.server, [&](int port) {
         fprintf(stderr, "kvlens: serving %s on http://%s:%d (parallel %d, queue %d, %s)\n",
-                api.model_id().c_str(), o.server.host.c_str(), port, ap.parallel, ap.queue,
+                kvlens_service_model_id(service.get()), o.server.host.c_str(), port, ap.parallel, ap.queue,
                 o.server.api_key.empty() ? "no API key" : "API key required");
         fflush(stderr);
     });
@@ -72,8 +84,8 @@ void run_serve(const ServeOptions& o) {
 CLI::App* add_serve_command(CLI::App& app) {
     auto o = std::make_shared<ServeOptions>();
     o->model.ctx = 0;
-    // The server's bounds where the library's Api has none or a looser one: 16 requests waiting, 8 samples
-    // per request, 10 minutes per answer.
+    // The server's bounds where the library's service has none or a looser one: 16 requests waiting, 8
+    // samples per request, 10 minutes per answer.
     o->api.queue = 16;
     o->api.max_n = 8;
     o->api.timeout_s = 600;
@@ -133,9 +145,9 @@ CLI::App* add_serve_command(CLI::App& app) {
     cmd->add_option("--max-tokens", o->api.default_max_tokens, "answer length when a request sets none")
         ->check(CLI::Range(1, 1 << 24))
         ->capture_default_str();
-    cmd->add_option("--template", o->api.chat_template, "chat template: auto, chatml, qwen2, qwen3, ...")
+    cmd->add_option("--template", o->chat_template, "chat template: auto, chatml, qwen2, qwen3, ...")
         ->capture_default_str();
-    cmd->add_option("--router", o->api.router_path, "router file (kvlens router train): enables think auto");
+    cmd->add_option("--router", o->router, "router file (kvlens router train): enables think auto");
     cmd->add_option("--calibration", o->calibration,
                     "calibration file (kvlens calibrate), or 'auto': <model>.calibration.<score>.json; "
                     "adds p_correct to the scores");

@@ -3,11 +3,13 @@
 
 #include <CLI/CLI.hpp>
 
+#include <map>
 #include <memory>
 #include <string>
 
 #include "capture/pooling.h"
 #include "engine/model.h"
+#include "kvlens/kvlens.h"
 #include "methods/coe.h"
 #include "util/error.h"
 
@@ -61,6 +63,34 @@ auto with_flag(const char* flag, F f) {
         throw Error(std::string(flag) + ": " + e.what());
     }
 }
+
+// ---- through the public API (kvlens/kvlens.h)
+
+// The model of -m and its session's parameters (the token-axis KV-CoE at its defaults).
+kvlens_model_ptr open_model(const ModelOptions& o);  // throws Error
+kvlens_session_params api_session_params(const ModelOptions& o, int n_seq_max = 1);
+// The --coe-* flags onto a session's parameters.
+void set_token_coe(kvlens_session_params& p, const TokenCoeOptions& o);
+
+// The flag that sets each parameter the public API names in its messages ("coe_layers: ..."), for the
+// commands that have the usual flags.
+const std::map<std::string, std::string>& flag_names();
+// Only the --coe-* flags (for the evaluations, whose own messages name other things).
+const std::map<std::string, std::string>& coe_flag_names();
+// A public API call's failure as a kvlens::Error with the API's message, its leading parameter name replaced
+// by the flag of `flags` that set it (or dropped when that is ""); KVLENS_ERR_INTERNAL as std::runtime_error
+// (main's "internal error").
+void check(kvlens_status s, const std::map<std::string, std::string>& flags = {});
+
+// A calibration file named by --calibration, read before any work ("--calibration: ..." when it cannot be).
+void check_calibration_file(kvlens_status s);
+// A session opened with a calibration: one fitted for another model is refused with the calibration's own
+// message; other failures as check(s, flag_names()).
+void check_calibrated(kvlens_status s);
+// --think on|off|default.
+kvlens_think parse_think(const std::string& think);
+// The pooling flags onto generate's feature parameters.
+void set_pooling(kvlens_generate_params& p, const PoolOptions& o);
 
 // Registered subcommands. Each returns the subcommand; its callback does the work.
 CLI::App* add_generate_command(CLI::App& app);

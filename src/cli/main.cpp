@@ -106,6 +106,111 @@ TokenCoeSpec token_coe_spec(const TokenCoeOptions& o) {
     return s;
 }
 
+kvlens_model_ptr open_model(const ModelOptions& o) {
+    kvlens_model_params mp = kvlens_model_default_params();
+    mp.n_gpu_layers = o.gpu_layers;
+    mp.verbose = o.verbose;
+    kvlens_model* m = nullptr;
+    check(kvlens_model_load(o.model, mp, &m));
+    return kvlens_model_ptr(m);
+}
+
+kvlens_session_params api_session_params(const ModelOptions& o, int n_seq_max) {
+    kvlens_session_params sp = kvlens_session_default_params();
+    sp.n_ctx = o.ctx;
+    sp.n_batch = o.batch;
+    sp.n_threads = o.threads;
+    sp.n_seq_max = n_seq_max;
+    sp.flash_attn = o.flash_attn == "on"    ? KVLENS_FLASH_ATTN_ON
+                    : o.flash_attn == "off" ? KVLENS_FLASH_ATTN_OFF
+                                            : KVLENS_FLASH_ATTN_AUTO;
+    // The flag's own check (CLI::IsMember) has passed: "graph" or "cache".
+    sp.kv_source = o.kv_source == "cache" ? KVLENS_KV_SOURCE_CACHE : KVLENS_KV_SOURCE_GRAPH;
+    return sp;
+}
+
+void set_token_coe(kvlens_session_params& p, const TokenCoeOptions& o) {
+    p.coe_layers = o.layers;
+    p.coe_kv_part = o.kv_part;
+    p.coe_positions = o.positions;
+    p.coe_head_agg = o.head_agg;
+}
+
+const std::map<std::string, std::string>& flag_names() {
+    static const std::map<std::string, std::string> flags = {
+        {"chat_template", "--template"},
+        {"coe_layers", "--coe-layers"},
+        {"coe_kv_part", "--coe-kv-part"},
+        {"coe_positions", "--coe-positions"},
+        {"coe_head_agg", "--coe-head-agg"},
+        {"calibration", "--calibration"},
+        {"router", "--router"},
+        {"layers", "--layers"},
+        {"kv_part", "--kv-part"},
+        {"head_agg", "--head-agg"},
+        {"pos_agg", "--pos-agg"},
+        {"layer_agg", "--layer-agg"},
+        {"feature_layers", "--layers"},
+        {"feature_kv_part", "--kv-part"},
+        {"feature_head_agg", "--head-agg"},
+        {"feature_pos_agg", "--pos-agg"},
+        {"feature_layer_agg", "--layer-agg"},
+        {"feature_window", "--window"},
+        {"window", "--window"},
+    };
+    return flags;
+}
+
+const std::map<std::string, std::string>& coe_flag_names() {
+    static const std::map<std::string, std::string> flags = {{"coe_layers", "--coe-layers"},
+                                                             {"coe_kv_part", "--coe-kv-part"},
+                                                             {"coe_positions", "--coe-positions"},
+                                                             {"coe_head_agg", "--coe-head-agg"}};
+    return flags;
+}
+
+void check(kvlens_status s, const std::map<std::string, std::string>& flags) {
+    if (s == KVLENS_OK) return;
+    const std::string m = kvlens_last_error();
+    if (s == KVLENS_ERR_INTERNAL) throw std::runtime_error(m);  // main's "internal error", as before
+    const size_t colon = m.find(": ");
+    if (colon != std::string::npos) {
+        const auto it = flags.find(m.substr(0, colon));
+        // A field mapped to "": the message without it, as the command said it before.
+        if (it != flags.end())
+            throw Error(it->second.empty() ? m.substr(colon + 2) : it->second + m.substr(colon));
+    }
+    throw Error(m);
+}
+
+void check_calibration_file(kvlens_status s) {
+    if (s != KVLENS_OK) throw Error(std::string("--calibration: ") + kvlens_last_error());
+}
+
+void check_calibrated(kvlens_status s) {
+    const std::string prefix = "calibration: ";
+    if (s == KVLENS_ERR_MODEL_MISMATCH && std::string(kvlens_last_error()).rfind(prefix, 0) == 0)
+        throw Error(kvlens_last_error() + prefix.size());
+    check(s, flag_names());
+}
+
+kvlens_think parse_think(const std::string& think) {
+    if (think == "on") return KVLENS_THINK_ON;
+    if (think == "off") return KVLENS_THINK_OFF;
+    if (think == "default") return KVLENS_THINK_DEFAULT;
+    throw Error("--think: think mode '" + think + "': unknown (known: on, off, default)");
+}
+
+void set_pooling(kvlens_generate_params& p, const PoolOptions& o) {
+    p.feature_kv_part = o.kv_part;
+    p.feature_pos_agg = o.pos_agg;
+    p.feature_head_agg = o.head_agg;
+    p.feature_layer_agg = o.layer_agg;
+    p.feature_layers = o.layers;
+    p.feature_normalize = o.normalize;
+    p.feature_window = o.window;
+}
+
 }  // namespace kvlens::cli
 
 int main(int argc, char** argv) {

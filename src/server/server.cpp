@@ -2,16 +2,52 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "util/error.h"
 
 namespace kvlens {
 
 using nlohmann::json;
 
+bool same_secret(const std::string& a, const std::string& b) {
+    const size_t n = std::max(a.size(), b.size());
+    volatile unsigned char diff = a.size() != b.size() ? 1 : 0;  // volatile: no early exit is compiled in
+    for (size_t i = 0; i < n; ++i) {
+        const unsigned char x = i < a.size() ? (unsigned char)a[i] : 0;
+        const unsigned char y = i < b.size() ? (unsigned char)b[i] : 0;
+        diff = diff | (unsigned char)(x ^ y);
+    }
+    return diff == 0;
+}
+
+bool bearer_matches(const std::string& authorization, const std::string& key) {
+    static const char scheme[] = "bearer ";
+    if (authorization.size() < 7) return false;
+    for (size_t i = 0; i < 7; ++i)
+        if (std::tolower((unsigned char)authorization[i]) != scheme[i]) return false;
+    const size_t start = authorization.find_first_not_of(' ', 7);
+    return same_secret(start == std::string::npos ? "" : authorization.substr(start), key);
+}
+
 namespace {
 
 std::atomic<httplib::Server*> g_server{nullptr};
+
+// {"error": {"message", "type", "param", "code"}} as OpenAI sends it (empty param / code: null).
+json error_json(const std::string& message, const std::string& type, const std::string& param,
+                const std::string& code = "") {
+    return {{"error",
+             {{"message", message},
+              {"type", type},
+              {"param", param.empty() ? json(nullptr) : json(param)},
+              {"code", code.empty() ? json(nullptr) : json(code)}}}};
+}
 
 void send_json(httplib::Response& res, int status, const json& j) {
     res.status = status;
@@ -21,47 +57,27 @@ void send_json(httplib::Response& res, int status, const json& j) {
 void send_error(httplib::Response& res, int status, const std::string& message,
                 const std::string& type = "invalid_request_error", const std::string& param = "",
                 const std::string& code = "") {
-    send_json(res, status, api_error_json(message, type, param, code));
+    send_json(res, status, error_json(message, type, param, code));
 }
 
-// The request body as JSON, or a 400 naming the problem.
-bool parse_body(const httplib::Request& req, httplib::Response& res, json& body) {
-    try {
-        body = json::parse(req.body);
-        return true;
-    } catch (const json::exception& e) {  // parse_error; out_of_range (406) for 1E750053830
-        send_error(res, 400, std::string("request body: invalid JSON (") + e.what() + ")",
-                   "invalid_request_error", "body");
-        return false;
-    }
+// A refused or failed request of the service; a bug's message says so.
+void send_error(httplib::Response& res, kvlens_status st, const kvlens_request_error& e, int retry_after_s) {
+    if (st == KVLENS_ERR_BUSY) res.set_header("Retry-After", std::to_string(retry_after_s));
+    send_error(res, e.http_status, st == KVLENS_ERR_INTERNAL ? "internal error: " + e.message : e.message,
+               e.type, e.param, e.code);
 }
 
-// Runs f, turning what it throws into OpenAI-shaped errors.
-template <class F>
-void answering(httplib::Response& res, int retry_after_s, F&& f) {
-    try {
-        f();
-    } catch (const ApiError& e) {
-        if (e.status == 503) res.set_header("Retry-After", std::to_string(retry_after_s));
-        send_error(res, e.status, e.what(), e.type, e.param, e.code);
-    } catch (const Error& e) {
-        send_error(res, 500, e.what(), "server_error");
-    } catch (const std::exception& e) {
-        send_error(res, 500, std::string("internal error: ") + e.what(), "server_error");
-    }
-}
-
-std::string sse(const json& j) {
-    return "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+std::string sse(const std::string& json_text) {
+    return "data: " + json_text + "\n\n";
 }
 
 }  // namespace
 
-void run_server(const Api& api, const ServerParams& params,
+void run_server(const kvlens_service* service, const ServerParams& params,
                 const std::function<void(int port)>& on_listening) {
     httplib::Server svr;
     const size_t threads = (size_t)std::max(2, params.http_threads);
-    const size_t admitted = (size_t)api.max_admitted();  // 0: no bound
+    const size_t admitted = (size_t)kvlens_service_max_admitted(service);  // 0: no bound
     svr.new_task_queue = [threads, admitted] {
         return new httplib::ThreadPool(threads, admitted ? threads + admitted : threads);
     };
@@ -92,53 +108,78 @@ void run_server(const Api& api, const ServerParams& params,
     svr.Get("/", [](const httplib::Request&, httplib::Response& res) {
         res.set_content(server_page(), "text/html; charset=utf-8");
     });
-    auto models = [&api](const httplib::Request&, httplib::Response& res) {
-        send_json(res, 200, api.models());
+    auto models = [service](const httplib::Request&, httplib::Response& res) {
+        std::string out;
+        if (kvlens_service_models(service, &out) != KVLENS_OK) {
+            send_error(res, 500, std::string("internal error: ") + kvlens_last_error(), "server_error");
+            return;
+        }
+        res.status = 200;
+        res.set_content(out, "application/json");
     };
     svr.Get("/v1/models", models);
     svr.Get("/models", models);
 
-    auto chat = [&api, retry_after](const httplib::Request& req, httplib::Response& res) {
-        json body;
-        if (!parse_body(req, res, body)) return;
-        answering(res, retry_after, [&] {
-            const ChatRequest r = api.parse_chat(body);  // bad requests fail here, before any streaming
-            std::shared_ptr<void> turn = api.admit();    // and a full line here (503)
-            if (!r.stream) {
-                send_json(res, 200, api.chat(r));
-                return;
-            }
-            res.set_header("Cache-Control", "no-cache");
-            res.set_chunked_content_provider(
-                "text/event-stream", [&api, r, turn](size_t, httplib::DataSink& sink) {
-                    auto send = [&sink](const json& j) {
-                        const std::string s = sse(j);
-                        return sink.is_writable() && sink.write(s.data(), s.size());
-                    };
-                    try {
-                        api.chat(r, send);
-                        const std::string done = "data: [DONE]\n\n";
-                        sink.write(done.data(), done.size());
-                    } catch (const std::exception& e) {  // headers are sent: the error goes as an event
-                        const ApiError* ae = dynamic_cast<const ApiError*>(&e);
-                        send(api_error_json(e.what(), ae ? ae->type : "server_error", ae ? ae->param : "",
-                                            ae ? ae->code : ""));
-                    }
-                    sink.done();
-                    return true;
-                });
-        });
+    auto chat = [service, retry_after](const httplib::Request& req, httplib::Response& res) {
+        kvlens_request_error err;
+        kvlens_chat_request* parsed = nullptr;
+        // Bad requests fail here, before any streaming, and a full line next (503).
+        kvlens_status st = kvlens_service_parse_chat(service, req.body, &parsed, &err);
+        if (st != KVLENS_OK) return send_error(res, st, err, retry_after);
+        const std::shared_ptr<const kvlens_chat_request> r(parsed, kvlens_chat_request_free);
+        kvlens_admission* admission = nullptr;
+        st = kvlens_service_admit(service, &admission, &err);
+        if (st != KVLENS_OK) return send_error(res, st, err, retry_after);
+        const std::shared_ptr<kvlens_admission> turn(admission, kvlens_admission_free);
+        if (!kvlens_chat_request_stream(r.get())) {
+            std::string out;
+            st = kvlens_service_chat(service, r.get(), {}, &out, &err);
+            if (st != KVLENS_OK) return send_error(res, st, err, retry_after);
+            res.status = 200;
+            res.set_content(out, "application/json");
+            return;
+        }
+        res.set_header("Cache-Control", "no-cache");
+        res.set_chunked_content_provider(
+            "text/event-stream", [service, r, turn](size_t, httplib::DataSink& sink) {
+                auto send = [&sink](const std::string& j) {
+                    const std::string s = sse(j);
+                    return sink.is_writable() && sink.write(s.data(), s.size());
+                };
+                std::string out;
+                kvlens_request_error e;
+                if (kvlens_service_chat(service, r.get(), send, &out, &e) == KVLENS_OK) {
+                    const std::string done = "data: [DONE]\n\n";
+                    sink.write(done.data(), done.size());
+                } else {  // headers are sent: the error goes as an event
+                    send(error_json(e.message, e.type, e.param, e.code)
+                             .dump(-1, ' ', false, json::error_handler_t::replace));
+                }
+                sink.done();
+                return true;
+            });
     };
     svr.Post("/v1/chat/completions", chat);
     svr.Post("/chat/completions", chat);
 
-    auto embeddings = [&api, retry_after](const httplib::Request& req, httplib::Response& res) {
-        json body;
-        if (!parse_body(req, res, body)) return;
-        answering(res, retry_after, [&] {
-            const std::shared_ptr<void> turn = api.admit();
-            send_json(res, 200, api.embeddings(body));
-        });
+    auto embeddings = [service, retry_after](const httplib::Request& req, httplib::Response& res) {
+        // Text that is not JSON is refused before the line (400), as a chat request is.
+        try {
+            const json body = json::parse(req.body);
+        } catch (const json::exception& e) {  // parse_error; out_of_range (406) for 1E750053830
+            return send_error(res, 400, std::string("request body: invalid JSON (") + e.what() + ")",
+                              "invalid_request_error", "body");
+        }
+        kvlens_request_error err;
+        kvlens_admission* admission = nullptr;
+        kvlens_status st = kvlens_service_admit(service, &admission, &err);
+        if (st != KVLENS_OK) return send_error(res, st, err, retry_after);
+        const kvlens_admission_ptr turn(admission);
+        std::string out;
+        st = kvlens_service_embeddings(service, req.body, &out, &err);
+        if (st != KVLENS_OK) return send_error(res, st, err, retry_after);
+        res.status = 200;
+        res.set_content(out, "application/json");
     };
     svr.Post("/v1/embeddings", embeddings);
     svr.Post("/embeddings", embeddings);

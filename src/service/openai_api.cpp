@@ -1,4 +1,4 @@
-#include "server/api.h"
+#include "service/openai_api.h"
 
 #include <algorithm>
 #include <cctype>
@@ -31,26 +31,6 @@ json api_error_json(const std::string& message, const std::string& type, const s
               {"type", type},
               {"param", param.empty() ? json(nullptr) : json(param)},
               {"code", code.empty() ? json(nullptr) : json(code)}}}};
-}
-
-bool same_secret(const std::string& a, const std::string& b) {
-    const size_t n = std::max(a.size(), b.size());
-    volatile unsigned char diff = a.size() != b.size() ? 1 : 0;  // volatile: no early exit is compiled in
-    for (size_t i = 0; i < n; ++i) {
-        const unsigned char x = i < a.size() ? (unsigned char)a[i] : 0;
-        const unsigned char y = i < b.size() ? (unsigned char)b[i] : 0;
-        diff = diff | (unsigned char)(x ^ y);
-    }
-    return diff == 0;
-}
-
-bool bearer_matches(const std::string& authorization, const std::string& key) {
-    static const char scheme[] = "bearer ";
-    if (authorization.size() < 7) return false;
-    for (size_t i = 0; i < 7; ++i)
-        if (std::tolower((unsigned char)authorization[i]) != scheme[i]) return false;
-    const size_t start = authorization.find_first_not_of(' ', 7);
-    return same_secret(start == std::string::npos ? "" : authorization.substr(start), key);
 }
 
 std::string floats_base64(const std::vector<float>& v) {

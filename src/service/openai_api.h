@@ -1,7 +1,9 @@
 // The OpenAI-compatible API (chat completions, embeddings, models) as functions from request JSON to response
-// JSON, without HTTP (server.h puts them on the wire). kvlens adds to each chat completion what the KV cache
-// says about it: the confidence scores of KV-CoE (and P(correct) with a calibration), the thinking mode
-// chosen by the router and where it switched, every token generated.
+// JSON, without HTTP. Part of the library below the public API (kvlens_service_* in include/kvlens/kvlens.h),
+// so that its front ends, the HTTP server (src/server) and the Python bindings, share it through that API.
+// kvlens adds to each chat completion what the KV cache says about it: the confidence scores of KV-CoE (and
+// P(correct) with a calibration), the thinking mode chosen by the router and where it switched, every token
+// generated.
 //
 // Thread-safe: the Model is shared and at most `parallel` requests compute at once; the others wait their
 // turn in arrival order (at most `queue` of them when admitted with admit()). Single-answer completions
@@ -65,14 +67,6 @@ public:
 // {"error": {"message", "type", "param", "code"}} as OpenAI sends it (empty param / code: null).
 nlohmann::json api_error_json(const std::string& message, const std::string& type, const std::string& param,
                               const std::string& code = "");
-
-// Whether two secrets are equal, in a time that does not depend on where they differ: every byte of the
-// longer one is compared (no early exit); only the length shows in the time.
-bool same_secret(const std::string& a, const std::string& b);
-
-// Whether an Authorization header value ("Bearer KEY", the scheme case-insensitive, as OpenAI clients and
-// llama-server send it) carries `key` (compared with same_secret).
-bool bearer_matches(const std::string& authorization, const std::string& key);
 
 // A parsed, validated chat completion request.
 struct ChatRequest {

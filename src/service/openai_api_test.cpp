@@ -1,7 +1,8 @@
 // The API layer without HTTP: request validation (every refusal names its parameter), the reasoning split
 // that streaming relies on, base64 floats. End to end over HTTP with the official OpenAI client:
 // tests/python/test_server_openai.py.
-#include "server/api.h"
+#include "service/openai_api.h"
+#include "server/server.h"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,8 @@
 # The OpenAI-compatible server (src/server, `kvlens serve`).
 
-# Request validation, the reasoning split, base64 floats: the API layer without HTTP (tiny models).
-kvlens_add_gtest(server_api_test ${PROJECT_SOURCE_DIR}/src/server/api_test.cpp)
+# Request validation, the reasoning split, base64 floats: the service without HTTP (tiny models); the server's
+# API key check.
+kvlens_add_gtest(server_api_test ${PROJECT_SOURCE_DIR}/src/service/openai_api_test.cpp)
 target_link_libraries(server_api_test PRIVATE kvlens_server)
 if(TARGET tiny-models)
   add_dependencies(server_api_test tiny-models)
