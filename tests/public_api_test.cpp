@@ -913,3 +913,90 @@ TEST(PublicApi, ServiceAnswersAsTheOpenAiApi) {
     bad.session.calibration_path = "/nonexistent/cal.json";
     EXPECT_EQ(kvlens_service_open(model.get(), bad, &sv), KVLENS_ERR_FILE);
 }
+
+TEST(PublicApi, EmbedEachReportsBadTextsAlone) {
+    kvlens_session_params sp = two_threads();
+    sp.n_seq_max = 4;
+    Handles h = open(kLlama, sp);
+    ASSERT_TRUE(h.session);
+    kvlens_embed_params p = kvlens_embed_default_params();
+    EXPECT_EQ(p.layer_agg, "mean");
+    EXPECT_EQ(p.window, 0);
+    EXPECT_EQ(kvlens_embed_params_check(p), KVLENS_OK);
+    const std::vector<std::string> texts = {"hello world", " ", "a cat"};
+    std::vector<kvlens_text_embedding> each;
+    int width = 0;
+    ASSERT_EQ(kvlens_embed_each(h.session.get(), texts, p, &each, &width), KVLENS_OK) << kvlens_last_error();
+    ASSERT_EQ(each.size(), 3u);
+    EXPECT_FALSE(each[1].ok);
+    EXPECT_EQ(each[1].error, "empty text");
+    // The good ones are kvlens_embed's vectors.
+    kvlens_embeddings e;
+    ASSERT_EQ(kvlens_embed(h.session.get(), {"hello world", "a cat"}, p, &e), KVLENS_OK);
+    EXPECT_EQ(width, e.width);
+    EXPECT_EQ(each[0].kv, std::vector<float>(e.data.begin(), e.data.begin() + e.width));
+    EXPECT_EQ(each[2].kv, std::vector<float>(e.data.begin() + e.width, e.data.end()));
+    EXPECT_GT(each[0].n_tokens, 1);
+    EXPECT_TRUE(each[0].hidden.empty());
+    // With the hidden state; with no text, only the width.
+    p.hidden = true;
+    ASSERT_EQ(kvlens_embed_each(h.session.get(), {"hello world"}, p, &each, &width), KVLENS_OK);
+    kvlens_model_info info;
+    ASSERT_EQ(kvlens_model_get_info(h.model.get(), &info), KVLENS_OK);
+    EXPECT_EQ(each[0].hidden.size(), (size_t)info.n_embd);
+    width = 0;
+    ASSERT_EQ(kvlens_embed_each(h.session.get(), {}, p, &each, &width), KVLENS_OK);
+    EXPECT_TRUE(each.empty());
+    EXPECT_EQ(width, e.width);
+    // layer_agg none: a vector per layer, concatenated.
+    p.layer_agg = "none";
+    p.layers = "all";
+    ASSERT_EQ(kvlens_embed_each(h.session.get(), {"hello world"}, p, &each, &width), KVLENS_OK);
+    EXPECT_EQ(each[0].kv.size(), (size_t)width);
+    p.layer_agg = "median";
+    EXPECT_EQ(kvlens_embed_params_check(p), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()).rfind("layer_agg: ", 0), 0u);
+    p = kvlens_embed_default_params();
+    p.layers = "9";  // 2 layers: refused on the model, not by the check
+    EXPECT_EQ(kvlens_embed_params_check(p), KVLENS_OK);
+    EXPECT_EQ(kvlens_embed_each(h.session.get(), {"x"}, p, &each, &width), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()).rfind("layers: ", 0), 0u);
+}
+
+TEST(PublicApi, RouterAndEmbedEvaluationsRefuseBadParameters) {
+    const kvlens_router_label_params l = kvlens_router_label_default_params();
+    EXPECT_EQ(l.preset, "32/8");
+    EXPECT_EQ(l.long_tokens, 128);
+    EXPECT_EQ(l.data_dir, kvlens_data_dir());
+    kvlens_router_label_params bad_label = l;
+    bad_label.model_path = "/nonexistent/model.gguf";
+    bad_label.dataset = "arith";
+    bad_label.out_dir = temp_path("router_label");
+    EXPECT_NE(kvlens_router_label(bad_label), KVLENS_OK);
+    EXPECT_NE(std::string(kvlens_last_error()), "");
+    std::filesystem::remove_all(bad_label.out_dir);
+
+    kvlens_router_train_params t = kvlens_router_train_default_params();
+    EXPECT_EQ(t.preset, "tuned");
+    EXPECT_EQ(t.windows, "prompt");
+    t.preset = "fast";
+    t.label_dirs = {"/nonexistent"};
+    t.out_path = temp_path("router.json");
+    EXPECT_EQ(kvlens_router_train(t), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(std::string(kvlens_last_error()).rfind("preset: ", 0), 0u) << kvlens_last_error();
+
+    const kvlens_router_eval_params e = kvlens_router_eval_default_params();
+    const kvlens_generate_params g = kvlens_generate_default_params();
+    EXPECT_EQ(e.check_every, g.check_every);
+    EXPECT_EQ(e.route_threshold, g.route_threshold);
+    EXPECT_EQ(e.switch_delta, g.switch_delta);
+
+    kvlens_eval_embed_params m = kvlens_eval_embed_default_params();
+    EXPECT_EQ(m.batch_seqs, 8);
+    EXPECT_TRUE(m.hidden && m.random);
+    m.tasks = {"/nonexistent/task.json"};
+    m.out_dir = temp_path("eval_embed");
+    EXPECT_NE(kvlens_eval_embed(m), KVLENS_OK);
+    EXPECT_NE(std::string(kvlens_last_error()), "");
+    std::filesystem::remove_all(m.out_dir);
+}

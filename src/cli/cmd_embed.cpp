@@ -9,9 +9,7 @@
 #include <iostream>
 
 #include "cli/common.h"
-#include "eval/embed_eval.h"
 #include "io/npz.h"
-#include "methods/embed.h"
 #include "util/error.h"
 
 namespace kvlens::cli {
@@ -60,11 +58,16 @@ bool read_lines(std::istream& in, const std::string& field, size_t n, int64_t& l
 }
 
 void run_embed(EmbedOptions o) {
-    o.pool.normalize = !o.no_normalize;
-    EmbedParams ep;
-    ep.spec = pool_spec(o.pool);
+    kvlens_embed_params ep = kvlens_embed_default_params();
+    ep.kv_part = o.pool.kv_part;
+    ep.pos_agg = o.pool.pos_agg;
+    ep.head_agg = o.pool.head_agg;
+    ep.layer_agg = o.pool.layer_agg;
+    ep.layers = o.pool.layers;
+    ep.normalize = !o.no_normalize;
+    ep.window = o.pool.window;
     ep.hidden = o.hidden;
-    ep.batch_seqs = o.batch_seqs;
+    check(kvlens_embed_params_check(ep), flag_names());
     if (!o.npy.empty()) {
         const std::filesystem::path dir = std::filesystem::path(o.npy).parent_path();
         if (!dir.empty() && !std::filesystem::is_directory(dir))
@@ -83,9 +86,14 @@ void run_embed(EmbedOptions o) {
     }
     std::ostream& out = o.out == "-" ? std::cout : fout;
 
-    std::unique_ptr<Model> model = load_model(o.model);
-    Session session(*model, session_params(o.model, o.batch_seqs));
-    Embedder emb(session, ep);
+    const kvlens_model_ptr model = open_model(o.model);
+    kvlens_session* s = nullptr;
+    check(kvlens_session_open(model.get(), api_session_params(o.model, o.batch_seqs), &s));
+    const kvlens_session_ptr session(s);
+    // No text yet: the layers checked on the model, and the width of the vectors.
+    int width = 0;
+    std::vector<kvlens_text_embedding> es;
+    check(kvlens_embed_each(session.get(), {}, ep, &es, &width), {{"layers", ""}});
     const std::string src = o.input == "-" ? "stdin" : o.input;
 
     std::vector<float> vecs;
@@ -102,7 +110,7 @@ void run_embed(EmbedOptions o) {
             texts.push_back(chunk[i].text);
             which.push_back(i);
         }
-        std::vector<Embedding> es = emb.embed(texts);
+        check(kvlens_embed_each(session.get(), texts, ep, &es, nullptr), {{"layers", ""}});
         for (size_t k = 0; k < es.size(); ++k)
             if (!es[k].ok) chunk[which[k]].error = es[k].error;
         size_t k = 0;
@@ -124,7 +132,7 @@ void run_embed(EmbedOptions o) {
                 continue;
             }
             while (which[k] != i) ++k;
-            const Embedding& e = es[k];
+            const kvlens_text_embedding& e = es[k];
             nlohmann::json j = {{"line", l.line}, {"n_tokens", e.n_tokens}, {"embedding", e.kv}};
             if (o.hidden) j["hidden"] = e.hidden;
             out << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
@@ -137,12 +145,12 @@ void run_embed(EmbedOptions o) {
     if (!out) throw Error("--out '" + o.out + "': write failed");
     if (!o.npy.empty()) {
         // Rows are the embedded lines in order; <npy stem>.lines.npy holds their input line numbers.
-        write_npy(o.npy, vecs.data(), {(size_t)n_ok, (size_t)emb.kv_width()});
+        write_npy(o.npy, vecs.data(), {(size_t)n_ok, (size_t)width});
         const std::string lines_path = std::filesystem::path(o.npy).replace_extension(".lines.npy").string();
         write_npy(lines_path, lines.data(), {(size_t)n_ok});
     }
     fprintf(stderr, "kvlens embed: %lld texts embedded (width %d), %lld bad line%s%s\n", (long long)n_ok,
-            emb.kv_width(), (long long)n_bad, n_bad == 1 ? "" : "s", stop ? ", stopped at the first" : "");
+            width, (long long)n_bad, n_bad == 1 ? "" : "s", stop ? ", stopped at the first" : "");
     if (stop) throw Error(src + ": stopped at line " + std::to_string(stop_line) + " (--on-error stop)");
 }
 
@@ -199,7 +207,7 @@ CLI::App* add_embed_command(CLI::App& app) {
 
     // kvlens eval embed: the eval command exists already (add_eval_command runs before this).
     CLI::App* eval = app.get_subcommand("eval");
-    auto p = std::make_shared<EmbedEvalParams>();
+    auto p = std::make_shared<kvlens_eval_embed_params>(kvlens_eval_embed_default_params());
     auto extras = std::make_shared<std::vector<std::string>>();
     CLI::App* ev = eval->add_subcommand(
         "embed",
@@ -235,12 +243,12 @@ CLI::App* add_embed_command(CLI::App& app) {
     ev->add_option("--timing-texts", p->timing_texts, "time each representation alone on the first N texts")
         ->check(CLI::Range(0, 1 << 30))
         ->capture_default_str();
-    ev->add_option("--C", p->probe.C, "probe: inverse L2 strength")
+    ev->add_option("--C", p->probe_c, "probe: inverse L2 strength")
         ->check(CLI::PositiveNumber)
         ->capture_default_str();
-    ev->add_flag("!--no-standardize", p->probe.standardize,
+    ev->add_flag("!--no-standardize", p->probe_standardize,
                  "probe: use raw features (no z-scoring per fold)");
-    ev->add_option("--max-iter", p->probe.max_iter, "probe: L-BFGS iterations at most")
+    ev->add_option("--max-iter", p->probe_max_iter, "probe: L-BFGS iterations at most")
         ->capture_default_str();
     ev->callback([p, extras] {
         for (const std::string& e : *extras) {
@@ -250,7 +258,7 @@ CLI::App* add_embed_command(CLI::App& app) {
             p->extras.emplace_back(e.substr(0, eq), e.substr(eq + 1));
         }
         p->command_line = command_line_of_this_process();
-        run_embed_eval(*p);
+        check(kvlens_eval_embed(*p));
     });
     return sub;
 }

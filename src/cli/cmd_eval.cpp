@@ -2,18 +2,14 @@
 #include <cstdlib>
 
 #include "cli/common.h"
-#include "eval/coe_eval.h"
-#include "eval/merge.h"
-#include "util/data_dir.h"
 
 namespace kvlens::cli {
 
 CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
     CLI::App* eval = app.add_subcommand("eval", "evaluations that reproduce the paper's experiments");
     eval->require_subcommand(1);
-    auto p = std::make_shared<CoeEvalParams>();
+    auto p = std::make_shared<kvlens_eval_coe_params>(kvlens_eval_coe_default_params());  // data_dir found
     p->command_line = command_line;
-    p->data_dir = find_data_dir();  // --data-dir overrides
     CLI::App* coe = eval->add_subcommand("coe",
                                          "score every answer of a dataset with KV-CoE, hidden-state CoE and "
                                          "output baselines; report AUROC etc.");
@@ -65,11 +61,18 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
         ->check(CLI::Range(0.0, 1.0))
         ->capture_default_str();
     coe->callback([p, coe_opts] {
-        p->token_coe = token_coe_spec(*coe_opts);
-        run_coe_eval(*p);
+        p->coe_layers = coe_opts->layers;
+        p->coe_kv_part = coe_opts->kv_part;
+        p->coe_positions = coe_opts->positions;
+        p->coe_head_agg = coe_opts->head_agg;
+        check(kvlens_eval_coe(*p), coe_flag_names());
     });
 
-    auto m = std::make_shared<MergeParams>();
+    struct MergeOptions {
+        std::vector<std::string> dirs;
+        std::string out_dir, command_line;
+    };
+    auto m = std::make_shared<MergeOptions>();
     m->command_line = command_line;
     CLI::App* merge = eval->add_subcommand(
         "merge",
@@ -79,7 +82,7 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
         "overlapping or missing samples (writing nothing)");
     merge->add_option("-o,--out", m->out_dir, "output directory (new or empty)")->required();
     merge->add_option("dirs", m->dirs, "the shards' output directories")->required();
-    merge->callback([m] { run_eval_merge(*m); });
+    merge->callback([m] { check(kvlens_eval_merge(m->dirs, m->out_dir, m->command_line)); });
     return eval;
 }
 

@@ -2,15 +2,13 @@
 #include <cstdlib>
 
 #include "cli/common.h"
-#include "eval/router_eval.h"
-#include "util/data_dir.h"
 
 namespace kvlens::cli {
 
 namespace {
 
 std::string data_dir_default() {
-    return find_data_dir();
+    return kvlens_data_dir();
 }
 
 void add_dataset_options(CLI::App* sub, std::string& model, std::string& dataset, std::string& data_dir,
@@ -50,7 +48,7 @@ CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
         app.add_subcommand("router", "fast/slow thinking: label, train and evaluate the KV classifier");
     router->require_subcommand(1);
 
-    auto lp = std::make_shared<RouterLabelParams>();
+    auto lp = std::make_shared<kvlens_router_label_params>(kvlens_router_label_default_params());
     lp->command_line = command_line;
     lp->data_dir = data_dir_default();
     CLI::App* label = router->add_subcommand(
@@ -72,11 +70,10 @@ CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
     label->add_option("--cut-tokens", lp->cut_max_tokens, "answer budget of the cut probe")
         ->check(CLI::Range(1, 1 << 20))
         ->capture_default_str();
-    label->callback([lp] { run_router_label(*lp); });
+    label->callback([lp] { check(kvlens_router_label(*lp)); });
 
-    auto tp = std::make_shared<RouterTrainCliParams>();
+    auto tp = std::make_shared<kvlens_router_train_params>(kvlens_router_train_default_params());
     tp->command_line = command_line;
-    auto overrides = std::make_shared<RouterTrainParams>();
     auto epochs = std::make_shared<int>(0);
     auto lr = std::make_shared<double>(0);
     auto seed = std::make_shared<int64_t>(-1);
@@ -98,15 +95,14 @@ CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
     train->add_option("--lr", *lr, "learning rate (0: the preset's)")->check(CLI::Range(0.0, 1.0));
     train->add_option("--seed", *seed, "seed for init, split and batches (default: the preset's)");
     train->callback([tp, epochs, lr, seed] {
-        RouterTrainCliParams p = *tp;
-        p.train = with_flag("--preset", [&] { return router_train_preset(p.preset); });
-        if (*epochs > 0) p.train.epochs = *epochs;
-        if (*lr > 0) p.train.lr = *lr;
-        if (*seed >= 0) p.train.seed = (uint64_t)*seed;
-        run_router_train(p);
+        kvlens_router_train_params p = *tp;
+        p.epochs = *epochs;
+        p.lr = *lr;
+        p.seed = *seed;
+        check(kvlens_router_train(p), {{"preset", "--preset"}});
     });
 
-    auto ep = std::make_shared<RouterEvalParams>();
+    auto ep = std::make_shared<kvlens_router_eval_params>(kvlens_router_eval_default_params());
     ep->command_line = command_line;
     ep->data_dir = data_dir_default();
     CLI::App* eval = router->add_subcommand(
@@ -114,20 +110,19 @@ CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
     add_dataset_options(eval, ep->model_path, ep->dataset, ep->data_dir, ep->out_dir, ep->limit, ep->shard,
                         ep->max_tokens, ep->n_ctx, ep->n_threads, ep->chat_template, ep->kv_source);
     eval->add_option("--router", ep->router_path, "router file (kvlens router train)")->required();
-    eval->add_option("--check-every", ep->policy.check_every, "tokens between two windowed predictions")
+    eval->add_option("--check-every", ep->check_every, "tokens between two windowed predictions")
         ->check(CLI::Range(1, 1 << 20))
         ->capture_default_str();
-    eval->add_option("--route-threshold", ep->policy.route_threshold,
-                     "predicted difficulty below which: fast")
+    eval->add_option("--route-threshold", ep->route_threshold, "predicted difficulty below which: fast")
         ->check(CLI::Range(0.0, 100.0))
         ->capture_default_str();
-    eval->add_option("--switch-delta", ep->policy.delta, "switching hysteresis around the threshold")
+    eval->add_option("--switch-delta", ep->switch_delta, "switching hysteresis around the threshold")
         ->check(CLI::Range(0.0, 100.0))
         ->capture_default_str();
     eval->add_option("--long-tokens", ep->long_tokens, "for the labels of the classifier's confusion table")
         ->check(CLI::Range(1, 1 << 20))
         ->capture_default_str();
-    eval->callback([ep] { run_router_eval(*ep); });
+    eval->callback([ep] { check(kvlens_router_eval(*ep)); });
     return router;
 }
 

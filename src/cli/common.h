@@ -1,4 +1,5 @@
-// Options and helpers shared by the CLI subcommands.
+// Options and helpers shared by the CLI subcommands. The CLI is a user of the public API (kvlens/kvlens.h)
+// like any other program: it includes nothing of the engine, capture, methods or evaluation layers.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -7,10 +8,7 @@
 #include <memory>
 #include <string>
 
-#include "capture/pooling.h"
-#include "engine/model.h"
 #include "kvlens/kvlens.h"
-#include "methods/coe.h"
 #include "util/error.h"
 
 namespace kvlens::cli {
@@ -28,8 +26,6 @@ struct ModelOptions {
 
 // -m/--model, --ctx, --batch, --threads, --gpu-layers, --flash-attn, --kv-source, --verbose.
 void add_model_options(CLI::App* app, ModelOptions& o);
-std::unique_ptr<Model> load_model(const ModelOptions& o);
-SessionParams session_params(const ModelOptions& o, int n_seq_max = 1);
 
 struct PoolOptions {
     std::string kv_part = "kv_cat", pos_agg = "mean", head_agg = "flatten", layer_agg = "none",
@@ -42,17 +38,16 @@ void add_kv_source_option(CLI::App* app, std::string& kv_source);
 
 // --kv-part, --pos-agg, --head-agg, --layer-agg, --layers, --normalize, --window.
 void add_pool_options(CLI::App* app, PoolOptions& o);
-PoolSpec pool_spec(const PoolOptions& o);  // throws Error naming the flag
 
 // The token-axis KV-CoE knobs (kv_coe_*): --coe-layers, --coe-kv-part, --coe-positions, --coe-head-agg.
-// Defaults are TokenCoeSpec's.
+// Defaults are a session's (kvlens_session_default_params).
 struct TokenCoeOptions {
-    std::string layers = TokenCoeSpec{}.layers, kv_part = to_string(TokenCoeSpec{}.kv_part),
-                positions = to_string(TokenCoeSpec{}.positions),
-                head_agg = to_string(TokenCoeSpec{}.head_agg);
+    std::string layers = kvlens_session_default_params().coe_layers,
+                kv_part = kvlens_session_default_params().coe_kv_part,
+                positions = kvlens_session_default_params().coe_positions,
+                head_agg = kvlens_session_default_params().coe_head_agg;
 };
 void add_token_coe_options(CLI::App* app, TokenCoeOptions& o);
-TokenCoeSpec token_coe_spec(const TokenCoeOptions& o);  // throws Error naming the flag
 
 // Runs f, prefixing a kvlens::Error's message with the flag whose value caused it.
 template <typename F>

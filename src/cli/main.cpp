@@ -1,5 +1,6 @@
 // kvlens: the command-line front end.
 #include <cstdio>
+#include <stdexcept>
 
 #include "cli/common.h"
 #include "util/error.h"
@@ -36,27 +37,6 @@ void add_kv_source_option(CLI::App* app, std::string& kv_source) {
         ->capture_default_str();
 }
 
-std::unique_ptr<Model> load_model(const ModelOptions& o) {
-    set_verbose(o.verbose);
-    ModelParams mp;
-    mp.path = o.model;
-    mp.n_gpu_layers = o.gpu_layers;
-    return std::make_unique<Model>(mp);
-}
-
-SessionParams session_params(const ModelOptions& o, int n_seq_max) {
-    SessionParams sp;
-    sp.n_ctx = o.ctx;
-    sp.n_batch = o.batch;
-    sp.n_threads = o.threads;
-    sp.n_seq_max = n_seq_max;
-    sp.flash_attn = o.flash_attn == "on"    ? FlashAttn::On
-                    : o.flash_attn == "off" ? FlashAttn::Off
-                                            : FlashAttn::Auto;
-    sp.capture_source = parse_capture_source(o.kv_source);
-    return sp;
-}
-
 void add_pool_options(CLI::App* app, PoolOptions& o) {
     app->add_option("--kv-part", o.kv_part, "k, v or kv_cat ([K;V])")->capture_default_str();
     app->add_option("--pos-agg", o.pos_agg, "pool positions: mean, sum, last, first")->capture_default_str();
@@ -72,18 +52,6 @@ void add_pool_options(CLI::App* app, PoolOptions& o) {
         ->capture_default_str();
 }
 
-PoolSpec pool_spec(const PoolOptions& o) {
-    PoolSpec s;
-    s.kv_part = with_flag("--kv-part", [&] { return parse_kv_part(o.kv_part); });
-    s.pos_agg = with_flag("--pos-agg", [&] { return parse_pos_agg(o.pos_agg); });
-    s.head_agg = with_flag("--head-agg", [&] { return parse_head_agg(o.head_agg); });
-    s.layer_agg = with_flag("--layer-agg", [&] { return parse_layer_agg(o.layer_agg); });
-    s.layers = with_flag("--layers", [&] { return parse_layers(o.layers); });
-    s.normalize = o.normalize;
-    s.window = o.window;
-    return s;
-}
-
 void add_token_coe_options(CLI::App* app, TokenCoeOptions& o) {
     app->add_option("--coe-layers", o.layers,
                     "KV-CoE (token axis): layers averaged per token: all, -4..-1, 0,3,-1")
@@ -94,16 +62,6 @@ void add_token_coe_options(CLI::App* app, TokenCoeOptions& o) {
         ->capture_default_str();
     app->add_option("--coe-head-agg", o.head_agg, "KV-CoE (token axis): heads flatten or mean")
         ->capture_default_str();
-}
-
-TokenCoeSpec token_coe_spec(const TokenCoeOptions& o) {
-    TokenCoeSpec s;
-    with_flag("--coe-layers", [&] { return parse_layers(o.layers); });  // syntax now, range on the model
-    s.layers = o.layers;
-    s.kv_part = with_flag("--coe-kv-part", [&] { return parse_kv_part(o.kv_part); });
-    s.positions = with_flag("--coe-positions", [&] { return parse_coe_positions(o.positions); });
-    s.head_agg = with_flag("--coe-head-agg", [&] { return parse_head_agg(o.head_agg); });
-    return s;
 }
 
 kvlens_model_ptr open_model(const ModelOptions& o) {

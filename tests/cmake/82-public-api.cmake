@@ -7,3 +7,9 @@ add_dependencies(public_api_test kvlens-cli)
 if(TARGET tiny-models)
   add_dependencies(public_api_test tiny-models)
 endif()
+
+# The front ends use the public API only: src/cli, src/server and python/kvlens_module.cpp include no header of
+# the engine, capture, methods, evaluation or service layers (tests/cli/frontend_includes_test.sh).
+add_test(NAME frontend_includes
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/frontend_includes_test.sh ${PROJECT_SOURCE_DIR})
+set_tests_properties(frontend_includes PROPERTIES LABELS "unit;cli" TIMEOUT 60)
