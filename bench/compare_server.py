@@ -6,7 +6,8 @@ For each model, each round and each concurrency level C (1, 4, 8), both servers 
 alternating per round) with C slots decoded together (kvlens --parallel C --ctx X; llama-server -np C -c C*X
 -kvu, prompt cache off, so that repeated prompts are computed again as kvlens does), the same threads, batch
 and flash-attention setting; after one warm-up request, C client threads send --requests chat
-completions each (every prompt at least once per phase; fixed prompts, temperature 0, fixed max_tokens), and the phase's wall time gives
+completions each (every prompt at least once per phase; fixed prompts, temperature 0, fixed max_tokens), and
+the phase's wall time gives
   aggregate tokens/s = sum of usage.completion_tokens / wall time
   latency p50 / p95 = per request, send to last byte
   peak RSS = the server's VmHWM when the phase ends (it is started fresh for each phase).
@@ -263,8 +264,9 @@ def main():
     record = {"comparison": "kvlens serve vs llama-server", "machine": bl.machine(),
               "versions": bl.versions(args.kvlens),
               "binaries": {"kvlens": args.kvlens, "llama_server": args.llama_server},
-              "settings": {k: getattr(args, k) for k in ("servers", "threads", "clients", "requests", "prompts", "max_tokens",
-                                                         "ctx", "batch", "flash_attn", "kv_source", "reps", "quick")},
+              "settings": {k: getattr(args, k) for k in ("servers", "threads", "clients", "requests", "prompts",
+                                                         "max_tokens", "ctx", "batch", "flash_attn", "kv_source",
+                                                         "reps", "quick")},
               "models": []}
     ok = True
     for name in args.models.split(","):
