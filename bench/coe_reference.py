@@ -75,7 +75,7 @@ def main():
     torch.set_num_interop_threads(1)
     t0 = time.monotonic()
     d, f = os.path.split(os.path.abspath(args.model))
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32,
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32,
                                                  attn_implementation="eager")
     model.eval()
     load_s = time.monotonic() - t0
