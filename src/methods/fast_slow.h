@@ -8,6 +8,12 @@
 //
 // Every token the model samples is counted, before and after a switch, including fast tokens dropped by
 // a fast -> slow switch; appended switch tokens are counted separately.
+//
+// The training-free peers (issue #13), slow start without a router: a thinking budget (Qwen3's: after N
+// think tokens append the close and answer) and a DEER-style early exit (at each line break inside the think
+// block, close it on a copy of the sequence and answer greedily; a trial answer whose mean token probability
+// exceeds the threshold is kept: the copy becomes the sequence and decoding goes on from its end; any other
+// trial is dropped). Trial tokens are counted too: decoding them is the exit's cost.
 #pragma once
 
 #include <cmath>
@@ -29,6 +35,21 @@ const char* to_string(ThinkStart s);
 
 struct FastSlowResult;
 
+// How a slow answer may leave its think block early, without a router.
+enum class ThinkExit { None, Budget, Deer };
+struct ThinkExitPolicy {
+    ThinkExit kind = ThinkExit::None;
+    int budget = 0;  // Budget: think tokens (>= 1) after which the close is appended
+    // Deer: exit when a trial answer's mean token probability is above this (DEER's default 0.95; 0: at
+    // the first line break, > 1: never), a trial taking at most trial_max_tokens.
+    float threshold = 0.95f;
+    int trial_max_tokens = 32;
+};
+// "budget:N" (N >= 1), "deer" or "deer:T" (T >= 0); throws Error naming "think". Other names give None.
+ThinkExitPolicy parse_think_exit(const std::string& s);
+// The policy as parse_think_exit reads it ("budget:64", "deer:0.95"); "" for None.
+std::string to_string(const ThinkExitPolicy& p);
+
 struct FastSlowParams {
     ThinkStart start = ThinkStart::Auto;
     bool allow_switch = true;  // online switching (needs a classifier)
@@ -41,6 +62,9 @@ struct FastSlowParams {
     // the model answer greedily for up to cut_max_tokens: is the answer already settled at this point?
     int trace_every = 0;
     int cut_max_tokens = 64;
+    // Start Slow without switching: leave the think block by budget or DEER (the session needs two sequences
+    // for DEER's trials, seq + 1 being the copy).
+    ThinkExitPolicy exit;
     // Called after each sampled token (the end-of-turn excepted) and after a switch, with the result so far
     // (its tokens; text fields are filled at the end) and whether those tokens are final: false while a fast
     // answer may still be dropped by a fast -> slow switch. Return false to stop (StopReason::Callback).
@@ -66,16 +90,26 @@ struct FastSlowResult {
     std::string text;                 // tokens detokenized, end-of-turn excluded
     std::string answer;               // the text after the last "</think>" (all of text if none)
     ThinkChoice initial = ThinkChoice::Slow, final = ThinkChoice::Slow;
-    float prompt_score = NAN;                   // router prediction on the prompt (NaN without a classifier)
-    std::vector<float> prompt_features;         // the router features of the prompt (always computed)
-    int switch_at = -1;                         // sampled tokens before the switch, -1 if none
-    int n_sampled = 0;                          // tokens sampled from the model, all of them
-    int n_switch_tokens = 0;                    // tokens appended by the switch
-    int n_dropped = 0;                          // sampled fast tokens dropped by a fast -> slow switch
+    float prompt_score = NAN;            // router prediction on the prompt (NaN without a classifier)
+    std::vector<float> prompt_features;  // the router features of the prompt (always computed)
+    int switch_at = -1;                  // sampled tokens before the switch, -1 if none
+    int n_sampled = 0;                   // tokens sampled from the model, all of them
+    int n_switch_tokens = 0;             // tokens appended by the switch
+    int n_dropped = 0;                   // sampled fast tokens dropped by a fast -> slow switch
+    // Cost: the sampled tokens up to the close of the think block (open tag and the model's own close
+    // included) and the tokens after the close (a kept trial's included); the tokens sampled in DEER's
+    // trials, kept or dropped (a kept trial's close counts as switch tokens), and how many trials; every
+    // decode call of the run (prompt, trials) and its wall-clock.
+    int n_think = 0, n_answer = 0;
+    int n_trial = 0, n_trials = 0;
+    int64_t n_decode_calls = 0;
+    double wall_ms = 0;
+    std::string exit;  // how the think block ended: model, budget, deer, switch; "" when none was open
     std::vector<std::pair<int, float>> checks;  // (sampled tokens so far, prediction) at every check
     StopReason stop = StopReason::MaxTokens;
     std::vector<TraceWindow> trace;  // params.trace_every > 0
-    int n_generated() const { return n_sampled + n_switch_tokens; }
+    // Every token the run generated: sampled, appended by a switch or an exit, and decoded in trials.
+    int n_generated() const { return n_sampled + n_switch_tokens + n_trial; }
 };
 
 // Runs one question in sequence `seq` (which must be empty). `clf` may be null only when start is not Auto

@@ -295,6 +295,122 @@ TEST_F(FastSlow, OnTokenSeesEveryTokenAndKnowsWhatIsFinal) {
     EXPECT_EQ(stopped.n_sampled, 5);
 }
 
+// The training-free exits (issue #13's peers): a slow start, no router.
+FastSlowParams exit_params(ThinkExitPolicy ex) {
+    FastSlowParams p;
+    p.start = ThinkStart::Slow;
+    p.allow_switch = false;
+    p.max_tokens = 300;
+    p.exit = ex;
+    return p;
+}
+
+TEST_F(FastSlow, ParseThinkExit) {
+    EXPECT_EQ(parse_think_exit("on").kind, ThinkExit::None);
+    const ThinkExitPolicy b = parse_think_exit("budget:64");
+    EXPECT_EQ(b.kind, ThinkExit::Budget);
+    EXPECT_EQ(b.budget, 64);
+    EXPECT_EQ(to_string(b), "budget:64");
+    EXPECT_EQ(parse_think_exit("deer").threshold, 0.95f);
+    EXPECT_EQ(parse_think_exit("deer:0.5").threshold, 0.5f);
+    EXPECT_EQ(to_string(parse_think_exit("deer:0.5")), "deer:0.5");
+    for (const char* bad : {"budget:", "budget:0", "budget:-3", "budget:1x", "deer:", "deer:-1", "deer:x"})
+        EXPECT_THROW(parse_think_exit(bad), Error) << bad;
+}
+
+TEST_F(FastSlow, BudgetStopsThinkingAtExactlyNTokensAndCountsEveryDecode) {
+    ThinkExitPolicy ex;
+    ex.kind = ThinkExit::Budget;
+    ex.budget = 6;
+    auto s = session();
+    const int64_t calls0 = s->n_decode_calls();
+    const FastSlowResult r = run_fast_slow(*s, ChatTemplate::Qwen3, question("What is 503-278+916?"), {32, 8},
+                                           nullptr, exit_params(ex));
+    const int n_close = (int)model->tokenize("\n</think>\n\n", false, true).size();
+    ASSERT_EQ(r.exit, "budget") << r.text;
+    EXPECT_EQ(r.n_think, 6);
+    EXPECT_EQ(r.switch_at, 6);
+    EXPECT_EQ(r.final, ThinkChoice::Fast);
+    const std::string first6 =
+        model->detokenize(std::vector<llama_token>(r.tokens.begin(), r.tokens.begin() + 6), true);
+    EXPECT_EQ(first6.rfind("<think>", 0), 0u) << first6;
+    EXPECT_EQ(r.text.rfind(first6 + "\n</think>\n\n", 0), 0u) << r.text;
+    ASSERT_EQ(r.stop, StopReason::EndOfTurn);
+    EXPECT_GT(r.n_answer, 0);
+    EXPECT_EQ(r.n_think + n_close + r.n_answer, (int)r.tokens.size());
+    EXPECT_EQ(r.n_sampled, r.n_think + r.n_answer);
+    EXPECT_EQ(r.n_trial, 0);
+    EXPECT_EQ(r.n_generated(), r.n_sampled + n_close);
+    // The prompt, each sampled token but the end-of-turn, the close: what the run reports and the session
+    // saw.
+    EXPECT_EQ(r.n_decode_calls, 1 + (r.n_sampled - 1) + 1);
+    EXPECT_EQ(s->n_decode_calls() - calls0, r.n_decode_calls);
+    EXPECT_GT(r.wall_ms, 0);
+}
+
+std::unique_ptr<Session> two_sequences(const Model& m) {
+    SessionParams sp;
+    sp.n_ctx = 512;
+    sp.n_threads = 2;
+    sp.n_seq_max = 2;
+    return std::make_unique<Session>(m, sp);
+}
+
+TEST_F(FastSlow, DeerAtThresholdZeroExitsAtTheFirstLineBreakAndCountsTheTrial) {
+    ThinkExitPolicy ex;
+    ex.kind = ThinkExit::Deer;
+    ex.threshold = 0;
+    auto s = two_sequences(*model);
+    const int64_t calls0 = s->n_decode_calls();
+    const FastSlowResult r = run_fast_slow(*s, ChatTemplate::Qwen3, question("What is 503-278+916?"), {32, 8},
+                                           nullptr, exit_params(ex));
+    ASSERT_EQ(r.exit, "deer") << r.text;
+    EXPECT_EQ(r.n_trials, 1);
+    EXPECT_GT(r.n_trial, 0);
+    // The exit came right after the first sampled line break.
+    int first_nl = -1;
+    for (int i = 0; i < (int)r.tokens.size() && first_nl < 0; ++i)
+        if (model->detokenize({r.tokens[i]}, true).find('\n') != std::string::npos) first_nl = i;
+    ASSERT_GE(first_nl, 0);
+    EXPECT_EQ(r.switch_at, first_nl + 1);
+    EXPECT_EQ(r.n_think, r.switch_at);
+    const int n_close = (int)model->tokenize("\n</think>\n\n", false, true).size();
+    EXPECT_EQ(r.n_switch_tokens, n_close);
+    EXPECT_EQ(r.n_think + n_close + r.n_answer, (int)r.tokens.size());
+    EXPECT_EQ(r.n_generated(), r.n_sampled + n_close + r.n_trial);
+    // The kept trial is the answer: its tokens follow the close.
+    if (r.stop == StopReason::EndOfTurn && r.n_sampled == r.n_think) {
+        EXPECT_EQ(r.n_answer, r.n_trial);
+        // The prompt, the sampled tokens, the trial's close and its tokens but the end-of-turn.
+        EXPECT_EQ(r.n_decode_calls, 1 + r.n_sampled + 1 + (r.n_trial - 1));
+    }
+    EXPECT_EQ(s->n_decode_calls() - calls0, r.n_decode_calls);
+    EXPECT_FALSE(r.answer.empty());
+}
+
+TEST_F(FastSlow, DeerAboveOneNeverExitsAndLeavesTheSequenceAsThinkingAlone) {
+    const auto msgs = question("What is 503-278+916?");
+    auto s = two_sequences(*model);
+    const FastSlowResult plain =
+        run_fast_slow(*s, ChatTemplate::Qwen3, msgs, {32, 8}, nullptr, exit_params({}));
+    ThinkExitPolicy ex;
+    ex.kind = ThinkExit::Deer;
+    ex.threshold = 1.01f;
+    ex.trial_max_tokens = 8;
+    s->clear();
+    const FastSlowResult r = run_fast_slow(*s, ChatTemplate::Qwen3, msgs, {32, 8}, nullptr, exit_params(ex));
+    EXPECT_EQ(plain.exit, "model");
+    EXPECT_EQ(r.exit, "model");
+    EXPECT_GT(r.n_trials, 1);
+    EXPECT_GT(r.n_trial, r.n_trials);  // each trial sampled several tokens, all counted
+    EXPECT_EQ(r.n_generated(), r.n_sampled + r.n_trial);
+    // The dropped trials left the sequence's cache as it was: the same greedy answer.
+    EXPECT_EQ(r.tokens, plain.tokens);
+    EXPECT_EQ(r.text, plain.text);
+    EXPECT_EQ(r.n_think + r.n_answer, plain.n_think + plain.n_answer);
+    EXPECT_GT(r.n_decode_calls, plain.n_decode_calls + r.n_trials);
+}
+
 TEST_F(FastSlow, BadUseIsAnError) {
     auto s = session();
     const auto msgs = question("What is 1+1?");
@@ -311,6 +427,13 @@ TEST_F(FastSlow, BadUseIsAnError) {
     EXPECT_THROW(
         run_fast_slow(*s, ChatTemplate::Llama3, msgs, {32, 8}, nullptr, params(ThinkStart::Fast, false, 16)),
         Error);
+    ThinkExitPolicy deer;
+    deer.kind = ThinkExit::Deer;
+    EXPECT_THROW(run_fast_slow(*s, ChatTemplate::Qwen3, msgs, {32, 8}, nullptr, exit_params(deer)), Error)
+        << "one sequence: no room for the trials";
+    FastSlowParams fast = exit_params(deer);
+    fast.start = ThinkStart::Fast;
+    EXPECT_THROW(run_fast_slow(*s, ChatTemplate::Qwen3, msgs, {32, 8}, nullptr, fast), Error);
 }
 
 }  // namespace
