@@ -333,6 +333,71 @@ TEST(PublicApi, ThinkAutoEqualsRunFastSlow) {
     std::filesystem::remove(path);
 }
 
+TEST(PublicApi, ThinkBudgetAndDeerArePoliciesOfGenerate) {
+    kvlens_session_params sp = two_threads();
+    sp.n_ctx = 512;
+    sp.n_seq_max = 2;  // DEER's trials
+    Handles h = open(KVLENS_REASONER_MODEL, sp);
+    ASSERT_TRUE(h.session);
+    kvlens_generate_params p = kvlens_generate_default_params();
+    p.scores = false;
+    p.max_tokens = 200;
+    const std::string q = "What is 503-278+916?";
+    auto run = [&](const std::string& think) {
+        kvlens_generate_params g = p;
+        EXPECT_EQ(kvlens_think_parse(think, &g), KVLENS_OK) << kvlens_last_error();
+        kvlens_generation out;
+        EXPECT_EQ(kvlens_generate(h.session.get(), q, g, &out), KVLENS_OK) << kvlens_last_error();
+        EXPECT_EQ(out.think_policy, think);
+        EXPECT_GT(out.n_decode_calls, 0);
+        return out;
+    };
+    const kvlens_generation on = run("on");
+    EXPECT_EQ(on.think_exit, "model");
+    EXPECT_EQ(on.n_trial_tokens, 0);
+    EXPECT_EQ(on.n_think_tokens + on.n_answer_tokens, (int)on.output_tokens.size());
+    // The prompt and each output token but the end-of-turn.
+    EXPECT_EQ(on.n_decode_calls, (int64_t)on.output_tokens.size());
+
+    const kvlens_generation b = run("budget:7");
+    EXPECT_EQ(b.think_exit, "budget");
+    EXPECT_EQ(b.n_think_tokens, 7);
+    EXPECT_EQ(b.n_trial_tokens, 0);
+    EXPECT_EQ(b.n_sampled, b.n_think_tokens + b.n_answer_tokens);
+    EXPECT_EQ(b.n_decode_calls, 1 + (b.n_sampled - 1) + 1);  // prompt, fed tokens, the appended close
+
+    const kvlens_generation d0 = run("deer:0");
+    EXPECT_EQ(d0.think_exit, "deer");
+    EXPECT_EQ(d0.n_trials, 1);
+    EXPECT_GT(d0.n_trial_tokens, 0);
+
+    // Above 1 no trial is kept, and the dropped ones leave thinking's greedy answer as it was.
+    const kvlens_generation d2 = run("deer:2");
+    EXPECT_EQ(d2.think_exit, "model");
+    EXPECT_GT(d2.n_trials, 0);
+    EXPECT_GT(d2.n_trial_tokens, d2.n_trials);
+    EXPECT_EQ(d2.text, on.text);
+    EXPECT_EQ(d2.output_tokens, on.output_tokens);
+    EXPECT_GT(d2.n_decode_calls, on.n_decode_calls);
+
+    kvlens_generate_params bad = p;
+    for (const char* name : {"budget:0", "budget:x", "deer:-1", "slow"}) {
+        EXPECT_EQ(kvlens_think_parse(name, &bad), KVLENS_ERR_INVALID_ARGUMENT) << name;
+        EXPECT_EQ(std::string(kvlens_last_error()).rfind("think: ", 0), 0u) << kvlens_last_error();
+    }
+    // Scores are not computed along an exit; one sequence has no room for the trials.
+    ASSERT_EQ(kvlens_think_parse("deer", &bad), KVLENS_OK);
+    EXPECT_EQ(bad.think, KVLENS_THINK_DEER);
+    EXPECT_EQ(bad.deer_threshold, 0.95f);
+    kvlens_generation g;
+    bad.scores = true;
+    EXPECT_EQ(kvlens_generate(h.session.get(), q, bad, &g), KVLENS_ERR_INVALID_ARGUMENT);
+    Handles one = open(KVLENS_REASONER_MODEL, two_threads());
+    bad.scores = false;
+    EXPECT_EQ(kvlens_generate(one.session.get(), q, bad, &g), KVLENS_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(kvlens_last_error()).find("n_seq_max"), std::string::npos) << kvlens_last_error();
+}
+
 TEST(PublicApi, EmbeddingsEqualTheEmbedder) {
     const std::vector<std::string> texts = {"a first text", "the second one is a little longer", "x y"};
     kvlens_session_params sp = two_threads();

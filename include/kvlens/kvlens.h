@@ -183,6 +183,15 @@ enum kvlens_think : int {
     KVLENS_THINK_ON = 1,       // hybrid reasoning models: think first
     KVLENS_THINK_OFF = 2,      // hybrid reasoning models: answer at once
     KVLENS_THINK_AUTO = 3,     // the session's router picks the mode on the prompt and may switch once
+    // The training-free peers of THINK_AUTO (no router; chat template with thinking, not raw, no scores or
+    // features): think, and after think_budget think tokens append the end of the think block and answer
+    // (Qwen3's thinking budget)...
+    KVLENS_THINK_BUDGET = 4,
+    // ... or, at each line break inside the think block, close it on a copy of the sequence and answer
+    // greedily for up to deer_trial_tokens; when that trial answer's mean token probability is above
+    // deer_threshold it is kept (decoding goes on from its end), else dropped (DEER-style early exit; the
+    // session needs n_seq_max >= 2).
+    KVLENS_THINK_DEER = 5,
 };
 
 struct kvlens_generate_params {
@@ -200,6 +209,11 @@ struct kvlens_generate_params {
     int check_every;
     float route_threshold, switch_delta;
     bool allow_switch;
+    // THINK_BUDGET: think tokens (>= 1; the open tag counts). THINK_DEER: the exit threshold (>= 0; 0 exits
+    // at the first line break, above 1 never) and a trial's tokens at most (>= 1).
+    int think_budget;
+    float deer_threshold;
+    int deer_trial_tokens;
     // Pooled KV features of the generation (`kvlens generate --features`; not with THINK_AUTO): the
     // positions pooled (generated, producer: the last prompt position and the generated ones, prompt, all),
     // kv_part (k, v, kv_cat), pos_agg (mean, sum, last, first), head_agg (flatten, mean), layer_agg (none: a
@@ -212,7 +226,8 @@ struct kvlens_generate_params {
     int feature_window;
 };
 // Default think, chat template, 256 tokens, greedy (top_k 40, top_p 0.95, seed 0 for when temperature > 0),
-// scores on; THINK_AUTO: check every 16 tokens, threshold 50, delta 20, switching allowed; no features
+// scores on; THINK_AUTO: check every 16 tokens, threshold 50, delta 20, switching allowed; THINK_BUDGET 256;
+// THINK_DEER: threshold 0.95 (DEER's), trials of 32 tokens; no features
 // (when on: generated positions, [K;V] averaged over positions, heads flattened, a vector per layer, all
 // layers, not normalised, no window).
 kvlens_generate_params kvlens_generate_default_params();
@@ -235,6 +250,16 @@ struct kvlens_generation {
     int switch_at = -1, n_sampled = 0, n_switch_tokens = 0, n_dropped = 0;
     std::vector<std::pair<int, float>> checks;
     std::string answer;
+    // Every think mode: the policy that ran ("default", "on", "off", "auto", "budget:64", "deer:0.95"); how
+    // the think block ended (model, budget, deer, switch; "" when none was open); the cost, counted honestly:
+    // output tokens up to the end of the think block (tags included) and after it, the tokens decoded in
+    // DEER's trials (kept or dropped) and how many trials, every llama_decode call (the prompt's included)
+    // and the wall-clock of the generation. Generated in all: output_tokens + n_trial_tokens, less a kept
+    // trial's tokens, which are in both.
+    std::string think_policy, think_exit;
+    int n_think_tokens = 0, n_answer_tokens = 0, n_trial_tokens = 0, n_trials = 0;
+    int64_t n_decode_calls = 0;
+    double wall_ms = 0;
     // With scores: the token-axis KV-CoE's chain: the layers it averaged (resolved on the model), its states,
     // the magnitude and angle change of each step, and its status ("ok" or why the chain is undefined).
     std::vector<int> coe_layers;
@@ -247,6 +272,10 @@ struct kvlens_generation {
     std::vector<int> feature_layers;
     int64_t feature_n_positions = 0;
 };
+
+// A think policy by name onto params: default, on, off, auto, budget:N (N >= 1), deer or deer:T (T >= 0)
+// set think (and think_budget / deer_threshold). KVLENS_ERR_INVALID_ARGUMENT naming "think" otherwise.
+kvlens_status kvlens_think_parse(const std::string& name, kvlens_generate_params* params);
 
 // The checks of kvlens_generate that need no model (the feature pooling's names); the message names the
 // field.

@@ -4,6 +4,7 @@
 // nothing of the front ends (CLI, server, bindings); they may depend on it.
 #include "kvlens/kvlens.h"
 
+#include <chrono>
 #include <cmath>
 #include <exception>
 #include <filesystem>
@@ -402,6 +403,10 @@ kvlens_generate_params kvlens_generate_default_params() {
     p.route_threshold = policy.route_threshold;
     p.switch_delta = policy.delta;
     p.allow_switch = true;
+    const kvlens::ThinkExitPolicy ex;
+    p.think_budget = 256;
+    p.deer_threshold = ex.threshold;
+    p.deer_trial_tokens = ex.trial_max_tokens;
     p.features = false;
     p.feature_positions = "generated";
     p.feature_kv_part = "kv_cat";
@@ -414,32 +419,98 @@ kvlens_generate_params kvlens_generate_default_params() {
     return p;
 }
 
+kvlens_status kvlens_think_parse(const std::string& name, kvlens_generate_params* params) {
+    return guarded(KVLENS_ERR_INVALID_ARGUMENT, [&] {
+        need(params != nullptr, "params: null");
+        kvlens_generate_params& p = *params;
+        if (name == "default" || name == "on" || name == "off" || name == "auto") {
+            p.think = name == "default" ? KVLENS_THINK_DEFAULT
+                      : name == "on"    ? KVLENS_THINK_ON
+                      : name == "off"   ? KVLENS_THINK_OFF
+                                        : KVLENS_THINK_AUTO;
+            return;
+        }
+        const kvlens::ThinkExitPolicy ex = param("think", [&] { return kvlens::parse_think_exit(name); });
+        if (ex.kind == kvlens::ThinkExit::None)
+            fail(KVLENS_ERR_INVALID_ARGUMENT,
+                 "think: '" + name + "': unknown (known: default, on, off, auto, budget:N, deer[:T])");
+        if (ex.kind == kvlens::ThinkExit::Budget) {
+            p.think = KVLENS_THINK_BUDGET;
+            p.think_budget = ex.budget;
+        } else {
+            p.think = KVLENS_THINK_DEER;
+            if (name != "deer") p.deer_threshold = ex.threshold;
+        }
+    });
+}
+
 namespace {
 
-// --think auto: as `kvlens generate --think auto` (cmd_generate.cpp's run_generate_routed).
+// The think policy as kvlens_think_parse reads it.
+std::string think_policy_name(const kvlens_generate_params& p) {
+    switch (p.think) {
+        case KVLENS_THINK_DEFAULT:
+            return "default";
+        case KVLENS_THINK_ON:
+            return "on";
+        case KVLENS_THINK_OFF:
+            return "off";
+        case KVLENS_THINK_AUTO:
+            return "auto";
+        case KVLENS_THINK_BUDGET:
+            return "budget:" + std::to_string(p.think_budget);
+        case KVLENS_THINK_DEER: {
+            kvlens::ThinkExitPolicy ex;
+            ex.kind = kvlens::ThinkExit::Deer;
+            ex.threshold = p.deer_threshold;
+            return kvlens::to_string(ex);
+        }
+    }
+    return "?";
+}
+
+// --think auto, budget:N, deer[:T]: as `kvlens generate --think ...` (cmd_generate.cpp's run_generate_routed).
 void generate_routed(kvlens_session& s, const std::vector<kvlens::ChatMessage>& msgs,
                      const kvlens::SamplingParams& sampling, const kvlens_generate_params& p,
                      kvlens_generation& g) {
-    need(s.router != nullptr, "think: KVLENS_THINK_AUTO needs a session opened with a router_path");
-    need(!p.raw, "think: KVLENS_THINK_AUTO needs the chat template (not raw)");
-    need(!p.scores, "scores: not available with KVLENS_THINK_AUTO (set scores = false)");
-    need(!p.features, "features: not available with KVLENS_THINK_AUTO");
+    const bool routed = p.think == KVLENS_THINK_AUTO;
+    const std::string mode = routed ? "KVLENS_THINK_AUTO" : p.think == KVLENS_THINK_BUDGET ? "KVLENS_THINK_BUDGET"
+                                                                                             : "KVLENS_THINK_DEER";
+    if (routed) need(s.router != nullptr, "think: KVLENS_THINK_AUTO needs a session opened with a router_path");
+    if (p.raw) fail(KVLENS_ERR_INVALID_ARGUMENT, "think: " + mode + " needs the chat template (not raw)");
+    if (p.scores)
+        fail(KVLENS_ERR_INVALID_ARGUMENT, "scores: not available with " + mode + " (set scores = false)");
+    if (p.features) fail(KVLENS_ERR_INVALID_ARGUMENT, "features: not available with " + mode);
+    need(kvlens::has_thinking(s.tmpl), "think: the session's chat template has no thinking mode");
     need(p.check_every >= 1, "check_every: must be >= 1");
     need(std::isfinite(p.route_threshold) && p.route_threshold >= 0 && p.route_threshold <= 100,
          "route_threshold: must be in [0, 100]");
     need(std::isfinite(p.switch_delta) && p.switch_delta >= 0 && p.switch_delta <= 100,
          "switch_delta: must be in [0, 100]");
     kvlens::FastSlowParams fp;
-    fp.start = kvlens::ThinkStart::Auto;
-    fp.allow_switch = p.allow_switch;
+    fp.start = routed ? kvlens::ThinkStart::Auto : kvlens::ThinkStart::Slow;
+    fp.allow_switch = routed && p.allow_switch;
+    if (p.think == KVLENS_THINK_BUDGET) {
+        need(p.think_budget >= 1, "think_budget: must be >= 1");
+        fp.exit.kind = kvlens::ThinkExit::Budget;
+        fp.exit.budget = p.think_budget;
+    } else if (p.think == KVLENS_THINK_DEER) {
+        need(std::isfinite(p.deer_threshold) && p.deer_threshold >= 0, "deer_threshold: must be >= 0");
+        need(p.deer_trial_tokens >= 1, "deer_trial_tokens: must be >= 1");
+        need(s.s.n_seq_max() >= 2, "think: KVLENS_THINK_DEER needs a session with n_seq_max >= 2 (its trials)");
+        fp.exit.kind = kvlens::ThinkExit::Deer;
+        fp.exit.threshold = p.deer_threshold;
+        fp.exit.trial_max_tokens = p.deer_trial_tokens;
+    }
     fp.policy.check_every = p.check_every;
     fp.policy.route_threshold = p.route_threshold;
     fp.policy.delta = p.switch_delta;
     fp.max_tokens = p.max_tokens;
     fp.sampling = sampling;
     s.s.clear();
+    const kvlens::RouterFeatures features = routed ? s.router->features : kvlens::RouterFeatures{32, 8};
     const kvlens::FastSlowResult r =
-        kvlens::run_fast_slow(s.s, s.tmpl, msgs, s.router->features, &s.router->classifier, fp);
+        kvlens::run_fast_slow(s.s, s.tmpl, msgs, features, routed ? &s.router->classifier : nullptr, fp);
     g.text = r.text;
     g.prompt_tokens = from_llama(r.prompt);
     g.output_tokens = from_llama(r.tokens);
@@ -453,6 +524,30 @@ void generate_routed(kvlens_session& s, const std::vector<kvlens::ChatMessage>& 
     g.n_dropped = r.n_dropped;
     g.checks = r.checks;
     g.answer = r.answer;
+    g.think_exit = r.exit;
+    g.n_think_tokens = r.n_think;
+    g.n_answer_tokens = r.n_answer;
+    g.n_trial_tokens = r.n_trial;
+    g.n_trials = r.n_trials;
+    g.n_decode_calls = r.n_decode_calls;
+    g.wall_ms = r.wall_ms;
+}
+
+// The cost fields of a plain generation: its output split at the end of the think block (which the prompt
+// or the output opened).
+void plain_cost(const kvlens::Model& model, const std::vector<llama_token>& output, bool prompt_opens_think,
+                kvlens_generation& g) {
+    std::string text;
+    bool open = prompt_opens_think;
+    int close_at = -1;
+    for (size_t i = 0; i < output.size() && close_at < 0; ++i) {
+        text += model.detokenize({output[i]}, true);
+        if (text.find("<think>") != std::string::npos) open = true;
+        if (open && text.find("</think>") != std::string::npos) close_at = (int)i + 1;
+    }
+    if (close_at >= 0) g.think_exit = "model";
+    g.n_think_tokens = close_at >= 0 ? close_at : open ? (int)output.size() : 0;
+    g.n_answer_tokens = (int)output.size() - g.n_think_tokens;
 }
 
 }  // namespace
@@ -500,8 +595,8 @@ kvlens_status kvlens_generate(kvlens_session* session, const std::string& prompt
         need(out != nullptr, "out: null");
         need(!prompt.empty(), "prompt: empty");
         need(params.max_tokens >= 1, "max_tokens: must be >= 1");
-        need(params.think >= KVLENS_THINK_DEFAULT && params.think <= KVLENS_THINK_AUTO,
-             "think: expected KVLENS_THINK_DEFAULT, _ON, _OFF or _AUTO");
+        need(params.think >= KVLENS_THINK_DEFAULT && params.think <= KVLENS_THINK_DEER,
+             "think: expected KVLENS_THINK_DEFAULT, _ON, _OFF, _AUTO, _BUDGET or _DEER");
         kvlens::SamplingParams sampling;
         sampling.temperature = params.temperature;
         sampling.top_k = params.top_k;
@@ -518,7 +613,8 @@ kvlens_status kvlens_generate(kvlens_session* session, const std::string& prompt
         msgs.push_back({"user", prompt});
 
         kvlens_generation g;
-        if (params.think == KVLENS_THINK_AUTO) {
+        g.think_policy = think_policy_name(params);
+        if (params.think >= KVLENS_THINK_AUTO) {
             generate_routed(s, msgs, sampling, params, g);
             *out = std::move(g);
             return;
@@ -558,7 +654,14 @@ kvlens_status kvlens_generate(kvlens_session* session, const std::string& prompt
         kvlens::GenerateParams gp;
         gp.max_tokens = params.max_tokens;
         gp.sampling = sampling;
+        const auto t0 = std::chrono::steady_clock::now();
+        const int64_t calls0 = s.s.n_decode_calls();
         const kvlens::Generation r = kvlens::generate(s.s, {toks}, gp).at(0);
+        g.n_decode_calls = s.s.n_decode_calls() - calls0;
+        g.wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        const size_t open_at = text.rfind("<think>");
+        plain_cost(model, r.output, !params.raw && open_at != std::string::npos &&
+                                        text.find("</think>", open_at) == std::string::npos, g);
         g.text = r.text;
         g.prompt_tokens = from_llama(r.prompt);
         g.output_tokens = from_llama(r.output);

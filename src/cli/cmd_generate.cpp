@@ -25,16 +25,34 @@ struct GenerateOptions {
     TokenCoeOptions coe;
 };
 
-// --think auto: the router picks the mode on the prompt and may switch once while decoding. Through the
-// public API (include/kvlens/kvlens.h), which runs the same internal calls.
-void run_generate_routed(const GenerateOptions& o) {
-    if (o.router.empty()) throw Error("--think auto: needs --router FILE (from kvlens router train)");
-    if (o.raw) throw Error("--think auto: needs the chat template (not --raw)");
-    if (!o.features.empty()) throw Error("--features: not available with --think auto");
-    if (!o.calibration.empty()) throw Error("--calibration: not available with --think auto");
-    if (!o.scores_out.empty()) throw Error("--scores: not available with --think auto");
+// The honest cost of a generation: every token it decoded, by kind, the decode calls and the wall-clock.
+nlohmann::json cost_json(const kvlens_generation& g) {
+    return {{"think", g.think_policy},
+            {"think_exit", g.think_exit},
+            {"n_think_tokens", g.n_think_tokens},
+            {"n_answer_tokens", g.n_answer_tokens},
+            {"n_trial_tokens", g.n_trial_tokens},
+            {"n_trials", g.n_trials},
+            {"n_decode_calls", g.n_decode_calls},
+            {"wall_ms", g.wall_ms}};
+}
+
+// --think auto: the router picks the mode on the prompt and may switch once while decoding; budget:N and
+// deer[:T] leave the think block without one. Through the public API (include/kvlens/kvlens.h), which runs
+// the same internal calls.
+void run_generate_routed(const GenerateOptions& o, const kvlens_generate_params& parsed) {
+    const bool routed = parsed.think == KVLENS_THINK_AUTO;
+    const std::string flag = "--think " + o.think;
+    if (routed && o.router.empty())
+        throw Error("--think auto: needs --router FILE (from kvlens router train)");
+    if (!routed && !o.router.empty()) throw Error("--router: only with --think auto");
+    if (o.raw) throw Error(flag + ": needs the chat template (not --raw)");
+    if (!o.features.empty()) throw Error("--features: not available with " + flag);
+    if (!o.calibration.empty()) throw Error("--calibration: not available with " + flag);
+    if (!o.scores_out.empty()) throw Error("--scores: not available with " + flag);
     kvlens_session_params sp = api_session_params(o.model);
     sp.chat_template = o.chat_template;
+    if (parsed.think == KVLENS_THINK_DEER) sp.n_seq_max = 2;  // the trials' copy of the sequence
     check(kvlens_session_params_check(sp), {{"chat_template", "--template"}});
     const kvlens_model_ptr model = open_model(o.model);
     sp.router_path = o.router;
@@ -42,24 +60,32 @@ void run_generate_routed(const GenerateOptions& o) {
     check(kvlens_session_open(model.get(), sp, &s));
     const kvlens_session_ptr session(s);
 
-    kvlens_generate_params gp = o.gen;
+    kvlens_generate_params gp = parsed;
     gp.system = o.system;
-    gp.think = KVLENS_THINK_AUTO;
     gp.scores = false;
     gp.max_tokens = o.max_tokens;
     gp.allow_switch = !o.no_switch;
     kvlens_generation r;
-    check(kvlens_generate(session.get(), o.prompt, gp, &r));
+    check(kvlens_generate(session.get(), o.prompt, gp, &r), {{"think", "--think"}});
     printf("%s\n", r.text.c_str());
     fflush(stdout);
-    const int n_generated = r.n_sampled + r.n_switch_tokens;
-    std::string sw = "no switch";
-    if (r.switch_at >= 0)
-        sw = "switched to " + r.think_final + " after " + std::to_string(r.switch_at) + " tokens";
-    fprintf(stderr, "kvlens: router d=%.1f -> %s; %s; %d tokens generated (%d sampled%s, %d switch)\n",
-            r.route_score, r.think_initial.c_str(), sw.c_str(), n_generated, r.n_sampled,
-            r.n_dropped ? (", " + std::to_string(r.n_dropped) + " of them dropped").c_str() : "",
-            r.n_switch_tokens);
+    const int n_generated = r.n_sampled + r.n_switch_tokens + r.n_trial_tokens;
+    if (routed) {
+        std::string sw = "no switch";
+        if (r.switch_at >= 0)
+            sw = "switched to " + r.think_final + " after " + std::to_string(r.switch_at) + " tokens";
+        fprintf(stderr, "kvlens: router d=%.1f -> %s; %s; %d tokens generated (%d sampled%s, %d switch)\n",
+                r.route_score, r.think_initial.c_str(), sw.c_str(), n_generated, r.n_sampled,
+                r.n_dropped ? (", " + std::to_string(r.n_dropped) + " of them dropped").c_str() : "",
+                r.n_switch_tokens);
+    } else {
+        fprintf(stderr,
+                "kvlens: %s: think block ended by %s; %d tokens generated (%d think, %d answer, %d in %d "
+                "trial(s), %d appended); %lld decode calls, %.0f ms\n",
+                r.think_policy.c_str(), r.think_exit.empty() ? "none" : r.think_exit.c_str(), n_generated,
+                r.n_think_tokens, r.n_answer_tokens, r.n_trial_tokens, r.n_trials, r.n_switch_tokens,
+                (long long)r.n_decode_calls, r.wall_ms);
+    }
     if (!o.route_log.empty()) {
         nlohmann::json j = {{"prompt", o.prompt},
                             {"prompt_score", (float)r.route_score},
@@ -73,6 +99,8 @@ void run_generate_routed(const GenerateOptions& o) {
                             {"stop", r.stop},
                             {"text", r.text},
                             {"answer", r.answer}};
+        if (!routed) j["prompt_score"] = nullptr;
+        j["cost"] = cost_json(r);
         nlohmann::json checks = nlohmann::json::array();
         for (const auto& [n, d] : r.checks) checks.push_back({n, d});
         j["checks"] = checks;
@@ -84,7 +112,9 @@ void run_generate_routed(const GenerateOptions& o) {
 
 void run_generate(const GenerateOptions& o) {
     if (o.prompt.empty()) throw Error("--prompt: empty");
-    if (o.think == "auto") return run_generate_routed(o);
+    kvlens_generate_params parsed = o.gen;
+    check(kvlens_think_parse(o.think, &parsed), {{"think", "--think"}});
+    if (parsed.think >= KVLENS_THINK_AUTO) return run_generate_routed(o, parsed);
     if (!o.router.empty()) throw Error("--router: only with --think auto");
     kvlens_session_params sp = api_session_params(o.model);
     sp.chat_template = o.chat_template;
@@ -155,6 +185,7 @@ void run_generate(const GenerateOptions& o) {
                                 {"output_tokens", g.output_tokens},
                                 {"stop", g.stop},
                                 {"text", g.text},
+                                {"cost", cost_json(g)},
                                 {"scores", scores}};
             std::ofstream f(o.scores_out, std::ios::app);
             if (!f) throw Error("--scores '" + o.scores_out + "': cannot open for writing");
@@ -182,6 +213,7 @@ void run_generate(const GenerateOptions& o) {
         j["output_tokens"] = g.output_tokens;
         j["stop"] = g.stop;
         j["text"] = g.text;
+        j["cost"] = cost_json(g);
         if (!scores.empty()) j["scores"] = scores;
         std::vector<std::vector<float>> vecs;
         for (int i = 0; i < g.feature_n_vectors; ++i) {
@@ -209,7 +241,10 @@ CLI::App* add_generate_command(CLI::App& app) {
     sub->add_option("-p,--prompt", o->prompt, "the user message (or the raw text with --raw)")->required();
     sub->add_option("-s,--system", o->system, "a system message");
     sub->add_option("--think", o->think,
-                    "thinking mode for hybrid reasoning models: on, off, default, auto (a router decides)")
+                    "thinking mode for hybrid reasoning models: on, off, default, auto (a router decides), "
+                    "budget:N (append the end of the think block after N think tokens), deer[:T] (at each "
+                    "line break a trial answer on a copied sequence; exit when its mean token probability "
+                    "> T, default 0.95)")
         ->capture_default_str();
     sub->add_option("--calibration", o->calibration,
                     "calibration file (kvlens calibrate) or 'auto' (<model>.calibration.<score>.json): print "
@@ -232,6 +267,10 @@ CLI::App* add_generate_command(CLI::App& app) {
            "--switch-delta", o->gen.switch_delta,
            "--think auto: switch slow -> fast below threshold - delta, fast -> slow above threshold + delta")
         ->check(CLI::Range(0.0, 100.0))
+        ->capture_default_str();
+    sub->add_option("--deer-trial-tokens", o->gen.deer_trial_tokens,
+                    "--think deer: tokens a trial answer may take at most")
+        ->check(CLI::Range(1, 1 << 20))
         ->capture_default_str();
     sub->add_flag("--no-switch", o->no_switch, "--think auto: route on the prompt only, never switch");
     sub->add_option("--route-log", o->route_log,

@@ -37,19 +37,19 @@ ThinkExitPolicy parse_think_exit(const std::string& s) {
             if (used == v.size()) return (double)x;
         } catch (const std::exception&) {
         }
-        throw Error("think: '" + s + "': '" + v + "' is not a number");
+        throw Error("'" + s + "': '" + v + "' is not a number");
     };
     if (s.rfind("budget:", 0) == 0) {
         p.kind = ThinkExit::Budget;
         const double n = number(s.substr(7), [](const std::string& v, size_t* u) { return std::stol(v, u); });
-        if (n < 1 || n > (1 << 24)) throw Error("think: '" + s + "': the budget must be in [1, 16777216]");
+        if (n < 1 || n > (1 << 24)) throw Error("'" + s + "': the budget must be in [1, 16777216]");
         p.budget = (int)n;
     } else if (s == "deer" || s.rfind("deer:", 0) == 0) {
         p.kind = ThinkExit::Deer;
         if (s.size() > 4) {
             const double t =
                 number(s.substr(5), [](const std::string& v, size_t* u) { return std::stod(v, u); });
-            if (!(t >= 0 && t <= 1e6)) throw Error("think: '" + s + "': the threshold must be >= 0");
+            if (!(t >= 0 && t <= 1e6)) throw Error("'" + s + "': the threshold must be >= 0");
             p.threshold = (float)t;
         }
     }
