@@ -183,6 +183,20 @@ size_t find_stop(const std::string& text, const std::vector<std::string>& stops)
     return first;
 }
 
+// Output tokens up to the end of the think block (which the prompt or the output opened) and after it.
+std::pair<int, int> think_split(const Model& model, const std::vector<llama_token>& output,
+                                bool prompt_opens) {
+    std::string text;
+    bool open = prompt_opens;
+    for (size_t i = 0; i < output.size(); ++i) {
+        text += model.detokenize({output[i]}, true);
+        if (text.find("<think>") != std::string::npos) open = true;
+        if (open && text.find("</think>") != std::string::npos)
+            return {(int)i + 1, (int)(output.size() - i - 1)};
+    }
+    return open ? std::make_pair((int)output.size(), 0) : std::make_pair(0, (int)output.size());
+}
+
 // DeepSeek-R1's and Qwen3's forced-thinking prompts end inside an open think block.
 bool ends_in_think_block(const std::string& prompt) {
     const size_t open_at = prompt.rfind("<think>"), close_at = prompt.rfind("</think>");
@@ -596,19 +610,47 @@ ChatRequest Api::parse_chat(const json& body) const {
     if (const json* rf = field(body, "response_format"))
         if (!rf->is_object() || rf->value("type", json()) != "text")
             bad("response_format", "only text is supported");
-    // Thinking: kvlens's "think", or llama-server's chat_template_kwargs.enable_thinking.
+    // Thinking: kvlens's "think", or llama-server's chat_template_kwargs.enable_thinking (true: on, false:
+    // off) and reasoning_budget (-1: unlimited, 0: off, N: budget:N); "think" wins when both are given.
+    std::string think_param = "think";
     if (const json* kw = field(body, "chat_template_kwargs")) {
         if (!kw->is_object()) bad("chat_template_kwargs", "expected an object");
-        if (field(*kw, "enable_thinking")) r.think = boolean(*kw, "enable_thinking", true) ? "on" : "off";
+        if (const json* e = field(*kw, "enable_thinking")) {
+            if (!e->is_boolean()) bad("chat_template_kwargs.enable_thinking", "expected true or false");
+            r.think = e->get<bool>() ? "on" : "off";
+            think_param = "chat_template_kwargs.enable_thinking";
+        }
+    }
+    if (const json* b = field(body, "reasoning_budget")) {
+        if (!b->is_number_integer()) bad("reasoning_budget", "expected an integer (-1: unlimited, 0: off)");
+        const int64_t n = b->get<int64_t>();
+        if (n < -1 || n > (1 << 24))
+            bad("reasoning_budget", "must be in [-1, 16777216] (-1: unlimited, 0: off)");
+        if (n > 0 && r.think == "off")
+            bad("reasoning_budget", "a budget of " + std::to_string(n) +
+                                        " tokens conflicts with chat_template_kwargs.enable_thinking false");
+        if (n == 0) r.think = "off";
+        if (n > 0) r.think = "budget:" + std::to_string(n);
+        if (n >= 0) think_param = "reasoning_budget";
     }
     if (const json* t = field(body, "think")) {
-        if (!t->is_string()) bad("think", "expected default, on, off or auto");
+        if (!t->is_string()) bad("think", "expected default, on, off, auto, budget:N or deer[:T]");
         r.think = t->get<std::string>();
-        if (r.think != "default" && r.think != "on" && r.think != "off" && r.think != "auto")
-            bad("think", "'" + r.think + "': expected default, on, off or auto");
+        think_param = "think";
+        if (r.think != "default" && r.think != "on" && r.think != "off" && r.think != "auto") {
+            ThinkExitPolicy ex;
+            try {
+                ex = parse_think_exit(r.think);
+            } catch (const Error& e) {
+                bad("think", e.what());
+            }
+            if (ex.kind == ThinkExit::None)
+                bad("think", "'" + r.think + "': expected default, on, off, auto, budget:N or deer[:T]");
+            r.think = to_string(ex);  // as the response names it: "deer" -> "deer:0.95"
+        }
     }
     if (r.think != "default" && !has_thinking(tmpl_))
-        bad("think",
+        bad(think_param,
             std::string("the model's chat template (") + to_string(tmpl_) + ") has no thinking mode");
     if (r.think == "auto" && !router_) bad("think", "auto needs a server started with --router");
     if (const json* k = field(body, "kvlens")) {
@@ -651,7 +693,8 @@ ChatRequest Api::parse_chat(const json& body) const {
     if (r.select_score.empty()) r.select_score = calibration_.empty() ? "hs_coe_c" : calibration_[0].score;
     if (r.n > 1) {
         if (r.stream) bad("stream", "not supported with n > 1 (the answers are chosen among after the fact)");
-        if (r.think == "auto") bad("think", "auto is not supported with n > 1");
+        if (r.think == "auto" || parse_think_exit(r.think).kind != ThinkExit::None)
+            bad(think_param, r.think + " is not supported with n > 1");
         const Strategy st = parse_strategy(r.select);
         if (st == Strategy::WeightedVote && calibration_.empty())
             bad("kvlens.select",
@@ -673,11 +716,14 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
         {"created", (int64_t)std::time(nullptr)},
         {"model", model_id_},
         {"system_fingerprint", std::string("kvlens-") + KVLENS_VERSION}};
-    const bool routed = req.think == "auto";
+    const ThinkExitPolicy exit_policy = parse_think_exit(req.think);
+    const bool exits = exit_policy.kind != ThinkExit::None;
+    // Routing and the think exits run their own loop (run_fast_slow), in a context of their own.
+    const bool routed = req.think == "auto" || exits;
     const std::string text = routed ? render_chat_undecided(tmpl_, req.messages)
                                     : render_chat(tmpl_, req.messages, true, parse_think_mode(req.think));
     const std::vector<llama_token> prompt = model_.tokenize(text, true, true);
-    // Routing adds the mode's text (at most the empty think block) and perhaps a switch's.
+    // Routing adds the mode's text (at most the empty think block) and perhaps a switch's or an exit's.
     const int reserve = routed ? 16 : 0;
     if ((int)prompt.size() + reserve + 1 >= n_ctx_)
         throw ApiError(400, "messages",
@@ -697,11 +743,15 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
     int n_completion = 0;
     StopReason stop = StopReason::MaxTokens;
     json extra = json::object();
+    json cost = json::object();
+    const auto request_started = std::chrono::steady_clock::now();
     if (routed) {  // its own context: the router may drop a fast answer and switch mid-way
         SessionParams sp = params_.session;
         sp.n_ctx = context_for((int)prompt.size() + reserve, max_tokens);
+        if (exit_policy.kind == ThinkExit::Deer)  // the trials: the close and an answer on a copy
+            sp.n_ctx = std::min(n_ctx_, sp.n_ctx + (int)exit_policy.trial_max_tokens + 8);
         sp.n_batch = std::min(sp.n_ctx, std::max(1, params_.session.n_batch));
-        sp.n_seq_max = 1;
+        sp.n_seq_max = exit_policy.kind == ThinkExit::Deer ? 2 : 1;
         Session session(model_, sp);
 
         // The timeout counts from here, once the request's turn has come and its context exists.
@@ -715,7 +765,9 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
             return timed_out;
         };
         FastSlowParams fp;
-        fp.start = ThinkStart::Auto;
+        fp.start = exits ? ThinkStart::Slow : ThinkStart::Auto;
+        fp.allow_switch = !exits;
+        fp.exit = exit_policy;
         fp.policy = RoutePolicy{};
         fp.max_tokens = max_tokens;
         fp.sampling = req.sampling;
@@ -732,22 +784,33 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
             return alive && !out_of_time();
         };
         const FastSlowResult r =
-            run_fast_slow(session, tmpl_, req.messages, router_->features, &router_->classifier, fp);
+            exits ? run_fast_slow(session, tmpl_, req.messages, {32, 8}, nullptr, fp)
+                  : run_fast_slow(session, tmpl_, req.messages, router_->features, &router_->classifier, fp);
         if (!alive) return json();
         if (!stop_string) out_text = r.text;
         n_completion = r.n_generated();
         stop = r.stop;
         json checks = json::array();
         for (const auto& [n, d] : r.checks) checks.push_back({n, d});
-        extra["think"] = {{"mode", "auto"},
-                          {"prompt_score", r.prompt_score},
-                          {"initial", to_string(r.initial)},
-                          {"final", to_string(r.final)},
-                          {"switch_at", r.switch_at},
-                          {"n_sampled", r.n_sampled},
-                          {"n_switch_tokens", r.n_switch_tokens},
-                          {"n_dropped", r.n_dropped},
-                          {"checks", checks}};
+        if (exits)
+            extra["think"] = {{"mode", req.think},
+                              {"exit", r.exit},
+                              {"switch_at", r.switch_at},
+                              {"n_sampled", r.n_sampled},
+                              {"n_switch_tokens", r.n_switch_tokens}};
+        else
+            extra["think"] = {{"mode", "auto"},
+                              {"prompt_score", r.prompt_score},
+                              {"initial", to_string(r.initial)},
+                              {"final", to_string(r.final)},
+                              {"switch_at", r.switch_at},
+                              {"n_sampled", r.n_sampled},
+                              {"n_switch_tokens", r.n_switch_tokens},
+                              {"n_dropped", r.n_dropped},
+                              {"checks", checks}};
+        cost = {{"n_think_tokens", r.n_think},        {"n_answer_tokens", r.n_answer},
+                {"n_trial_tokens", r.n_trial},        {"n_trials", r.n_trials},
+                {"n_decode_calls", r.n_decode_calls}, {"wall_ms", r.wall_ms}};
     } else {  // the shared batch
         auto job = std::make_shared<BatchJob>();
         job->model = &model_;
@@ -794,7 +857,18 @@ json Api::chat(const ChatRequest& req, const std::function<bool(const json&)>& o
         if (!alive) return json();  // the client went away
         extra["scores"] = scores_json(job->scores, calibration_);
         extra["think"] = {{"mode", req.think}};
+        const auto [n_think, n_answer] = think_split(model_, g.output, prompt_opens_think);
+        // Decode calls are batch steps shared with the other requests: not this request's alone.
+        cost = {{"n_think_tokens", n_think},
+                {"n_answer_tokens", n_answer},
+                {"n_trial_tokens", 0},
+                {"n_trials", 0},
+                {"n_decode_calls", nullptr},
+                {"wall_ms",
+                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - request_started)
+                     .count()}};
     }
+    extra["cost"] = cost;
     extra["n_prompt"] = (int)prompt.size();
     extra["n_generated"] = n_completion;
     timed_out = timed_out && stop == StopReason::Callback && !stop_string;  // not when it ended anyway

@@ -166,6 +166,65 @@ def test_think_auto(client):
             assert len([c for c in chunks if c.choices and c.choices[0].delta.model_extra.get("reasoning_content")]) > 2
 
 
+def cli_route_log(question, think, tmp_path):
+    log = tmp_path / "route.jsonl"
+    subprocess.run([BIN, "generate", "-m", MODEL, "-p", question, "--think", think, "-n", "300", "-t", "2",
+                    "--route-log", str(log)], capture_output=True, text=True, check=True)
+    return json.loads(log.read_text().splitlines()[-1])
+
+
+def test_think_budget_and_deer_name_the_policy_and_count_every_token(client, tmp_path):
+    on = ask(client, extra_body={"think": "on"})
+    c = on.model_extra["kvlens"]["cost"]
+    assert c["n_think_tokens"] + c["n_answer_tokens"] == on.usage.completion_tokens and c["n_trial_tokens"] == 0
+    assert c["wall_ms"] > 0
+    # llama-server's reasoning_budget N is kvlens' budget:N, and the same as kvlens generate.
+    for body in ({"think": "budget:6"}, {"reasoning_budget": 6},
+                 {"reasoning_budget": 6, "chat_template_kwargs": {"enable_thinking": True}}):
+        r = ask(client, extra_body=body)
+        k = r.model_extra["kvlens"]
+        assert k["think"]["mode"] == "budget:6" and k["think"]["exit"] == "budget", body
+        assert k["cost"]["n_think_tokens"] == 6 and k["cost"]["n_trial_tokens"] == 0
+        log = cli_route_log(QUESTION, "budget:6", tmp_path)
+        assert r.choices[0].message.content == log["answer"].strip()
+        assert k["cost"]["n_decode_calls"] == log["cost"]["n_decode_calls"] == 1 + (log["n_sampled"] - 1) + 1
+        assert r.usage.completion_tokens == k["n_generated"] == log["n_generated"]
+    # DEER: a threshold of 0 exits at the first line break; above 1 never, and the answer is thinking's.
+    d0 = ask(client, extra_body={"think": "deer:0"}).model_extra["kvlens"]
+    assert d0["think"]["mode"] == "deer:0" and d0["think"]["exit"] == "deer" and d0["cost"]["n_trials"] == 1
+    assert d0["n_generated"] == d0["think"]["n_sampled"] + d0["think"]["n_switch_tokens"] + d0["cost"]["n_trial_tokens"]
+    d2 = ask(client, extra_body={"think": "deer:2"})
+    k2 = d2.model_extra["kvlens"]
+    assert k2["think"]["exit"] == "model" and k2["cost"]["n_trial_tokens"] > k2["cost"]["n_trials"] > 0
+    assert d2.choices[0].message.content == on.choices[0].message.content
+    assert d2.usage.completion_tokens == on.usage.completion_tokens + k2["cost"]["n_trial_tokens"]
+    assert ask(client, extra_body={"think": "deer"}).model_extra["kvlens"]["think"]["mode"] == "deer:0.95"
+    # enable_thinking false and reasoning_budget 0 are fast mode; -1 is unlimited (the default: thinking).
+    for body in ({"chat_template_kwargs": {"enable_thinking": False}}, {"reasoning_budget": 0}):
+        r = ask(client, extra_body=body)
+        assert r.model_extra["kvlens"]["think"] == {"mode": "off"}, body
+        assert not (r.choices[0].message.model_extra or {}).get("reasoning_content")
+    r = ask(client, extra_body={"reasoning_budget": -1, "chat_template_kwargs": {"enable_thinking": True}})
+    assert r.model_extra["kvlens"]["think"] == {"mode": "on"}
+    streamed = list(ask(client, extra_body={"think": "budget:6"}, stream=True))
+    assert streamed[-1].model_extra["kvlens"]["think"]["mode"] == "budget:6"
+
+
+def test_think_policy_refusals_name_the_parameter(client):
+    for body, param in (({"think": "budget:0"}, "think"), ({"think": "budget:x"}, "think"),
+                        ({"think": "deer:-1"}, "think"), ({"think": "slow"}, "think"), ({"think": 3}, "think"),
+                        ({"reasoning_budget": -2}, "reasoning_budget"), ({"reasoning_budget": 1.5}, "reasoning_budget"),
+                        ({"reasoning_budget": "64"}, "reasoning_budget"),
+                        ({"reasoning_budget": 8, "chat_template_kwargs": {"enable_thinking": False}},
+                         "reasoning_budget"),
+                        ({"chat_template_kwargs": {"enable_thinking": "yes"}}, "chat_template_kwargs.enable_thinking"),
+                        ({"think": "budget:8", "n": 2}, "think"), ({"reasoning_budget": 8, "n": 2}, "reasoning_budget")):
+        with pytest.raises(openai.BadRequestError) as e:
+            ask(client, extra_body=body)
+        assert e.value.status_code == 400 and e.value.body["param"] == param, (body, e.value.body)
+        assert e.value.body["message"].startswith(param + ": "), e.value.body
+
+
 def test_embeddings_equal_kvlens_embed(client, tmp_path):
     texts = ["12+34", "What is 347+285?", "hello world"]
     got = client.embeddings.create(model="reasoner", input=texts)  # the client asks for base64
