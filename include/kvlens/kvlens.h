@@ -584,6 +584,11 @@ struct kvlens_router_eval_params {
     int max_tokens, n_ctx, n_threads;
     std::string kv_source;
     int long_tokens;
+    // Rows beside the four modes: KVLENS_THINK_BUDGET per budget, KVLENS_THINK_DEER per threshold (trials of
+    // deer_trial_tokens at most). Empty: none.
+    std::vector<int> budgets;
+    std::vector<float> deer_thresholds;
+    int deer_trial_tokens;
     std::string command_line;
 };
 kvlens_router_eval_params kvlens_router_eval_default_params();

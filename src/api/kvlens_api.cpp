@@ -469,14 +469,17 @@ std::string think_policy_name(const kvlens_generate_params& p) {
     return "?";
 }
 
-// --think auto, budget:N, deer[:T]: as `kvlens generate --think ...` (cmd_generate.cpp's run_generate_routed).
+// --think auto, budget:N, deer[:T]: as `kvlens generate --think ...` (cmd_generate.cpp's
+// run_generate_routed).
 void generate_routed(kvlens_session& s, const std::vector<kvlens::ChatMessage>& msgs,
                      const kvlens::SamplingParams& sampling, const kvlens_generate_params& p,
                      kvlens_generation& g) {
     const bool routed = p.think == KVLENS_THINK_AUTO;
-    const std::string mode = routed ? "KVLENS_THINK_AUTO" : p.think == KVLENS_THINK_BUDGET ? "KVLENS_THINK_BUDGET"
-                                                                                             : "KVLENS_THINK_DEER";
-    if (routed) need(s.router != nullptr, "think: KVLENS_THINK_AUTO needs a session opened with a router_path");
+    const std::string mode = routed                           ? "KVLENS_THINK_AUTO"
+                             : p.think == KVLENS_THINK_BUDGET ? "KVLENS_THINK_BUDGET"
+                                                              : "KVLENS_THINK_DEER";
+    if (routed)
+        need(s.router != nullptr, "think: KVLENS_THINK_AUTO needs a session opened with a router_path");
     if (p.raw) fail(KVLENS_ERR_INVALID_ARGUMENT, "think: " + mode + " needs the chat template (not raw)");
     if (p.scores)
         fail(KVLENS_ERR_INVALID_ARGUMENT, "scores: not available with " + mode + " (set scores = false)");
@@ -497,7 +500,8 @@ void generate_routed(kvlens_session& s, const std::vector<kvlens::ChatMessage>& 
     } else if (p.think == KVLENS_THINK_DEER) {
         need(std::isfinite(p.deer_threshold) && p.deer_threshold >= 0, "deer_threshold: must be >= 0");
         need(p.deer_trial_tokens >= 1, "deer_trial_tokens: must be >= 1");
-        need(s.s.n_seq_max() >= 2, "think: KVLENS_THINK_DEER needs a session with n_seq_max >= 2 (its trials)");
+        need(s.s.n_seq_max() >= 2,
+             "think: KVLENS_THINK_DEER needs a session with n_seq_max >= 2 (its trials)");
         fp.exit.kind = kvlens::ThinkExit::Deer;
         fp.exit.threshold = p.deer_threshold;
         fp.exit.trial_max_tokens = p.deer_trial_tokens;
@@ -660,8 +664,10 @@ kvlens_status kvlens_generate(kvlens_session* session, const std::string& prompt
         g.n_decode_calls = s.s.n_decode_calls() - calls0;
         g.wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         const size_t open_at = text.rfind("<think>");
-        plain_cost(model, r.output, !params.raw && open_at != std::string::npos &&
-                                        text.find("</think>", open_at) == std::string::npos, g);
+        plain_cost(model, r.output,
+                   !params.raw && open_at != std::string::npos &&
+                       text.find("</think>", open_at) == std::string::npos,
+                   g);
         g.text = r.text;
         g.prompt_tokens = from_llama(r.prompt);
         g.output_tokens = from_llama(r.output);
@@ -1559,6 +1565,7 @@ kvlens_router_eval_params kvlens_router_eval_default_params() {
     p.n_threads = d.n_threads;
     p.kv_source = d.kv_source;
     p.long_tokens = d.long_tokens;
+    p.deer_trial_tokens = d.deer_trial_tokens;
     p.command_line = "kvlens router eval";
     return p;
 }
@@ -1582,6 +1589,9 @@ kvlens_status kvlens_router_eval(const kvlens_router_eval_params& params) {
         p.n_threads = params.n_threads;
         p.kv_source = params.kv_source;
         p.long_tokens = params.long_tokens;
+        p.budgets = params.budgets;
+        p.deer_thresholds = params.deer_thresholds;
+        p.deer_trial_tokens = params.deer_trial_tokens;
         p.command_line = params.command_line;
         kvlens::run_router_eval(p);
     });

@@ -106,7 +106,9 @@ CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
     ep->command_line = command_line;
     ep->data_dir = data_dir_default();
     CLI::App* eval = router->add_subcommand(
-        "eval", "always-fast, always-slow, routed, routed + online switching: accuracy, tokens, wall-clock");
+        "eval",
+        "always-fast, always-slow, routed, routed + online switching (and thinking budgets, DEER exits): "
+        "accuracy, tokens, wall-clock");
     add_dataset_options(eval, ep->model_path, ep->dataset, ep->data_dir, ep->out_dir, ep->limit, ep->shard,
                         ep->max_tokens, ep->n_ctx, ep->n_threads, ep->chat_template, ep->kv_source);
     eval->add_option("--router", ep->router_path, "router file (kvlens router train)")->required();
@@ -120,6 +122,20 @@ CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
         ->check(CLI::Range(0.0, 100.0))
         ->capture_default_str();
     eval->add_option("--long-tokens", ep->long_tokens, "for the labels of the classifier's confusion table")
+        ->check(CLI::Range(1, 1 << 20))
+        ->capture_default_str();
+    eval->add_option("--budgets", ep->budgets,
+                     "also a row per thinking budget (--think budget:N: the end of the think block appended "
+                     "after N think tokens), e.g. 64,128")
+        ->delimiter(',')
+        ->check(CLI::Range(1, 1 << 24));
+    eval->add_option(
+            "--deer", ep->deer_thresholds,
+            "also a row per DEER exit threshold (--think deer:T: at each line break a trial answer on a "
+            "copied sequence, exit when its mean token probability > T), e.g. 0.9,0.95")
+        ->delimiter(',')
+        ->check(CLI::Range(0.0, 1e6));
+    eval->add_option("--deer-trial-tokens", ep->deer_trial_tokens, "tokens a DEER trial answer may take")
         ->check(CLI::Range(1, 1 << 20))
         ->capture_default_str();
     eval->callback([ep] { check(kvlens_router_eval(*ep)); });

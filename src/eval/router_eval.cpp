@@ -96,11 +96,12 @@ struct ModeRun {
 
 ModeRun run_mode(Session& session, const Setup& s, const Sample& x, const RouterFeatures& f,
                  const KvClassifier* clf, ThinkStart start, bool allow_switch, const RoutePolicy& policy,
-                 int trace_every = 0, int cut_max_tokens = 0) {
+                 int trace_every = 0, int cut_max_tokens = 0, const ThinkExitPolicy& exit = {}) {
     FastSlowParams fp;
     fp.start = start;
     fp.allow_switch = allow_switch;
     fp.policy = policy;
+    fp.exit = exit;
     fp.max_tokens = s.max_tokens;
     fp.trace_every = trace_every;
     fp.cut_max_tokens = cut_max_tokens;
@@ -127,7 +128,13 @@ json mode_json(const ModeRun& m) {
               {"final", to_string(r.final)},
               {"switch_at", r.switch_at},
               {"stop", to_string(r.stop)},
-              {"seconds", m.seconds}};
+              {"seconds", m.seconds},
+              {"n_think", r.n_think},
+              {"n_answer", r.n_answer},
+              {"n_trial", r.n_trial},
+              {"n_trials", r.n_trials},
+              {"n_decode_calls", r.n_decode_calls},
+              {"exit", r.exit}};
     if (!std::isnan(r.prompt_score)) j["prompt_score"] = r.prompt_score;
     if (!r.checks.empty()) {
         json c = json::array();
@@ -549,6 +556,31 @@ static void router_train(const RouterTrainCliParams& p) {
 
 static const std::vector<std::string> kModes = {"always_fast", "always_slow", "routed", "routed_switch"};
 
+// The think-exit rows a run asked for (identity "budgets", "deer"), by their record keys: budget:N, deer:T.
+static std::vector<ThinkExitPolicy> exit_policies(const json& id) {
+    std::vector<ThinkExitPolicy> out;
+    for (const json& b : id.value("budgets", json::array())) {
+        ThinkExitPolicy e;
+        e.kind = ThinkExit::Budget;
+        e.budget = b.get<int>();
+        out.push_back(e);
+    }
+    for (const json& t : id.value("deer", json::array())) {
+        ThinkExitPolicy e;
+        e.kind = ThinkExit::Deer;
+        e.threshold = t.get<float>();
+        e.trial_max_tokens = id.value("deer_trial_tokens", e.trial_max_tokens);
+        out.push_back(e);
+    }
+    return out;
+}
+
+static std::vector<std::string> eval_modes(const json& id) {
+    std::vector<std::string> modes = kModes;
+    for (const ThinkExitPolicy& e : exit_policies(id)) modes.push_back(to_string(e));
+    return modes;
+}
+
 static void router_eval(const RouterEvalParams& p) {
     const RouterFile rf = load_router(p.router_path);
     Setup s =
@@ -560,6 +592,18 @@ static void router_eval(const RouterEvalParams& p) {
                   {"delta", p.policy.delta},
                   {"check_every", p.policy.check_every}};
     if (parse_capture_source(p.kv_source) != CaptureSource::Graph) extra["kv_source"] = p.kv_source;
+    // Only when asked for: runs without them keep the identity they had.
+    for (int b : p.budgets)
+        if (b < 1) throw Error("--budgets: " + std::to_string(b) + " must be >= 1");
+    for (float t : p.deer_thresholds)
+        if (!(t >= 0)) throw Error("--deer: thresholds must be >= 0");
+    if (!p.budgets.empty()) extra["budgets"] = p.budgets;
+    if (!p.deer_thresholds.empty()) {
+        if (p.deer_trial_tokens < 1) throw Error("--deer-trial-tokens: must be >= 1");
+        extra["deer"] = p.deer_thresholds;
+        extra["deer_trial_tokens"] = p.deer_trial_tokens;
+    }
+    const std::vector<ThinkExitPolicy> exits = exit_policies(extra);
     // long_tokens sets each record's label, yet is not in the identity (runs before it resume): eval merge
     // refuses shards that differ in it. The router file as typed and its preset are for the report.
     const json info = {{"router_features", to_string(rf.features)},
@@ -571,7 +615,10 @@ static void router_eval(const RouterEvalParams& p) {
     ResultsFile& results = *run.results;
     const std::vector<const Sample*>& todo = run.todo;
     if (!todo.empty()) {
-        auto session = make_session(s, p.n_ctx, p.n_threads, p.kv_source);
+        // DEER's trials decode on a second sequence: the close and a trial answer beside the question's.
+        const bool deer = !p.deer_thresholds.empty();
+        auto session = make_session(s, p.n_ctx, p.n_threads, p.kv_source, deer ? 2 : 1,
+                                    deer ? p.deer_trial_tokens + 16 : 0);
         Progress progress("router eval " + s.cfg.name, (int64_t)s.samples.size(),
                           (int64_t)(s.samples.size() - todo.size()));
         const KvClassifier* clf = &rf.classifier;
@@ -590,6 +637,9 @@ static void router_eval(const RouterEvalParams& p) {
                         {"label", difficulty_label(runs[0].correct, runs[0].r.n_generated(), runs[1].correct,
                                                    p.long_tokens)}};
             for (int i = 0; i < 4; ++i) rec[kModes[i]] = mode_json(runs[i]);
+            for (const ThinkExitPolicy& e : exits)
+                rec[to_string(e)] = mode_json(run_mode(*session, s, *x, rf.features, nullptr,
+                                                       ThinkStart::Slow, false, p.policy, 0, 0, e));
             results.append(rec);
             progress.add(1);
         }
@@ -609,25 +659,28 @@ void write_router_eval_report(const std::string& out_dir, const std::vector<json
     policy.delta = id.at("delta").get<float>();
     policy.check_every = id.at("check_every").get<int>();
     const double n = (double)records.size();
-    // The four modes overall.
+    const std::vector<std::string> modes = eval_modes(id);
+    // Every mode overall.
     std::vector<std::vector<std::string>> rows;
     std::vector<Series> series;
-    double slow_tokens = 0, slow_acc = 0;
+    double slow_tokens = 0, slow_acc = 0, slow_seconds = 0;
     for (const json& r : records) slow_tokens += r["always_slow"]["n_generated"].get<double>();
     for (const json& r : records) slow_acc += r["always_slow"]["correct"].get<bool>();
-    for (const std::string& m : kModes) {
-        double correct = 0, tokens = 0, seconds = 0, fast_routes = 0, switches = 0;
+    for (const json& r : records) slow_seconds += r["always_slow"]["seconds"].get<double>();
+    for (const std::string& m : modes) {
+        double correct = 0, tokens = 0, trial = 0, seconds = 0, fast_routes = 0, switches = 0;
         for (const json& r : records) {
             const json& j = r[m];
             correct += j["correct"].get<bool>();
             tokens += j["n_generated"].get<double>();
+            trial += j.value("n_trial", 0);
             seconds += j["seconds"].get<double>();
             fast_routes += j["initial"] == "fast";
             switches += j["switch_at"].get<int>() >= 0;
         }
         rows.push_back({m, fmt(100 * correct / n, 1), fmt(100 * (correct - slow_acc) / n, 1),
-                        fmt(tokens / n, 1), fmt(tokens / slow_tokens, 3), fmt(seconds, 1),
-                        pct(fast_routes, n), pct(switches, n)});
+                        fmt(tokens / n, 1), fmt(trial / n, 1), fmt(tokens / slow_tokens, 3), fmt(seconds, 1),
+                        fmt(seconds / slow_seconds, 3), pct(fast_routes, n), pct(switches, n)});
         Series sr;
         sr.label = m;
         sr.x = {tokens / n};
@@ -687,10 +740,13 @@ void write_router_eval_report(const std::string& out_dir, const std::vector<json
        << " tokens: slow -> fast when d < " << fmt(policy.route_threshold - policy.delta, 0)
        << " inside the think block, fast -> slow when d > " << fmt(policy.route_threshold + policy.delta, 0)
        << ". Tokens count everything the model generated, before and after a switch, plus the appended "
-          "switch "
-          "text.\n\n"
-       << markdown_table({"mode", "accuracy %", "vs always-slow (points)", "mean tokens",
-                          "tokens / always-slow", "wall-clock s", "routed fast %", "switched %"},
+          "switch or exit text and, for deer:T (at each line break inside the think block a greedy trial "
+          "answer after a close on a copied sequence; exit when its mean token probability > T), every "
+          "trial token, kept or dropped (also shown alone as trial tokens). budget:N closes the think block "
+          "after N think tokens. Switched %: the think block was closed by the switch or the exit.\n\n"
+       << markdown_table({"mode", "accuracy %", "vs always-slow (points)", "mean tokens", "mean trial tokens",
+                          "tokens / always-slow", "wall-clock s", "wall-clock / always-slow", "routed fast %",
+                          "switched %"},
                          rows)
        << "\nRouting on the prompt at other thresholds (computed from the always-fast and always-slow runs: "
           "a question routed to fast gets exactly the always-fast answer):\n\n"
@@ -698,7 +754,7 @@ void write_router_eval_report(const std::string& out_dir, const std::vector<json
                           "tokens / always-slow"},
                          sweep_rows)
        << "\nPer " << (group_field.empty() ? "group" : group_field) << ":\n\n"
-       << mode_table(records, kModes, group_field) << "\n"
+       << mode_table(records, modes, group_field) << "\n"
        << "Classifier on this set (labels from the always-fast and always-slow runs): MSE "
        << fmt(n > 0 ? se / n : NAN, 1) << "; at threshold " << fmt(policy.route_threshold, 0)
        << " (hard = label >= 50):\n\n"

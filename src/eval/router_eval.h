@@ -56,11 +56,16 @@ struct RouterEvalParams {
     std::string shard;  // "I/N": only the questions of shard I of N (eval/shard.h), chosen after --limit
     std::string kv_source = "graph";
     int long_tokens = 128;
+    // The training-free peers, a row each: thinking budgets (think tokens) and DEER exit thresholds, with
+    // the tokens a DEER trial may take.
+    std::vector<int> budgets;
+    std::vector<float> deer_thresholds;
+    int deer_trial_tokens = 32;
     std::string command_line;
 };
-// always-fast, always-slow, routed and routed + switching on every question: eval.jsonl, report.md (table
-// per mode and per group, the classifier's MSE and confusion at 50 against the labels the two fixed modes
-// give), accuracy-vs-tokens.svg.
+// always-fast, always-slow, routed and routed + switching (and budget:N, deer:T) on every question:
+// eval.jsonl, report.md (table per mode and per group, the classifier's MSE and confusion at 50 against the
+// labels the two fixed modes give), accuracy-vs-tokens.svg.
 void run_router_eval(const RouterEvalParams& p);
 // report.md and accuracy-vs-tokens.svg of an eval run from its records and run.json (as above).
 void write_router_eval_report(const std::string& out_dir, const std::vector<nlohmann::json>& records,

@@ -128,6 +128,60 @@ grep -q "<svg" "$T/eval/accuracy-vs-tokens.svg" || fail "no SVG"
 grep -q "router d=.* -> \(fast\|slow\)" "$T/err" || { cat "$T/err"; fail "no route report"; }
 grep -q '"n_generated"' "$T/route.jsonl" || fail "no route log"
 
+# The training-free peers as rows beside the four modes, on the reasoning model (which thinks): budget:N
+# closes the think block after N think tokens, deer:0 keeps its first trial, deer:2 none (so its answer is
+# always-slow's), and every token is counted, trial tokens included.
+RROUTER=$(dirname "$REASONER")/../../docs/results/router-reasoner/router.json
+for i in 1 2 3; do
+    echo "{\"question\": \"What is $((i * 37))+$((i * 71))?\", \"answer\": \"$((i * 108))\", \"level\": $i}"
+done > "$T/r.jsonl"
+cat > "$T/r.json" <<JSON
+{"name": "tiny-r", "file": "r.jsonl", "question_field": "question", "answer_field": "answer",
+ "group_field": "level", "prompt_template": "{question}", "matcher": "last_number", "max_tokens": 200}
+JSON
+"$KVLENS" router eval -m "$REASONER" --router "$RROUTER" --dataset "$T/r.json" -o "$T/peers" -t 2 \
+    --budgets 8 --deer 0,2 --deer-trial-tokens 16 2> "$T/err" || { cat "$T/err"; fail "router eval --budgets --deer"; }
+for m in budget:8 deer:0 deer:2; do
+    grep -qE "\| $m +\|" "$T/peers/report.md" || { cat "$T/peers/report.md"; fail "no row for $m"; }
+done
+grep -q "wall-clock / always-slow" "$T/peers/report.md" || fail "no wall-clock ratio"
+python3 - "$T/peers/eval.jsonl" <<'PY' || fail "peer rows' counts"
+import json, sys
+for r in map(json.loads, open(sys.argv[1])):
+    slow = r["always_slow"]
+    for m in ("always_slow", "budget:8", "deer:0", "deer:2"):
+        j = r[m]
+        assert j["n_generated"] == j["n_sampled"] + j["n_switch_tokens"] + j["n_trial"], (m, j)
+    b = r["budget:8"]
+    assert b["exit"] == "budget" and b["n_think"] == 8 and b["n_trial"] == 0, b
+    if b["stop"] == "end_of_turn":  # the prompt, each fed token, the appended close
+        assert b["n_decode_calls"] == 1 + (b["n_sampled"] - 1) + 1, b
+    d0 = r["deer:0"]
+    assert d0["exit"] == "deer" and d0["n_trials"] == 1 and d0["n_trial"] > 0, d0
+    d2 = r["deer:2"]
+    assert d2["exit"] == "model" and d2["n_trials"] > 0 and d2["n_trial"] > 0, d2
+    assert d2["output"] == slow["output"] and d2["n_sampled"] == slow["n_sampled"], (d2, slow)
+    assert d2["n_generated"] == slow["n_generated"] + d2["n_trial"]
+    assert d2["n_decode_calls"] > slow["n_decode_calls"]
+PY
+"$KVLENS" router eval -m "$REASONER" --router "$RROUTER" --dataset "$T/r.json" -o "$T/peers2" --budgets 0 \
+    2> "$T/err"
+one_line_error $? "budgets"
+
+# generate --think budget:N | deer[:T] reports how the think block ended and the cost.
+"$KVLENS" generate -m "$REASONER" -p "What is 37+71?" --think budget:5 -n 100 -t 2 --route-log "$T/b.jsonl" \
+    > "$T/out" 2> "$T/err" || { cat "$T/err"; fail "generate --think budget:5"; }
+grep -q "budget:5: think block ended by budget" "$T/err" || { cat "$T/err"; fail "no budget report"; }
+python3 -c "import json,sys; c=json.loads(open(sys.argv[1]).readline())['cost']; assert c['n_think_tokens']==5 and c['think']=='budget:5', c" \
+    "$T/b.jsonl" || fail "budget route log"
+"$KVLENS" generate -m "$REASONER" -p "What is 37+71?" --think deer:0 -n 100 -t 2 > "$T/out" 2> "$T/err" \
+    || { cat "$T/err"; fail "generate --think deer:0"; }
+grep -q "deer:0: think block ended by deer; .* in 1 trial" "$T/err" || { cat "$T/err"; fail "no deer report"; }
+"$KVLENS" generate -m "$REASONER" -p "hi" --think budget:0 2> "$T/err"
+one_line_error $? "--think: 'budget:0': the budget must be"
+"$KVLENS" generate -m "$REASONER" -p "hi" --think deer --raw 2> "$T/err"
+one_line_error $? "needs the chat template"
+
 # Refusals.
 "$KVLENS" generate -m "$LLAMA" --template qwen3 -p "hi" --think auto --router "$T/router.json" 2> "$T/err"
 one_line_error $? "was trained for qwen3"
