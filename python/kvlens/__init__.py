@@ -57,6 +57,9 @@ class ChatResult:
     usage: Dict[str, int]
     think: Optional[Dict[str, Any]] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)  # the response as the HTTP API gives it
+    # What the answer cost: think / answer / trial tokens, trials, decode calls (None in the shared batch),
+    # wall-clock ms.
+    cost: Optional[Dict[str, Any]] = None
 
     def __str__(self) -> str:
         return self.text
@@ -109,9 +112,10 @@ class Model:
              **request: Any) -> ChatResult:
         """Answers a prompt (a string: one user message) or a list of chat messages, with the answer's scores.
 
-        temperature (0: greedy), max_tokens, think ("default", "on", "off", "auto" with a router) and any
-        other field of the server's request (top_p, top_k, seed, stop, ...) go into the request. on_chunk:
-        streaming, called with every chat.completion.chunk dict; return False to stop."""
+        temperature (0: greedy), max_tokens, think ("default", "on", "off", "auto" with a router, "budget:N",
+        "deer" or "deer:T") and any other field of the server's request (top_p, top_k, seed, stop, ...) go
+        into the request. on_chunk: streaming, called with every chat.completion.chunk dict; return False to
+        stop."""
         req: Dict[str, Any] = {"messages": _messages(messages, system)}
         for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("think", think)):
             if v is not None:
@@ -123,7 +127,7 @@ class Model:
         ext = r.get("kvlens", {})
         return ChatResult(text=msg.get("content") or "", reasoning=msg.get("reasoning_content"),
                           scores=dict(ext.get("scores", {})), finish_reason=choice.get("finish_reason"),
-                          usage=dict(r.get("usage", {})), think=ext.get("think"), raw=r)
+                          usage=dict(r.get("usage", {})), think=ext.get("think"), raw=r, cost=ext.get("cost"))
 
     def score(self, messages: Messages, answer: Optional[str] = None, *, system: Optional[str] = None,
               think: Optional[str] = None, **kwargs: Any) -> Dict[str, Optional[float]]:

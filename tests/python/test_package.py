@@ -37,6 +37,10 @@ def test_chat_answers_with_scores(model):
     m = model.chat([{"role": "user", "content": QUESTION}], think="on", temperature=0, max_tokens=300)
     assert m.text == r.text and m.scores == r.scores
     assert model.chat(QUESTION, think="on", max_tokens=5, temperature=0).finish_reason == "length"
+    # The think policies pass through too, with what they cost.
+    b = model.chat(QUESTION, think="budget:6", temperature=0, max_tokens=300)
+    assert b.think["mode"] == "budget:6" and b.cost["n_think_tokens"] == 6 and b.cost["n_trial_tokens"] == 0
+    assert r.cost["n_think_tokens"] + r.cost["n_answer_tokens"] == r.usage["completion_tokens"]
 
 
 def test_score_is_the_answers_scores(model):
