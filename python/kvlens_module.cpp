@@ -270,7 +270,8 @@ PYBIND11_MODULE(_kvlens, m) {
                 return out.empty() ? py::object(py::none()) : json_loads(out);
             },
             "request"_a, "on_chunk"_a = py::none(),
-            "A chat completion: the request as for POST /v1/chat/completions (think: default|on|off|auto|budget:N|deer[:T])")
+            "A chat completion: the request as for POST /v1/chat/completions (think: "
+            "default|on|off|auto|budget:N|deer[:T])")
         .def(
             "embeddings",
             [](const Api& a, const py::dict& request) {
