@@ -1055,6 +1055,19 @@ TEST(PublicApi, RouterAndEmbedEvaluationsRefuseBadParameters) {
     EXPECT_EQ(e.check_every, g.check_every);
     EXPECT_EQ(e.route_threshold, g.route_threshold);
     EXPECT_EQ(e.switch_delta, g.switch_delta);
+    EXPECT_TRUE(e.budgets.empty() && e.deer_thresholds.empty());
+    EXPECT_EQ(e.deer_trial_tokens, g.deer_trial_tokens);
+    for (auto bad : {std::make_pair(std::vector<int>{64, 0}, std::vector<float>{}),
+                     std::make_pair(std::vector<int>{}, std::vector<float>{0.9f, -1.0f})}) {
+        kvlens_router_eval_params be = e;
+        be.budgets = bad.first;
+        be.deer_thresholds = bad.second;
+        EXPECT_EQ(kvlens_router_eval(be), KVLENS_ERR_INVALID_ARGUMENT);
+        EXPECT_EQ(
+            std::string(kvlens_last_error()).rfind(bad.first.empty() ? "deer_thresholds: " : "budgets: ", 0),
+            0u)
+            << kvlens_last_error();
+    }
 
     kvlens_eval_embed_params m = kvlens_eval_embed_default_params();
     EXPECT_EQ(m.batch_seqs, 8);

@@ -1589,6 +1589,10 @@ kvlens_status kvlens_router_eval(const kvlens_router_eval_params& params) {
         p.n_threads = params.n_threads;
         p.kv_source = params.kv_source;
         p.long_tokens = params.long_tokens;
+        for (int b : params.budgets) need(b >= 1, "budgets: each must be >= 1");
+        for (float t : params.deer_thresholds)
+            need(std::isfinite(t) && t >= 0, "deer_thresholds: each must be >= 0");
+        need(params.deer_trial_tokens >= 1, "deer_trial_tokens: must be >= 1");
         p.budgets = params.budgets;
         p.deer_thresholds = params.deer_thresholds;
         p.deer_trial_tokens = params.deer_trial_tokens;
