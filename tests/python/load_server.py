@@ -46,7 +46,8 @@ class Server:
             raise SystemExit(f"server did not start: {line!r}")
         self.port = int(m.group(1))
         self.err = []
-        threading.Thread(target=lambda: self.err.extend(self.p.stderr), daemon=True).start()
+        self.err_reader = threading.Thread(target=lambda: self.err.extend(self.p.stderr), daemon=True)
+        self.err_reader.start()
 
     def rss_kb(self):
         for line in open(f"/proc/{self.p.pid}/status"):
@@ -314,6 +315,7 @@ def main():
         srv.p.kill()
         rc = "hung"
     exit_s = time.monotonic() - t0
+    srv.err_reader.join(timeout=10)  # its last lines ("server stopped") may still be in the pipe when it exits
     [t.join(timeout=60) for t in inflight]
 
     by_kind = {}
