@@ -133,8 +133,9 @@ enum kvlens_flash_attn : int {
     KVLENS_FLASH_ATTN_ON = 1,
     KVLENS_FLASH_ATTN_OFF = 2
 };
-// Where the captured K/V come from: the compute graph as each layer computes them (the default), or read back
-// from the KV cache after each decode (a reference path; the CLI's --kv-source).
+// Where the captured K/V come from: read back from the KV cache after each decode, i.e. what attention reads
+// (the default since issue #14: one graph split per batch, not one per layer), or the compute graph's F32
+// nodes as each layer computes them (the CLI's --kv-source).
 enum kvlens_kv_source : int { KVLENS_KV_SOURCE_GRAPH = 0, KVLENS_KV_SOURCE_CACHE = 1 };
 
 struct kvlens_session_params {
@@ -550,10 +551,12 @@ struct kvlens_router_label_params {
     std::string preset;  // the feature window: seq_len/n_layers (32/8, 64/4, 128/2)
     int limit;
     std::string shard;
-    int max_tokens;      // per mode (0: the dataset's)
-    int long_tokens;     // a correct fast answer this long is labelled 25
-    int windows;         // also label windows every N sampled tokens along both answers (0: off)
-    int cut_max_tokens;  // answer budget of the cut probe
+    std::string part;  // dev | test | all: only that part of the split by id (train on dev, report on test)
+    double dev_fraction;  // the split's development fraction (0.3)
+    int max_tokens;       // per mode (0: the dataset's)
+    int long_tokens;      // a correct fast answer this long is labelled 25
+    int windows;          // also label windows every N sampled tokens along both answers (0: off)
+    int cut_max_tokens;   // answer budget of the cut probe
     int n_ctx, n_threads;
     std::string kv_source;
     std::string command_line;
@@ -581,6 +584,8 @@ struct kvlens_router_eval_params {
     float route_threshold, switch_delta;  // as kvlens_generate_params
     int limit;
     std::string shard;
+    std::string part;  // as kvlens_router_label_params
+    double dev_fraction;
     int max_tokens, n_ctx, n_threads;
     std::string kv_source;
     int long_tokens;

@@ -261,7 +261,7 @@ kvlens_session_params kvlens_session_default_params() {
     p.n_seq_max = 1;
     p.n_threads = 0;
     p.flash_attn = KVLENS_FLASH_ATTN_AUTO;
-    p.kv_source = KVLENS_KV_SOURCE_GRAPH;
+    p.kv_source = KVLENS_KV_SOURCE_CACHE;
     p.chat_template = "auto";
     p.coe_layers = coe.layers;
     p.coe_kv_part = kvlens::to_string(coe.kv_part);
@@ -1489,6 +1489,8 @@ kvlens_router_label_params kvlens_router_label_default_params() {
     p.chat_template = d.chat_template;
     p.preset = d.preset;
     p.limit = d.limit;
+    p.part = d.part;
+    p.dev_fraction = d.dev_fraction;
     p.max_tokens = d.max_tokens;
     p.long_tokens = d.long_tokens;
     p.windows = d.windows;
@@ -1511,6 +1513,8 @@ kvlens_status kvlens_router_label(const kvlens_router_label_params& params) {
         p.preset = params.preset;
         p.limit = params.limit;
         p.shard = params.shard;
+        p.part = params.part;
+        p.dev_fraction = params.dev_fraction;
         p.max_tokens = params.max_tokens;
         p.long_tokens = params.long_tokens;
         p.windows = params.windows;
@@ -1560,6 +1564,8 @@ kvlens_router_eval_params kvlens_router_eval_default_params() {
     p.route_threshold = d.policy.route_threshold;
     p.switch_delta = d.policy.delta;
     p.limit = d.limit;
+    p.part = d.part;
+    p.dev_fraction = d.dev_fraction;
     p.max_tokens = d.max_tokens;
     p.n_ctx = d.n_ctx;
     p.n_threads = d.n_threads;
@@ -1584,6 +1590,8 @@ kvlens_status kvlens_router_eval(const kvlens_router_eval_params& params) {
         p.policy.delta = params.switch_delta;
         p.limit = params.limit;
         p.shard = params.shard;
+        p.part = params.part;
+        p.dev_fraction = params.dev_fraction;
         p.max_tokens = params.max_tokens;
         p.n_ctx = params.n_ctx;
         p.n_threads = params.n_threads;

@@ -12,9 +12,13 @@ std::string data_dir_default() {
 }
 
 void add_dataset_options(CLI::App* sub, std::string& model, std::string& dataset, std::string& data_dir,
-                         std::string& out, int& limit, std::string& shard, int& max_tokens, int& n_ctx,
-                         int& threads, std::string& tmpl, std::string& kv_source) {
-    sub->add_option("-m,--model", model, "GGUF model file (a hybrid reasoning model)")->required();
+                         std::string& out, int& limit, std::string& shard, std::string& part,
+                         double& dev_fraction, int& max_tokens, int& n_ctx, int& threads, std::string& tmpl,
+                         std::string& kv_source) {
+    sub->add_option("-m,--model", model,
+                    "GGUF model file (a hybrid reasoning model, or any model when the dataset config makes "
+                    "it hybrid by its prompt: 'hybrid')")
+        ->required();
     sub->add_option("--dataset", dataset, "built-in dataset name or a dataset config .json")->required();
     sub->add_option("--data-dir", data_dir, "directory of the built-in dataset configs (env KVLENS_DATA_DIR)")
         ->capture_default_str();
@@ -27,6 +31,14 @@ void add_dataset_options(CLI::App* sub, std::string& model, std::string& dataset
     sub->add_option("--shard", shard,
                     "I/N: only the questions whose id hashes to shard I of N (0 <= I < N); run every I, on "
                     "any machines, then join the directories with kvlens eval merge");
+    sub->add_option("--part", part,
+                    "dev | test | all: only the questions of that part of the split by id (label and train "
+                    "on dev, report on test; chosen after --limit, before --shard)")
+        ->check(CLI::IsMember({"dev", "test", "all"}))
+        ->capture_default_str();
+    sub->add_option("--dev-fraction", dev_fraction, "the split's development fraction")
+        ->check(CLI::Range(0.001, 0.999))
+        ->capture_default_str();
     sub->add_option("-n,--max-tokens", max_tokens,
                     "sampled tokens per answer at most (0: the dataset config's)")
         ->check(CLI::Range(0, 1 << 20))
@@ -37,7 +49,9 @@ void add_dataset_options(CLI::App* sub, std::string& model, std::string& dataset
     sub->add_option("-t,--threads", threads, "CPU threads (0: all)")
         ->check(CLI::Range(0, 1024))
         ->capture_default_str();
-    sub->add_option("--template", tmpl, "chat template: auto, qwen3, deepseek-r1")->capture_default_str();
+    sub->add_option("--template", tmpl,
+                    "chat template: auto, qwen3, deepseek-r1 (or any, with a prompted hybrid)")
+        ->capture_default_str();
     add_kv_source_option(sub, kv_source);
 }
 
@@ -55,7 +69,8 @@ CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
         "label",
         "run fast and slow mode on every question; store outputs, token counts, labels and KV features");
     add_dataset_options(label, lp->model_path, lp->dataset, lp->data_dir, lp->out_dir, lp->limit, lp->shard,
-                        lp->max_tokens, lp->n_ctx, lp->n_threads, lp->chat_template, lp->kv_source);
+                        lp->part, lp->dev_fraction, lp->max_tokens, lp->n_ctx, lp->n_threads,
+                        lp->chat_template, lp->kv_source);
     label->add_option("--preset", lp->preset, "feature window seq_len/n_layers: 32/8, 64/4, 128/2")
         ->capture_default_str();
     label->add_option("--long-tokens", lp->long_tokens, "a correct fast answer this long is labelled 25")
@@ -110,7 +125,8 @@ CLI::App* add_router_command(CLI::App& app, const std::string& command_line) {
         "always-fast, always-slow, routed, routed + online switching (and thinking budgets, DEER exits): "
         "accuracy, tokens, wall-clock");
     add_dataset_options(eval, ep->model_path, ep->dataset, ep->data_dir, ep->out_dir, ep->limit, ep->shard,
-                        ep->max_tokens, ep->n_ctx, ep->n_threads, ep->chat_template, ep->kv_source);
+                        ep->part, ep->dev_fraction, ep->max_tokens, ep->n_ctx, ep->n_threads,
+                        ep->chat_template, ep->kv_source);
     eval->add_option("--router", ep->router_path, "router file (kvlens router train)")->required();
     eval->add_option("--check-every", ep->check_every, "tokens between two windowed predictions")
         ->check(CLI::Range(1, 1 << 20))

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "methods/fast_slow.h"
 #include "util/error.h"
 
 namespace kvlens {
@@ -81,8 +82,8 @@ DatasetConfig parse_dataset_config(const std::string& json_text, const std::stri
     if (!j.is_object()) throw Error(where + ": expected a JSON object");
 
     static const std::vector<std::string> kKnown = {
-        "name",   "file",    "question_field", "answer_field", "reference",   "prompt_template",
-        "system", "matcher", "max_tokens",     "id_field",     "description", "group_field"};
+        "name",    "file",       "question_field", "answer_field", "reference",   "prompt_template", "system",
+        "matcher", "max_tokens", "id_field",       "description",  "group_field", "hybrid"};
     for (const auto& item : j.items()) {
         if (std::find(kKnown.begin(), kKnown.end(), item.key()) == kKnown.end()) {
             throw Error(where + ": unknown field '" + item.key() + "' (known: " + join(kKnown) + ")");
@@ -132,6 +133,24 @@ DatasetConfig parse_dataset_config(const std::string& json_text, const std::stri
             throw Error(where + ": field 'max_tokens' must be a positive integer");
         }
         c.max_tokens = j["max_tokens"].get<int>();
+    }
+    if (j.contains("hybrid")) {
+        const json& h = j["hybrid"];
+        if (!h.is_object())
+            throw Error(where + ": field 'hybrid' must be an object {fast, slow, close, marker}");
+        static const std::vector<std::string> kHybrid = {"fast", "slow", "close", "marker"};
+        for (const auto& item : h.items())
+            if (std::find(kHybrid.begin(), kHybrid.end(), item.key()) == kHybrid.end())
+                throw Error(where + ": hybrid: unknown field '" + item.key() + "' (known: " + join(kHybrid) +
+                            ")");
+        auto text = [&](const char* key) {
+            if (!h.contains(key) || !h[key].is_string())
+                throw Error(where + ": hybrid." + key + " must be a string");
+            return h[key].get<std::string>();
+        };
+        c.hybrid = {text("fast"), text("slow"), text("close"), text("marker")};
+        check_prompted_hybrid({c.hybrid.fast, c.hybrid.slow, c.hybrid.close, c.hybrid.marker},
+                              where + ": hybrid");
     }
     return c;
 }

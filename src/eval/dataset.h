@@ -15,6 +15,10 @@
 //   id_field         string, optional (default "id"); a row without it has an empty id
 //   group_field      string, optional: a field every row must have (e.g. "difficulty") that reports break
 //                    results down by
+//   hybrid           object, optional: how `router label|eval` makes a model without a thinking template
+//                    hybrid by its prompt (methods/fast_slow.h, PromptedHybrid): {"fast", "slow", "close",
+//                    "marker"}, strings; fast and slow are appended to the generation prompt to commit the
+//                    answer to a mode, close ends the reasoning early, the marker's appearance ends it
 // Unknown fields are errors, so a typo does not silently fall back to a default.
 #pragma once
 
@@ -40,6 +44,10 @@ struct DatasetConfig {
     std::string system;
     MatcherKind matcher = MatcherKind::NumberAfterAnswer;
     int max_tokens = 512;
+    // "hybrid" (empty close: none): fast/slow texts, the close and the marker, as the config gives them.
+    struct Hybrid {
+        std::string fast, slow, close, marker;
+    } hybrid;
 };
 
 struct Sample {

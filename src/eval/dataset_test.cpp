@@ -57,12 +57,28 @@ const char* kMinimalConfig = R"({"name": "t", "file": "d.jsonl", "question_field
                                  "prompt_template": "Q: {question}", "matcher": "number_after_answer"})";
 
 TEST(Dataset, BuiltinNames) {
-    const std::vector<std::string> want = {"arith",         "arith-reasoner", "arith-reasoner-train",
-                                           "commonsenseqa", "gsm8k",          "gsm8k-boxed",
-                                           "math500",       "mgsm-bn",        "mgsm-de",
-                                           "mgsm-en",       "mgsm-en-boxed",  "mgsm-es",
-                                           "mgsm-fr",       "mgsm-ja",        "mgsm-ru",
-                                           "mgsm-sw",       "mgsm-te",        "mgsm-th",
+    const std::vector<std::string> want = {"arith",
+                                           "arith-reasoner",
+                                           "arith-reasoner-train",
+                                           "arith-v2-gsm8k-like",
+                                           "arith-v2-math500-like",
+                                           "arith-v2-router-train",
+                                           "commonsenseqa",
+                                           "gsm8k",
+                                           "gsm8k-boxed",
+                                           "gsm8k-hybrid",
+                                           "math500",
+                                           "mgsm-bn",
+                                           "mgsm-de",
+                                           "mgsm-en",
+                                           "mgsm-en-boxed",
+                                           "mgsm-es",
+                                           "mgsm-fr",
+                                           "mgsm-ja",
+                                           "mgsm-ru",
+                                           "mgsm-sw",
+                                           "mgsm-te",
+                                           "mgsm-th",
                                            "mgsm-zh"};
     EXPECT_EQ(builtin_dataset_names(kBuiltin), want);
 }
@@ -78,7 +94,10 @@ TEST(Dataset, BuiltinsLoadEveryRow) {
           Want{"gsm8k-boxed", 1319, MatcherKind::BoxedNumber},
           Want{"commonsenseqa", 1221, MatcherKind::ChoiceLetter},
           Want{"arith-reasoner", 500, MatcherKind::NumberAfterAnswer},
-          Want{"arith-reasoner-train", 2000, MatcherKind::NumberAfterAnswer}}) {
+          Want{"arith-reasoner-train", 2000, MatcherKind::NumberAfterAnswer},
+          Want{"arith-v2-gsm8k-like", 112, MatcherKind::NumberAfterAnswer},
+          Want{"arith-v2-math500-like", 400, MatcherKind::NumberAfterAnswer},
+          Want{"arith-v2-router-train", 800, MatcherKind::NumberAfterAnswer}}) {
         const DatasetConfig c = load_dataset_config(w.name, kBuiltin);
         EXPECT_EQ(c.name, w.name);
         EXPECT_EQ(c.matcher, w.matcher);
@@ -269,11 +288,44 @@ TEST(Dataset, ConfigErrors) {
               "dataset config 'c.json': field 'name' must be a string");
 }
 
+TEST(Dataset, HybridIsReadAndChecked) {
+    const std::string base = R"({"name": "t", "file": "d.jsonl", "question_field": "q", "answer_field": "a",
+                                 "prompt_template": "{question}", "matcher": "boxed")";
+    const DatasetConfig plain = parse_dataset_config(base + "}", "c.json");
+    EXPECT_TRUE(plain.hybrid.close.empty());
+    const DatasetConfig c = parse_dataset_config(
+        base + R"(, "hybrid": {"fast": "F", "slow": "S", "close": "so \\boxed{", "marker": "\\boxed{"}})",
+        "c.json");
+    EXPECT_EQ(c.hybrid.fast, "F");
+    EXPECT_EQ(c.hybrid.slow, "S");
+    EXPECT_EQ(c.hybrid.close, "so \\boxed{");
+    EXPECT_EQ(c.hybrid.marker, "\\boxed{");
+    auto err = [&](const std::string& hybrid) {
+        return error_of([&] { parse_dataset_config(base + R"(, "hybrid": )" + hybrid + "}", "c.json"); });
+    };
+    EXPECT_EQ(err("3"),
+              "dataset config 'c.json': field 'hybrid' must be an object {fast, slow, close, marker}");
+    EXPECT_EQ(err(R"({"fast": "", "slow": "", "close": "x"})"),
+              "dataset config 'c.json': hybrid.marker must be a string");
+    EXPECT_EQ(err(R"({"fast": "", "slow": "", "close": "x", "marker": "x", "stop": "y"})"),
+              "dataset config 'c.json': hybrid: unknown field 'stop' (known: fast, slow, close, marker)");
+    EXPECT_EQ(
+        err(R"({"fast": "", "slow": "", "close": "x", "marker": "y"})"),
+        "dataset config 'c.json': hybrid: close 'x' does not contain the marker 'y' (closing must end the "
+        "reasoning)");
+    EXPECT_EQ(err(R"({"fast": "", "slow": "y", "close": "y", "marker": "y"})"),
+              "dataset config 'c.json': hybrid: slow 'y' contains the marker 'y' (a slow answer would start "
+              "with its reasoning ended)");
+    EXPECT_EQ(load_dataset_config("gsm8k-hybrid", kBuiltin).hybrid.marker, "\\boxed{");
+}
+
 TEST(Dataset, UnknownNameListsBuiltins) {
     EXPECT_EQ(
         error_of([] { load_dataset_config("gsm9k", kBuiltin); }),
-        "dataset 'gsm9k': unknown (built-in: arith, arith-reasoner, arith-reasoner-train, commonsenseqa, "
-        "gsm8k, gsm8k-boxed, math500, mgsm-bn, mgsm-de, "
+        "dataset 'gsm9k': unknown (built-in: arith, arith-reasoner, arith-reasoner-train, "
+        "arith-v2-gsm8k-like, "
+        "arith-v2-math500-like, arith-v2-router-train, commonsenseqa, "
+        "gsm8k, gsm8k-boxed, gsm8k-hybrid, math500, mgsm-bn, mgsm-de, "
         "mgsm-en, mgsm-en-boxed, "
         "mgsm-es, mgsm-fr, mgsm-ja, mgsm-ru, mgsm-sw, mgsm-te, mgsm-th, mgsm-zh; or give the path of a .json "
         "config)");

@@ -13,6 +13,7 @@
 #include "eval/dataset.h"
 #include "eval/results_file.h"
 #include "eval/shard.h"
+#include "eval/split.h"
 #include "eval/svg_plot.h"
 #include "methods/fast_slow.h"
 #include "util/error.h"
@@ -33,15 +34,36 @@ struct Setup {
     ShardSpec shard;
     std::unique_ptr<Model> model;
     ChatTemplate tmpl = ChatTemplate::Auto;
+    PromptedHybrid hybrid;  // active: the model has no thinking template and the dataset makes it hybrid
     int max_tokens = 0;
+    std::string part;  // "dev" / "test": only that part of the split (eval/split.h); "": all
+    double dev_fraction = 0.3;
 };
 
 Setup load_setup(const std::string& model_path, const std::string& dataset, const std::string& data_dir,
-                 const std::string& chat_template, int limit, const std::string& shard, int max_tokens) {
+                 const std::string& chat_template, int limit, const std::string& shard, int max_tokens,
+                 const std::string& part, double dev_fraction) {
     Setup s;
     s.cfg = load_dataset_config(dataset, data_dir);
-    // The limit chooses the run's questions, the shard a part of them (eval/shard.h).
+    if (part != "all" && part != "dev" && part != "test")
+        throw Error("--part '" + part + "': expected dev, test or all");
+    if (!(dev_fraction > 0 && dev_fraction < 1)) throw Error("--dev-fraction: must be in (0, 1)");
+    // The limit chooses the run's questions, the split's part some of them (by id, eval/split.h), the shard
+    // a part of those (eval/shard.h).
     s.all_samples = load_samples(s.cfg, limit);
+    if (part != "all") {
+        s.part = part;
+        s.dev_fraction = dev_fraction;
+        const Part want = part == "dev" ? Part::Dev : Part::Test;
+        std::vector<Sample> kept;
+        for (Sample& x : s.all_samples) {
+            if (x.id.empty())
+                throw Error("dataset '" + s.cfg.name + "' line " + std::to_string(x.index + 1) +
+                            ": no id (field '" + s.cfg.id_field + "'), so --part cannot place it");
+            if (split_part(x.id, dev_fraction) == want) kept.push_back(std::move(x));
+        }
+        s.all_samples = std::move(kept);
+    }
     if (s.all_samples.empty()) throw Error("dataset '" + s.cfg.name + "': no samples");
     s.shard = parse_shard(shard);
     s.samples = select_shard(s.all_samples, s.shard);
@@ -51,10 +73,15 @@ Setup load_setup(const std::string& model_path, const std::string& dataset, cons
     s.model = std::make_unique<Model>(ModelParams{model_path});
     const ModelInfo& mi = s.model->info();
     s.tmpl = flag == ChatTemplate::Auto ? detect_chat_template(mi.chat_template, mi.arch) : flag;
-    if (!has_thinking(s.tmpl))
-        throw Error(
-            "model '" + model_path + "': chat template " + to_string(s.tmpl) +
-            " has no thinking mode; fast/slow routing needs a hybrid reasoning model (qwen3, deepseek-r1)");
+    if (!has_thinking(s.tmpl)) {
+        if (s.cfg.hybrid.close.empty())
+            throw Error("model '" + model_path + "': chat template " + to_string(s.tmpl) +
+                        " has no thinking mode; fast/slow routing needs a hybrid reasoning model (qwen3, "
+                        "deepseek-r1) or a dataset whose config makes the model hybrid by its prompt "
+                        "('hybrid': {fast, slow, close, marker}), which '" +
+                        s.cfg.name + "' does not");
+        s.hybrid = {s.cfg.hybrid.fast, s.cfg.hybrid.slow, s.cfg.hybrid.close, s.cfg.hybrid.marker};
+    }
     return s;
 }
 
@@ -71,8 +98,8 @@ std::unique_ptr<Session> make_session(const Setup& s, int n_ctx, int n_threads, 
                                       int n_seq = 1, int extra_tokens = 0) {
     size_t longest = 0;
     for (const Sample& x : s.all_samples)
-        longest = std::max(longest,
-                           s.model->tokenize(render_chat_undecided(s.tmpl, messages(s.cfg, x)), true).size());
+        longest = std::max(
+            longest, s.model->tokenize(fast_slow_prompt(s.tmpl, messages(s.cfg, x), s.hybrid), true).size());
     SessionParams sp;
     sp.n_ctx = n_ctx > 0 ? n_ctx : (int)longest + s.max_tokens + 32 + extra_tokens;
     sp.n_batch = std::min(sp.n_ctx, 2048);
@@ -105,6 +132,7 @@ ModeRun run_mode(Session& session, const Setup& s, const Sample& x, const Router
     fp.max_tokens = s.max_tokens;
     fp.trace_every = trace_every;
     fp.cut_max_tokens = cut_max_tokens;
+    fp.prompted = s.hybrid;
     ModeRun out;
     const auto t0 = std::chrono::steady_clock::now();
     out.r = run_fast_slow(session, s.tmpl, messages(s.cfg, x), f, clf, fp);
@@ -331,6 +359,12 @@ RouterRun open_router_run(const Setup& s, const std::string& model_path, const s
                      {"system", s.cfg.system},
                      {"max_tokens", s.max_tokens},
                      {"template", to_string(s.tmpl)}};
+    if (s.hybrid.active())
+        identity["hybrid"] = {{"fast", s.hybrid.fast},
+                              {"slow", s.hybrid.slow},
+                              {"close", s.hybrid.close},
+                              {"marker", s.hybrid.marker}};
+    if (!s.part.empty()) identity["part"] = {{"part", s.part}, {"dev_fraction", s.dev_fraction}};
     identity.update(extra_identity);
     if (s.shard.active()) identity["shard"] = to_string(s.shard);
     const std::string run_path = open_run_dir(out_dir, identity);
@@ -363,8 +397,8 @@ static void router_label(const RouterLabelParams& p) {
     } catch (const Error& e) {
         throw Error(std::string("--preset: ") + e.what());
     }
-    Setup s =
-        load_setup(p.model_path, p.dataset, p.data_dir, p.chat_template, p.limit, p.shard, p.max_tokens);
+    Setup s = load_setup(p.model_path, p.dataset, p.data_dir, p.chat_template, p.limit, p.shard, p.max_tokens,
+                         p.part, p.dev_fraction);
     json extra = {{"preset", to_string(features)}, {"long_tokens", p.long_tokens}};
     if (p.windows > 0) extra.update({{"windows", p.windows}, {"cut_max_tokens", p.cut_max_tokens}});
     if (parse_capture_source(p.kv_source) != CaptureSource::Graph) extra["kv_source"] = p.kv_source;
@@ -373,7 +407,9 @@ static void router_label(const RouterLabelParams& p) {
     ResultsFile& results = *run.results;
     const std::vector<const Sample*>& todo = run.todo;
     if (!todo.empty()) {
-        const int n_close = (int)s.model->tokenize(think_close_text(s.tmpl), false, true).size();
+        const int n_close =
+            (int)s.model->tokenize(s.hybrid.active() ? s.hybrid.close : think_close_text(s.tmpl), false, true)
+                .size();
         auto session = make_session(s, p.n_ctx, p.n_threads, p.kv_source, p.windows > 0 ? 2 : 1,
                                     p.windows > 0 ? p.cut_max_tokens : 0);
         Progress progress("router label " + s.cfg.name, (int64_t)s.samples.size(),
@@ -583,8 +619,8 @@ static std::vector<std::string> eval_modes(const json& id) {
 
 static void router_eval(const RouterEvalParams& p) {
     const RouterFile rf = load_router(p.router_path);
-    Setup s =
-        load_setup(p.model_path, p.dataset, p.data_dir, p.chat_template, p.limit, p.shard, p.max_tokens);
+    Setup s = load_setup(p.model_path, p.dataset, p.data_dir, p.chat_template, p.limit, p.shard, p.max_tokens,
+                         p.part, p.dev_fraction);
     const ModelInfo& mi = s.model->info();
     check_router_for_model(rf, mi.arch, mi.n_layer, mi.n_head_kv, mi.head_dim, to_string(s.tmpl));
     json extra = {{"router", fs::absolute(p.router_path).string()},

@@ -20,13 +20,16 @@ struct RouterLabelParams {
     std::string preset = "32/8";  // feature window: seq_len/n_layers
     int limit = 0;                // first N questions (0: all); chosen before the shard
     std::string shard;            // "I/N": only the questions of shard I of N (eval/shard.h); "": all
-    int max_tokens = 0;           // per mode (0: the dataset's)
-    int long_tokens = 128;        // a fast answer this long counts as slow (label 25)
-    int windows = 0;              // also label windows every N sampled tokens along both answers (0: off)
-    int cut_max_tokens = 64;      // answer budget of the cut probe (windows inside the think block)
-    int n_ctx = 0;                // 0: longest prompt + max_tokens + margin
+    // dev / test: only that part of the split by id (eval/split.h; train on dev, report on test); all
+    std::string part = "all";
+    double dev_fraction = 0.3;
+    int max_tokens = 0;       // per mode (0: the dataset's)
+    int long_tokens = 128;    // a fast answer this long counts as slow (label 25)
+    int windows = 0;          // also label windows every N sampled tokens along both answers (0: off)
+    int cut_max_tokens = 64;  // answer budget of the cut probe (windows inside the think block)
+    int n_ctx = 0;            // 0: longest prompt + max_tokens + margin
     int n_threads = 0;
-    std::string kv_source = "graph";
+    std::string kv_source = "cache";
     std::string command_line;
 };
 // Runs fast and slow mode (greedy) on every question, stores both outputs, their token counts, the label
@@ -54,7 +57,9 @@ struct RouterEvalParams {
     RoutePolicy policy;
     int limit = 0, max_tokens = 0, n_ctx = 0, n_threads = 0;
     std::string shard;  // "I/N": only the questions of shard I of N (eval/shard.h), chosen after --limit
-    std::string kv_source = "graph";
+    std::string part = "all";  // dev / test / all, as in RouterLabelParams
+    double dev_fraction = 0.3;
+    std::string kv_source = "cache";
     int long_tokens = 128;
     // The training-free peers, a row each: thinking budgets (think tokens) and DEER exit thresholds, with
     // the tokens a DEER trial may take.

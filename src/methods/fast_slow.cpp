@@ -64,6 +64,23 @@ std::string to_string(const ThinkExitPolicy& p) {
     return buf;
 }
 
+void check_prompted_hybrid(const PromptedHybrid& h, const std::string& what) {
+    if (h.close.empty()) throw Error(what + ": close must not be empty");
+    if (h.marker.empty()) throw Error(what + ": marker must not be empty");
+    if (h.close.find(h.marker) == std::string::npos)
+        throw Error(what + ": close '" + h.close + "' does not contain the marker '" + h.marker +
+                    "' (closing must end the reasoning)");
+    if (h.slow.find(h.marker) != std::string::npos)
+        throw Error(what + ": slow '" + h.slow + "' contains the marker '" + h.marker +
+                    "' (a slow answer would start with its reasoning ended)");
+}
+
+std::string fast_slow_prompt(ChatTemplate tmpl, const std::vector<ChatMessage>& msgs,
+                             const PromptedHybrid& prompted) {
+    return prompted.active() ? render_chat(tmpl, msgs, true, ThinkMode::Default)
+                             : render_chat_undecided(tmpl, msgs);
+}
+
 namespace {
 
 // Subscribes an observer for the lifetime of the object.
@@ -96,6 +113,8 @@ FastSlowResult run_fast_slow(Session& session, ChatTemplate tmpl, const std::vec
     if (params.policy.check_every < 1) throw Error("check_every: must be >= 1");
     if (params.trace_every < 0) throw Error("trace_every: must be >= 0");
     if (params.cut_max_tokens < 0) throw Error("cut_max_tokens: must be >= 0");
+    const PromptedHybrid& ph = params.prompted;
+    if (ph.active()) check_prompted_hybrid(ph, "prompted hybrid");
     const ThinkExitPolicy& ex = params.exit;
     if (ex.kind != ThinkExit::None) {
         if (params.start != ThinkStart::Slow || params.allow_switch)
@@ -122,7 +141,7 @@ FastSlowResult run_fast_slow(Session& session, ChatTemplate tmpl, const std::vec
     Subscription sub(session.capture(), &observer);
 
     FastSlowResult r;
-    r.prompt = model.tokenize(render_chat_undecided(tmpl, msgs), true, true);
+    r.prompt = model.tokenize(fast_slow_prompt(tmpl, msgs, ph), true, true);
     const int n_ctx = session.n_ctx();
     if ((int)r.prompt.size() + 8 > n_ctx)
         throw Error("prompt: " + std::to_string(r.prompt.size()) + " tokens do not fit the context of " +
@@ -147,48 +166,68 @@ FastSlowResult run_fast_slow(Session& session, ChatTemplate tmpl, const std::vec
         r.tokens.insert(r.tokens.end(), toks.begin(), toks.end());
         shown += model.detokenize(toks, true);
     };
-    // Inside an open think block: the sampled text opened one and has not closed it yet.
+    // Inside an open think block: the sampled text opened one and has not closed it yet. Prompted: the turn
+    // was committed to slow mode and the marker has not appeared yet.
+    bool reasoning = false;  // prompted: the slow text was entered
     auto in_think = [&] {
+        if (ph.active()) return reasoning && shown.find(ph.marker) == std::string::npos;
         return shown.find("<think>") != std::string::npos && shown.find("</think>") == std::string::npos;
     };
+    // The answer proper: after the last "</think>"; prompted, the whole text.
+    auto answer_of = [&](const std::string& text) {
+        return ph.active() ? text : after_last_think_close(text);
+    };
     int close_at = -1;  // index in r.tokens where the answer after the think block starts
-    const std::vector<llama_token> close = model.tokenize(think_close_text(tmpl), false, true);
-    // The cut probe: on a copy of the sequence (the cache cells are shared, nothing is recomputed), close
-    // the think block and answer greedily; the sequence itself and `logits` are left as they were.
-    auto cut_probe = [&](TraceWindow& w) {
+    const std::vector<llama_token> close =
+        model.tokenize(ph.active() ? ph.close : think_close_text(tmpl), false, true);
+    // On a copy of the sequence (seq + 1; the cache cells are shared, nothing is recomputed): append the
+    // close and answer greedily, up to `budget` tokens (an end-of-turn included, last). The sequence itself
+    // and `logits` are left as they were; the copy stays in the cache for the caller to keep or drop.
+    struct ForkAnswer {
+        std::vector<llama_token> tokens;
+        double sum_prob = 0;  // of the chosen tokens, with_probs only
+        bool eog = false;
+        llama_pos end = 0;  // the copy's next position
+    };
+    auto answer_on_fork = [&](int budget, bool with_probs) {
         const llama_seq_id fork = seq + 1;
-        if (fork >= session.n_seq_max())
-            throw Error("fast/slow: the cut probe needs a session with " + std::to_string(fork + 1) +
-                        " sequences, this one has " + std::to_string(session.n_seq_max()));
-        const int budget = std::min(params.cut_max_tokens, n_ctx - (int)pos - (int)close.size() - 1);
-        if (budget < 1) return;
         session.seq_cp(seq, fork);
-        llama_pos fpos = pos;
+        ForkAnswer a;
+        a.end = pos;
         std::vector<float> flog(n_vocab);
         auto ffeed = [&](const std::vector<llama_token>& toks) {
             std::vector<BatchToken> batch;
             for (size_t i = 0; i < toks.size(); ++i)
-                batch.push_back({toks[i], fpos++, fork, i + 1 == toks.size()});
+                batch.push_back({toks[i], a.end++, fork, i + 1 == toks.size()});
             session.decode(batch);
             const float* l = session.logits((int)toks.size() - 1);
             flog.assign(l, l + n_vocab);
         };
         ffeed(close);
-        std::vector<llama_token> out = close;
-        w.cut_stop = StopReason::MaxTokens;
-        while (w.cut_tokens < budget) {
+        while ((int)a.tokens.size() < budget) {
             const llama_token t = (llama_token)(std::max_element(flog.begin(), flog.end()) - flog.begin());
-            ++w.cut_tokens;
-            if (model.is_eog(t)) {
-                w.cut_stop = StopReason::EndOfTurn;
-                break;
-            }
-            out.push_back(t);
-            if (w.cut_tokens < budget) ffeed({t});
+            if (with_probs) a.sum_prob += step_stats(flog.data(), n_vocab, t).prob;
+            a.tokens.push_back(t);
+            if ((a.eog = model.is_eog(t))) break;
+            if ((int)a.tokens.size() < budget) ffeed({t});
         }
-        session.seq_rm(fork);
+        return a;
+    };
+    // The cut probe: is the answer already settled here? (The copy is dropped.)
+    auto cut_probe = [&](TraceWindow& w) {
+        if (seq + 1 >= session.n_seq_max())
+            throw Error("fast/slow: the cut probe needs a session with " + std::to_string(seq + 2) +
+                        " sequences, this one has " + std::to_string(session.n_seq_max()));
+        const int budget = std::min(params.cut_max_tokens, n_ctx - (int)pos - (int)close.size() - 1);
+        if (budget < 1) return;
+        ForkAnswer a = answer_on_fork(budget, false);
+        session.seq_rm(seq + 1);
         w.cut = true;
-        w.cut_answer = after_last_think_close(model.detokenize(out));
+        w.cut_tokens = (int)a.tokens.size();
+        w.cut_stop = a.eog ? StopReason::EndOfTurn : StopReason::MaxTokens;
+        if (a.eog) a.tokens.pop_back();
+        a.tokens.insert(a.tokens.begin(), close.begin(), close.end());
+        w.cut_answer = answer_of(model.detokenize(a.tokens));
     };
 
     feed(r.prompt);
@@ -199,14 +238,19 @@ FastSlowResult run_fast_slow(Session& session, ChatTemplate tmpl, const std::vec
                 : params.start == ThinkStart::Fast ? ThinkChoice::Fast
                                                    : ThinkChoice::Slow;
     ThinkChoice mode = r.initial;
-    auto enter = [&](ThinkChoice m) {  // the template's text that commits the prompt to a mode
+    auto enter = [&](ThinkChoice m) {  // the template's (or prompt's) text that commits the prompt to a mode
         const std::string suffix =
-            think_mode_suffix(tmpl, m == ThinkChoice::Fast ? ThinkMode::Off : ThinkMode::On);
-        if (suffix.empty()) return;
-        const std::vector<llama_token> toks = model.tokenize(suffix, false, true);
-        feed(toks);
-        add(toks);
-        if (shown.find("</think>") != std::string::npos) close_at = (int)r.tokens.size();  // the empty block
+            ph.active() ? (m == ThinkChoice::Fast ? ph.fast : ph.slow)
+                        : think_mode_suffix(tmpl, m == ThinkChoice::Fast ? ThinkMode::Off : ThinkMode::On);
+        reasoning = m == ThinkChoice::Slow;
+        if (!suffix.empty()) {
+            const std::vector<llama_token> toks = model.tokenize(suffix, false, true);
+            feed(toks);
+            add(toks);
+        }
+        // The answer follows the empty think block, or a prompted fast text.
+        if (ph.active() ? m == ThinkChoice::Fast : shown.find("</think>") != std::string::npos)
+            close_at = (int)r.tokens.size();
     };
     enter(mode);
 
@@ -215,34 +259,13 @@ FastSlowResult run_fast_slow(Session& session, ChatTemplate tmpl, const std::vec
     // after its last token), any other is dropped with its copy. Returns whether the answer ended the turn.
     int n_kept = 0;  // tokens of a kept trial (in r.tokens, not in n_sampled)
     auto deer_trial = [&] {
-        const llama_seq_id fork = seq + 1;
         const int budget = std::min(ex.trial_max_tokens, n_ctx - (int)pos - (int)close.size() - 1);
         if (budget < 1) return false;
-        session.seq_cp(seq, fork);
-        llama_pos fpos = pos;
-        std::vector<float> flog(n_vocab);
-        auto ffeed = [&](const std::vector<llama_token>& toks) {
-            std::vector<BatchToken> batch;
-            for (size_t i = 0; i < toks.size(); ++i)
-                batch.push_back({toks[i], fpos++, fork, i + 1 == toks.size()});
-            session.decode(batch);
-            const float* l = session.logits((int)toks.size() - 1);
-            flog.assign(l, l + n_vocab);
-        };
-        ffeed(close);
-        std::vector<llama_token> out;
-        double sum_p = 0;
-        bool eog = false;
-        while ((int)out.size() < budget) {
-            const llama_token t = (llama_token)(std::max_element(flog.begin(), flog.end()) - flog.begin());
-            sum_p += step_stats(flog.data(), n_vocab, t).prob;
-            out.push_back(t);
-            if ((eog = model.is_eog(t))) break;
-            if ((int)out.size() < budget) ffeed({t});
-        }
+        const ForkAnswer a = answer_on_fork(budget, true);
+        const llama_seq_id fork = seq + 1;
         ++r.n_trials;
-        r.n_trial += (int)out.size();
-        if (!(sum_p / (double)out.size() > ex.threshold)) {
+        r.n_trial += (int)a.tokens.size();
+        if (!(a.sum_prob / (double)a.tokens.size() > ex.threshold)) {
             session.seq_rm(fork);
             return false;
         }
@@ -252,11 +275,11 @@ FastSlowResult run_fast_slow(Session& session, ChatTemplate tmpl, const std::vec
         add(close);
         r.n_switch_tokens += (int)close.size();
         close_at = (int)r.tokens.size();
-        add(out);
-        n_kept = (int)out.size();
-        pos = fpos;
-        if (!eog) feed({out.back()});  // the cap stopped the trial before feeding its last token
-        return eog;
+        add(a.tokens);
+        n_kept = (int)a.tokens.size();
+        pos = a.end;
+        if (!a.eog) feed({a.tokens.back()});  // the cap stopped the trial before feeding its last token
+        return a.eog;
     };
 
     SamplerPtr sampler = make_sampler(params.sampling, params.sampling.seed);
@@ -264,6 +287,17 @@ FastSlowResult run_fast_slow(Session& session, ChatTemplate tmpl, const std::vec
     bool switched = false;
     r.stop = StopReason::MaxTokens;
     bool thinking = in_think();
+    // Leaves the think block now (a budget or a switch): the close is appended and the answer follows.
+    auto close_think = [&](const char* why) {
+        feed(close);
+        add(close);
+        r.n_switch_tokens = (int)close.size();
+        close_at = (int)r.tokens.size();
+        r.exit = why;
+        r.switch_at = r.n_sampled;
+        mode = ThinkChoice::Fast;
+        thinking = false;
+    };
     while (r.n_sampled + n_kept < params.max_tokens) {
         if (params.on_token && r.n_sampled > 0 &&
             !params.on_token(r, mode == ThinkChoice::Slow || switched || !params.allow_switch)) {
@@ -275,16 +309,8 @@ FastSlowResult run_fast_slow(Session& session, ChatTemplate tmpl, const std::vec
             break;
         }
         if (ex.kind == ThinkExit::Budget && thinking && r.n_think >= ex.budget &&
-            pos + (int)close.size() < n_ctx) {
-            feed(close);
-            add(close);
-            r.n_switch_tokens = (int)close.size();
-            close_at = (int)r.tokens.size();
-            r.exit = "budget";
-            r.switch_at = r.n_sampled;
-            mode = ThinkChoice::Fast;
-            thinking = false;
-        }
+            pos + (int)close.size() < n_ctx)
+            close_think("budget");
         const llama_token t = sample_token(sampler.get(), logits.data(), n_vocab, buf);
         ++r.n_sampled;
         add({t});
@@ -332,13 +358,7 @@ FastSlowResult run_fast_slow(Session& session, ChatTemplate tmpl, const std::vec
             // Only inside an open think block: close it and answer.
             if (!in_think()) continue;
             if (pos + (int)close.size() >= n_ctx) continue;
-            feed(close);
-            add(close);
-            r.n_switch_tokens = (int)close.size();
-            close_at = (int)r.tokens.size();
-            r.exit = "switch";
-            thinking = false;
-            mode = ThinkChoice::Fast;
+            close_think("switch");
         } else {
             // A fast answer cannot grow a think block in the answer region: go back to the prompt's end
             // (the prompt stays cached) and think from there.
@@ -365,7 +385,7 @@ FastSlowResult run_fast_slow(Session& session, ChatTemplate tmpl, const std::vec
     std::vector<llama_token> visible = r.tokens;
     if (!visible.empty() && model.is_eog(visible.back())) visible.pop_back();
     r.text = model.detokenize(visible);
-    r.answer = after_last_think_close(r.text);
+    r.answer = answer_of(r.text);
     return r;
 }
 

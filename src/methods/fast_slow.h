@@ -50,8 +50,25 @@ ThinkExitPolicy parse_think_exit(const std::string& s);
 // The policy as parse_think_exit reads it ("budget:64", "deer:0.95"); "" for None.
 std::string to_string(const ThinkExitPolicy& p);
 
+// A model without a thinking template made hybrid by its prompt (issue #13, "prompted hybrid"): the text that
+// commits the assistant's turn to a mode (appended to the prompt, as a thinking template's suffix is), the
+// text that ends the reasoning early (a switch, a budget, DEER's trial, the cut probe) and the marker whose
+// appearance ends it (the model's own "</think>"). E.g. fast "The final answer is $\boxed{", slow "", close
+// "\n\nSo the final answer is $\boxed{", marker "\boxed{". A slow answer reasons until the marker
+// appears; the answer is the whole text (the matcher finds it), not what follows a think block.
+struct PromptedHybrid {
+    std::string fast, slow, close, marker;
+    bool active() const { return !close.empty(); }
+};
+// Throws Error naming `what` unless close and marker are non-empty, close contains the marker and slow
+// does not (a slow answer must start inside its reasoning and the close must end it).
+void check_prompted_hybrid(const PromptedHybrid& h, const std::string& what);
+
 struct FastSlowParams {
     ThinkStart start = ThinkStart::Auto;
+    // Active: the modes come from these texts, not from the chat template's think block (which the template
+    // then need not have).
+    PromptedHybrid prompted;
     bool allow_switch = true;  // online switching (needs a classifier)
     RoutePolicy policy;
     int max_tokens = 512;  // sampled tokens, all modes together
@@ -85,10 +102,10 @@ struct TraceWindow {
 };
 
 struct FastSlowResult {
-    std::vector<llama_token> prompt;  // the undecided prompt (render_chat_undecided), tokenized
+    std::vector<llama_token> prompt;  // the undecided prompt (fast_slow_prompt), tokenized
     std::vector<llama_token> tokens;  // what follows it in the final sequence: mode text, answer, switch text
     std::string text;                 // tokens detokenized, end-of-turn excluded
-    std::string answer;               // the text after the last "</think>" (all of text if none)
+    std::string answer;  // the text after the last "</think>" (all of text if none; all of it when prompted)
     ThinkChoice initial = ThinkChoice::Slow, final = ThinkChoice::Slow;
     float prompt_score = NAN;            // router prediction on the prompt (NaN without a classifier)
     std::vector<float> prompt_features;  // the router features of the prompt (always computed)
@@ -111,6 +128,11 @@ struct FastSlowResult {
     // Every token the run generated: sampled, appended by a switch or an exit, and decoded in trials.
     int n_generated() const { return n_sampled + n_switch_tokens + n_trial; }
 };
+
+// The prompt before any mode text: render_chat_undecided for a thinking template, the plain generation
+// prompt (render_chat with the assistant prefix) for a prompted hybrid.
+std::string fast_slow_prompt(ChatTemplate tmpl, const std::vector<ChatMessage>& msgs,
+                             const PromptedHybrid& prompted);
 
 // Runs one question in sequence `seq` (which must be empty). `clf` may be null only when start is not Auto
 // and allow_switch is false. `features` selects the KV window (it must be the classifier's). Throws Error

@@ -411,6 +411,109 @@ TEST_F(FastSlow, DeerAboveOneNeverExitsAndLeavesTheSequenceAsThinkingAlone) {
     EXPECT_GT(r.n_decode_calls, plain.n_decode_calls + r.n_trials);
 }
 
+// A prompted hybrid given Qwen3's own think texts, on a template without thinking (ChatML renders a lone
+// user turn as Qwen3 does), must run exactly what the native thinking template runs: same tokens, counts,
+// exits and trace, in every policy. Only the answer differs: prompted, it is the whole text.
+PromptedHybrid qwen3_as_prompted() {
+    return {"<think>\n\n</think>\n\n", "", "\n</think>\n\n", "</think>"};
+}
+
+TEST_F(FastSlow, APromptedHybridWithQwen3sTextsRunsWhatTheThinkingTemplateRuns) {
+    const auto msgs = question("What is 503-278+916?");
+    ASSERT_EQ(fast_slow_prompt(ChatTemplate::ChatML, msgs, qwen3_as_prompted()),
+              render_chat_undecided(ChatTemplate::Qwen3, msgs));
+    ThinkExitPolicy budget;
+    budget.kind = ThinkExit::Budget;
+    budget.budget = 6;
+    ThinkExitPolicy deer;
+    deer.kind = ThinkExit::Deer;
+    deer.threshold = 0;
+    FastSlowParams traced = params(ThinkStart::Slow, false, 8);
+    traced.trace_every = 8;
+    traced.cut_max_tokens = 64;
+    const std::vector<std::pair<std::string, FastSlowParams>> cases = {
+        {"fast", params(ThinkStart::Fast, false, 8)},
+        {"slow", params(ThinkStart::Slow, false, 8)},
+        {"budget", exit_params(budget)},
+        {"deer", exit_params(deer)},
+        {"traced", traced}};
+    auto s = two_sequences(*model);
+    for (const auto& [name, native] : cases) {
+        SCOPED_TRACE(name);
+        FastSlowParams prompted = native;
+        prompted.prompted = qwen3_as_prompted();
+        s->clear();
+        const FastSlowResult a = run_fast_slow(*s, ChatTemplate::Qwen3, msgs, {32, 8}, nullptr, native);
+        s->clear();
+        const FastSlowResult b = run_fast_slow(*s, ChatTemplate::ChatML, msgs, {32, 8}, nullptr, prompted);
+        EXPECT_EQ(a.prompt, b.prompt);
+        EXPECT_EQ(a.tokens, b.tokens);
+        EXPECT_EQ(a.text, b.text);
+        EXPECT_EQ(b.answer, b.text);
+        EXPECT_EQ(a.n_think, b.n_think);
+        EXPECT_EQ(a.n_answer, b.n_answer);
+        EXPECT_EQ(a.n_trial, b.n_trial);
+        EXPECT_EQ(a.n_trials, b.n_trials);
+        EXPECT_EQ(a.n_switch_tokens, b.n_switch_tokens);
+        EXPECT_EQ(a.exit, b.exit);
+        EXPECT_EQ(a.n_decode_calls, b.n_decode_calls);
+        EXPECT_EQ(a.prompt_features, b.prompt_features);
+        ASSERT_EQ(a.trace.size(), b.trace.size());
+        for (size_t i = 0; i < a.trace.size(); ++i) {
+            EXPECT_EQ(a.trace[i].in_think, b.trace[i].in_think) << i;
+            EXPECT_EQ(a.trace[i].features, b.trace[i].features) << i;
+            EXPECT_EQ(a.trace[i].cut_tokens, b.trace[i].cut_tokens) << i;
+            ASSERT_EQ(a.trace[i].cut, b.trace[i].cut) << i;
+            if (!a.trace[i].cut) continue;
+            // The cut answer: native, what follows the last "</think>"; prompted, the close and all after it.
+            const std::string& whole = b.trace[i].cut_answer;
+            EXPECT_EQ(whole.rfind("\n</think>\n\n", 0), 0u) << i;
+            EXPECT_EQ(whole.substr(whole.rfind("</think>") + 8), a.trace[i].cut_answer) << i;
+        }
+    }
+}
+
+TEST_F(FastSlow, APromptedHybridCommitsByItsTextsAndClosesWithItsClose) {
+    // Texts of a different protocol on the same model: the fast text is in the sequence before the answer
+    // and counts as neither thinking nor answer; a budget appends the prompted close after N tokens.
+    const PromptedHybrid h{"Answer: ", "<think>\n", "\nSo: Answer: ", "Answer:"};
+    const auto msgs = question("What is 47+8?");
+    auto s = two_sequences(*model);
+    FastSlowParams fast = params(ThinkStart::Fast, false, 8);
+    fast.prompted = h;
+    const FastSlowResult f = run_fast_slow(*s, ChatTemplate::ChatML, msgs, {32, 8}, nullptr, fast);
+    EXPECT_EQ(f.text.rfind("Answer: ", 0), 0u) << f.text;
+    const int n_fast = (int)model->tokenize("Answer: ", false, true).size();
+    EXPECT_EQ(f.n_think, 0);
+    EXPECT_EQ(f.n_answer, (int)f.tokens.size() - n_fast);
+    EXPECT_EQ(f.n_sampled, f.n_answer);
+    ThinkExitPolicy budget;
+    budget.kind = ThinkExit::Budget;
+    budget.budget = 5;
+    FastSlowParams b = exit_params(budget);
+    b.prompted = h;
+    s->clear();
+    const FastSlowResult r = run_fast_slow(*s, ChatTemplate::ChatML, msgs, {32, 8}, nullptr, b);
+    ASSERT_EQ(r.exit, "budget") << r.text;
+    EXPECT_EQ(r.n_think, 5);
+    const int n_slow = (int)model->tokenize("<think>\n", false, true).size();
+    const std::string before =
+        model->detokenize(std::vector<llama_token>(r.tokens.begin(), r.tokens.begin() + n_slow + 5), true);
+    EXPECT_EQ(r.text.rfind(before + "\nSo: Answer: ", 0), 0u) << r.text;
+    EXPECT_EQ(r.answer, r.text);
+    // Bad texts are refused, naming what is wrong.
+    for (const PromptedHybrid& bad :
+         {PromptedHybrid{"a", "b", "c", ""}, PromptedHybrid{"a", "b", "close", "marker"},
+          PromptedHybrid{"a", "the marker", "the marker", "marker"}}) {
+        FastSlowParams p = fast;
+        p.prompted = bad;
+        s->clear();
+        EXPECT_THROW(run_fast_slow(*s, ChatTemplate::ChatML, msgs, {32, 8}, nullptr, p), Error);
+    }
+    EXPECT_THROW(check_prompted_hybrid(PromptedHybrid{"a", "b", "", "x"}, "h"), Error);
+    EXPECT_NO_THROW(check_prompted_hybrid(h, "h"));
+}
+
 TEST_F(FastSlow, BadUseIsAnError) {
     auto s = session();
     const auto msgs = question("What is 1+1?");

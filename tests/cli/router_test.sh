@@ -182,6 +182,50 @@ one_line_error $? "--think: 'budget:0': the budget must be"
 "$KVLENS" generate -m "$REASONER" -p "hi" --think deer --raw 2> "$T/err"
 one_line_error $? "needs the chat template"
 
+# A model without thinking (tiny llama3) made hybrid by its dataset's prompt texts, and --part: the dev and
+# test parts of a split by id partition the questions and equal eval/split.h's FNV-1a rule (numpy-free
+# reference below); the prompted fast answers start with the fast text.
+for i in $(seq 1 12); do
+    echo "{\"id\": \"q$i\", \"question\": \"What is $i+1?\", \"answer\": \"$((i + 1))\"}"
+done > "$T/h.jsonl"
+cat > "$T/h.json" <<'JSON'
+{"name": "tiny-h", "file": "h.jsonl", "question_field": "question", "answer_field": "answer",
+ "prompt_template": "{question}", "matcher": "number_after_answer", "max_tokens": 8,
+ "hybrid": {"fast": "Answer: ", "slow": "", "close": "\nAnswer: ", "marker": "Answer:"}}
+JSON
+"$KVLENS" router label -m "$LLAMA" --dataset "$T/q.json" -o "$T/nohybrid" 2> "$T/err"
+one_line_error $? "has no thinking mode; fast/slow routing needs a hybrid reasoning model"
+for part in dev test; do
+    "$KVLENS" router label -m "$LLAMA" --dataset "$T/h.json" -o "$T/h-$part" --part $part --windows 2 -t 2 \
+        2> "$T/err" || { cat "$T/err"; fail "router label --part $part on a prompted hybrid"; }
+done
+python3 - "$T/h-dev/labels.jsonl" "$T/h-test/labels.jsonl" <<'PY' || fail "prompted hybrid labels / --part"
+import json, sys
+def part(i, frac=0.3):  # FNV-1a 64, as eval/split.h
+    h = 14695981039346656037
+    for b in i.encode():
+        h = ((h ^ b) * 1099511628211) % (1 << 64)
+    return "dev" if h % 10000 < frac * 10000 else "test"
+dev = [json.loads(l) for l in open(sys.argv[1])]
+test = [json.loads(l) for l in open(sys.argv[2])]
+ids = sorted(r["id"] for r in dev + test)
+assert ids == sorted(f"q{i}" for i in range(1, 13)), ids
+assert dev and test
+for name, rows in (("dev", dev), ("test", test)):
+    for r in rows:
+        assert part(r["id"]) == name, (r["id"], name)
+        assert r["fast"]["output"].startswith("Answer: "), r["fast"]["output"]
+        assert r["fast"]["n_think"] == 0 and r["slow"]["n_think"] >= 1, r
+        for w in r["windows"]:
+            if "cut" in w:
+                assert w["cut"]["switch_tokens"] >= 2, w
+PY
+grep -q '"hybrid"' "$T/h-dev/run.json" && grep -q '"part"' "$T/h-dev/run.json" || fail "run.json: hybrid, part"
+"$KVLENS" router label -m "$LLAMA" --dataset "$T/h.json" -o "$T/h-dev" --part test 2> "$T/err"
+one_line_error $? "run.json"
+"$KVLENS" router label -m "$LLAMA" --dataset "$T/h.json" -o "$T/h-x" --part train 2> "$T/err"
+one_line_error $? "--part"
+
 # Refusals.
 "$KVLENS" generate -m "$LLAMA" --template qwen3 -p "hi" --think auto --router "$T/router.json" 2> "$T/err"
 one_line_error $? "was trained for qwen3"
