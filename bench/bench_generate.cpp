@@ -33,6 +33,9 @@ using clock_type = std::chrono::steady_clock;
 struct Run {
     int n_decode = 0;
     double prefill_tps = 0, decode_tps = 0;
+    // The decode phase's wall-clock and the part of it inside llama_decode (the rest: the loop around it,
+    // i.e. sampling, step statistics, logits copies, capture observers).
+    double decode_wall_s = 0, decode_in_llama_s = 0;
     std::string stop;
 };
 
@@ -45,10 +48,12 @@ Run run_once(const Model& model, const SessionParams& sp, const std::vector<llam
     gp.max_tokens = n_decode + 1;  // the first token comes from the prefill's logits
     gp.sampling.temperature = 0;   // greedy, as llama-bench's timing has no sampling at all
     clock_type::time_point t_first, t_last;
+    double llama_first = 0, llama_last = 0;
     bool first = true;
     gp.on_token = [&](int, const Generation&) {
         t_last = clock_type::now();
-        if (first) t_first = t_last;
+        llama_last = session.decode_seconds();
+        if (first) t_first = t_last, llama_first = llama_last;
         first = false;
         return true;
     };
@@ -60,6 +65,8 @@ Run run_once(const Model& model, const SessionParams& sp, const std::vector<llam
     r.prefill_tps = prompt.size() / std::chrono::duration<double>(t_first - t0).count();
     const double dt = std::chrono::duration<double>(t_last - t_first).count();
     r.decode_tps = r.n_decode > 0 && dt > 0 ? r.n_decode / dt : 0;
+    r.decode_wall_s = dt;
+    r.decode_in_llama_s = llama_last - llama_first;
     if (scorer) {
         // Read the scores as the CLI does at the end (part of its cost), and check the chain saw every token.
         const CoeResult c = scorer->result(g.steps);
@@ -120,6 +127,8 @@ int main(int argc, char** argv) {
                                           {"stop", x.stop},
                                           {"prefill_tps", x.prefill_tps},
                                           {"decode_tps", x.decode_tps},
+                                          {"decode_wall_s", x.decode_wall_s},
+                                          {"decode_in_llama_s", x.decode_in_llama_s},
                                           {"threads", threads},
                                           {"batch", batch},
                                           {"flash_attn", fa},

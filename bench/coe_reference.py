@@ -23,8 +23,12 @@ Quirks of the reference reproduced on purpose (they are what "the CoE code" comp
   4. output_attentions=True (the authors keep attention maps): eager attention, more time and memory.
   5. F32 dequantised weights and PyTorch kernels vs llama.cpp's quantised matmuls (Q8 activations): greedy
      answers can diverge after some tokens; the comparison reports how many are token-identical.
+Beside the reference's scores, the same run computes them with quirks 1 and 2 removed ("aligned": the last
+prompt position at the prefill step, and the last layer's output before the final norm, taken with a forward
+hook on the last decoder layer), i.e. kvlens' definition on the reference's own hidden states: where kvlens
+and the reference generate the same tokens, the two differ only in numerics (quantised vs F32 weights).
 Writes one JSON line per question: id, seconds (generate + scoring, model load excluded), tokens, the four
-scores, whether the answer's tokens equal kvlens'. Peak RSS is measured by the caller (wait4).
+scores (and the aligned ones), whether the answer's tokens equal kvlens'. Peak RSS is measured by the caller (wait4).
 
   .venv-bench/bin/python bench/coe_reference.py --model M.gguf --samples OUT/samples.jsonl --out ref.jsonl -t 2
 """
@@ -78,6 +82,14 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32,
                                                  attn_implementation="eager")
     model.eval()
+    # The last decoder layer's output before the final norm, per forward call (for the aligned scores).
+    last_out = []
+
+    def keep_last(module, inputs, output):
+        h = output[0] if isinstance(output, tuple) else output
+        last_out.append(h[0].detach().float().cpu().numpy())
+
+    model.model.layers[-1].register_forward_hook(keep_last)
     load_s = time.monotonic() - t0
     eos = model.generation_config.eos_token_id
     rows = [json.loads(l) for l in open(args.samples)]
@@ -91,6 +103,7 @@ def main():
         for r in rows:
             ids = torch.tensor([r["prompt_tokens"]], dtype=torch.long)
             t1 = time.monotonic()
+            last_out.clear()
             with torch.no_grad():
                 g = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                    max_new_tokens=args.max_tokens, return_dict_in_generate=True,
@@ -110,10 +123,26 @@ def main():
                     s = {"mag": float("nan"), "ang": float("nan"), "r": float("nan"), "c": float("nan"),
                          "error": repr(e)}
             secs = time.monotonic() - t1
+            # Aligned (not timed): the last prompt position at the prefill step; the pre-norm last state.
+            aligned = []
+            for j in range(n_layer):
+                rows_j = []
+                for pos in range(0, output_len):
+                    if j == n_layer - 1:
+                        h = last_out[pos][-1]
+                    else:
+                        h = np.array(hs[pos][j][0][-1].float().cpu())
+                    rows_j.append(h)
+                aligned.append(np.mean(np.array(rows_j, dtype=np.float32), axis=0))
+            with np.errstate(all="ignore"):
+                try:
+                    s_aligned = coe_scores(aligned)
+                except (ValueError, ZeroDivisionError) as e:
+                    s_aligned = {"r": float("nan"), "c": float("nan"), "error": repr(e)}
             out_tokens = g.sequences[0][ids.shape[1]:].tolist()
             out.write(json.dumps({"id": r["id"], "index": r["index"], "seconds": secs, "n_tokens": len(out_tokens),
                                   "same_tokens_as_kvlens": out_tokens == r.get("output_tokens"),
-                                  "scores": s}) + "\n")
+                                  "scores": s, "scores_aligned": s_aligned}) + "\n")
             out.flush()
             print(f"{r['index']}: {secs:.2f} s, {len(out_tokens)} tokens, C {s['c']:.4f}", file=sys.stderr,
                   flush=True)

@@ -113,7 +113,7 @@ def main():
     ap.add_argument("--decode", type=int, default=128)
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--flash-attn", default="auto", choices=["auto", "on", "off"])
-    ap.add_argument("--kv-source", default="graph", choices=["graph", "cache"], help="kvlens' capture source")
+    ap.add_argument("--kv-source", default="cache", choices=["graph", "cache"], help="kvlens' capture source")
     ap.add_argument("--kvlens-bin-dir", default=None, help="where bench-generate is (default: build/bin, "
                     "else build-bench/kvlens/bin)")
     ap.add_argument("--llama-bin-dir", default=os.path.join(bl.ROOT, "build-bench", "llama.cpp", "bin"),

@@ -41,12 +41,18 @@ def free_port():
     return port
 
 
-def load_prompts(n):
+def load_prompts(n, prompt_set="arith"):
+    """arith: short questions, short answers (prefill-heavy); gsm8k-boxed: GSM8K questions with Qwen's
+    step-by-step prompt, answers that run to max_tokens (decode-heavy)."""
     qs = []
-    with open(os.path.join(bl.ROOT, "data", "arith.jsonl")) as f:
+    path, suffix = {
+        "arith": ("arith.jsonl", " Give the final answer on the last line in the format \"Answer: N\"."),
+        "gsm8k-boxed": ("gsm8k_test.jsonl",
+                        "\nPlease reason step by step, and put your final answer within \\boxed{}."),
+    }[prompt_set]
+    with open(os.path.join(bl.ROOT, "data", path)) as f:
         for line in f:
-            qs.append(json.loads(line)["question"] + " Give the final answer on the last line in the format "
-                      "\"Answer: N\".")
+            qs.append(json.loads(line)["question"] + suffix)
             if len(qs) == n:
                 break
     return qs
@@ -160,7 +166,7 @@ def phase(kind, args, model, prompts, clients):
 def one_model(args, name):
     model = bl.resolve_model(name)
     bl.log(f"== {name}: {model}")
-    prompts = load_prompts(args.prompts)
+    prompts = load_prompts(args.prompts, args.prompt_set)
     phases = []
     for r in range(args.reps):
         for c in args.clients:
@@ -234,12 +240,14 @@ def main():
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("--clients", default="1,4,8", help="concurrency levels (the smallest is the greedy reference)")
     ap.add_argument("--requests", type=int, default=4, help="requests per client per phase (at least --prompts in all)")
-    ap.add_argument("--prompts", type=int, default=8, help="distinct fixed prompts (data/arith.jsonl)")
+    ap.add_argument("--prompts", type=int, default=8, help="distinct fixed prompts (the first of --prompt-set)")
+    ap.add_argument("--prompt-set", default="arith", choices=["arith", "gsm8k-boxed"],
+                    help="arith (short answers: prefill-heavy) or gsm8k-boxed (reasoning: decode-heavy)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--ctx", type=int, default=512, help="tokens per slot")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--flash-attn", default="auto", choices=["auto", "on", "off"])
-    ap.add_argument("--kv-source", default="graph", choices=["graph", "cache"])
+    ap.add_argument("--kv-source", default="cache", choices=["graph", "cache"])
     ap.add_argument("--reps", type=int, default=3, help="rounds (servers alternate within each)")
     ap.add_argument("--servers", default="kvlens,llama", help="which servers (one alone: no ratios; for smoke runs)")
     ap.add_argument("--kvlens", default=os.path.join(bl.ROOT, "build", "bin", "kvlens"))
@@ -264,7 +272,7 @@ def main():
     record = {"comparison": "kvlens serve vs llama-server", "machine": bl.machine(),
               "versions": bl.versions(args.kvlens),
               "binaries": {"kvlens": args.kvlens, "llama_server": args.llama_server},
-              "settings": {k: getattr(args, k) for k in ("servers", "threads", "clients", "requests", "prompts",
+              "settings": {k: getattr(args, k) for k in ("servers", "threads", "clients", "requests", "prompts", "prompt_set",
                                                          "max_tokens", "ctx", "batch", "flash_attn", "kv_source",
                                                          "reps", "quick")},
               "models": []}

@@ -235,7 +235,7 @@ PYBIND11_MODULE(_kvlens, m) {
              }),
              "model"_a, "n_ctx"_a = 0, "threads"_a = 0, "parallel"_a = 1, "max_tokens"_a = 512,
              "chat_template"_a = "auto", "router"_a = "", "calibration"_a = "", "flash_attn"_a = "auto",
-             "kv_source"_a = "graph", "coe_layers"_a = defaults.coe_layers,
+             "kv_source"_a = "cache", "coe_layers"_a = defaults.coe_layers,
              "coe_kv_part"_a = defaults.coe_kv_part, "coe_positions"_a = defaults.coe_positions,
              "coe_head_agg"_a = defaults.coe_head_agg, py::keep_alive<1, 2>())
         .def("models",
@@ -311,7 +311,7 @@ PYBIND11_MODULE(_kvlens, m) {
             return out;
         },
         "model"_a, "text"_a, "hidden"_a = false, "add_special"_a = true, "threads"_a = 0,
-        "flash_attn"_a = "auto", "kv_source"_a = "graph",
+        "flash_attn"_a = "auto", "kv_source"_a = "cache",
         "Per-layer K (post-RoPE) and V of every token of a text (or token ids), one forward pass: arrays "
         "[layer, token, n_head_kv * head_dim]; with hidden, the residual stream [layer + 1, token, n_embd]");
 
@@ -328,7 +328,7 @@ PYBIND11_MODULE(_kvlens, m) {
             ep.head_agg = head_agg;
             ep.pos_agg = pos_agg;
             if (batch_size < 1) throw BindingError("batch_size must be >= 1");
-            kvlens_session_params sp = session_params(n_ctx, threads, flash_attn, "graph");
+            kvlens_session_params sp = session_params(n_ctx, threads, flash_attn, "cache");
             sp.n_seq_max = batch_size;
             kvlens_embeddings e;
             kvlens_status st;
@@ -402,7 +402,7 @@ PYBIND11_MODULE(_kvlens, m) {
                             "stop"_a = r.stop);
         },
         "model"_a, "messages"_a, "answer"_a, "think"_a = "default", "chat_template"_a = "auto",
-        "end_of_turn"_a = true, "threads"_a = 0, "flash_attn"_a = "auto", "kv_source"_a = "graph",
+        "end_of_turn"_a = true, "threads"_a = 0, "flash_attn"_a = "auto", "kv_source"_a = "cache",
         "coe_layers"_a = defaults.coe_layers, "coe_kv_part"_a = defaults.coe_kv_part,
         "coe_positions"_a = defaults.coe_positions, "coe_head_agg"_a = defaults.coe_head_agg,
         "The scores of a given answer (teacher forcing: its tokens decoded after the chat prompt as if "

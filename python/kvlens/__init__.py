@@ -171,7 +171,7 @@ class Model:
         return out if convert_to_numpy else list(out)
 
     def kv(self, text: Union[str, Sequence[int]], *, hidden: bool = False, add_special: bool = True,
-           threads: Optional[int] = None, kv_source: str = "graph") -> Dict[str, Any]:
+           threads: Optional[int] = None, kv_source: str = "cache") -> Dict[str, Any]:
         """Per-layer K (post-RoPE) and V of a text (or token ids): {"tokens", "k", "v"[, "hidden"]}, numpy
         float32 [layer, token, kv width] (hidden: the residual stream [layer + 1, token, n_embd])."""
         return _kvlens.kv(self._model, text, hidden=hidden, add_special=add_special,

@@ -12,12 +12,12 @@
 // that a layer's K, V and the previous layer's l_out cost one split together (see kv_capture.cpp).
 //
 // Two sources for K and V:
-//   Graph  (default) the F32 graph nodes as computed, one split per layer;
-//   Cache  the KV cache itself, read once per batch after the last layer's cache write (one split per
-//          batch, whatever the layer count): the values as stored, i.e. rounded to the cache type (F16 by
-//          default), exactly what attention reads and what llama_state_seq_get_data returns. The cells the
-//          batch was written to come from the write's own index tensor. Hidden states still come from the
-//          graph.
+//   Graph  the F32 graph nodes as computed, one split per layer (this class's default; sessions' until #14);
+//   Cache  (SessionParams' default: cheaper, docs/results/bench) the KV cache itself, read once per batch
+//          after the last layer's cache write (one split per batch, whatever the layer count): the values
+//          as stored, i.e. rounded to the cache type (F16 by default), exactly what attention reads and
+//          what llama_state_seq_get_data returns. The cells the batch was written to come from the
+//          write's own index tensor. Hidden states still come from the graph.
 #pragma once
 
 #include <llama.h>

@@ -20,7 +20,7 @@ struct ModelOptions {
     int threads = 0;
     int gpu_layers = -1;
     std::string flash_attn = "auto";
-    std::string kv_source = "graph";
+    std::string kv_source = "cache";
     bool verbose = false;
 };
 

@@ -31,8 +31,9 @@ void add_model_options(CLI::App* app, ModelOptions& o) {
 void add_kv_source_option(CLI::App* app, std::string& kv_source) {
     app->add_option(
            "--kv-source", kv_source,
-           "where captured K/V come from: graph (F32 as computed, one graph split per layer) or cache "
-           "(the KV cache as stored, e.g. F16; one split per batch, faster)")
+           "where captured K/V come from: cache (the KV cache as stored, e.g. F16, what attention reads; one "
+           "graph split per batch) or graph (F32 as computed, one split per layer; the default until issue "
+           "#14)")
         ->check(CLI::IsMember({"graph", "cache"}))
         ->capture_default_str();
 }

@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <random>
 
 #include "util/error.h"
 
@@ -141,3 +143,42 @@ TEST_F(Fixture, BadParametersAreErrors) {
 }
 
 }  // namespace
+
+namespace {
+
+// step_stats in double precision, the obvious way: the reference for the vectorised float code.
+StepStats reference_stats(const std::vector<float>& l, int chosen) {
+    double m = -INFINITY;
+    for (float x : l) m = std::max(m, (double)x);
+    double z = 0, zl = 0;
+    for (float x : l) {
+        const double d = x - m, e = std::exp(d);
+        z += e;
+        zl += std::isinf(d) ? 0 : e * d;
+    }
+    return {(float)(std::exp(l[chosen] - m) / z), (float)(1 / z), (float)(std::log(z) - zl / z)};
+}
+
+}  // namespace
+
+TEST(StepStats, MatchesDoublePrecisionOnVocabulariesOfEverySize) {
+    // A Qwen-sized vocabulary (blocks of 1024 plus a tail), a tiny one (tail only), logits spread wide and
+    // narrow, with -inf entries (masked tokens) and the max at either end.
+    std::mt19937 rng(7);
+    for (int n : {5, 1024, 151936, 152064 + 37}) {
+        for (float spread : {0.5f, 8.0f, 60.0f}) {
+            std::normal_distribution<float> dist(0.0f, spread);
+            std::vector<float> l(n);
+            for (float& x : l) x = dist(rng);
+            if (n > 100) l[17] = l[n - 3] = -INFINITY;
+            l[n - 1] = 3 * spread;  // the max, last
+            for (int chosen : {n - 1, 0, n / 2}) {
+                const StepStats got = step_stats(l.data(), n, chosen), want = reference_stats(l, chosen);
+                SCOPED_TRACE("n " + std::to_string(n) + " spread " + std::to_string(spread));
+                EXPECT_NEAR(got.max_prob, want.max_prob, 1e-6 * want.max_prob + 1e-12);
+                EXPECT_NEAR(got.prob, want.prob, 1e-5 * want.prob + 1e-30);
+                EXPECT_NEAR(got.entropy, want.entropy, 1e-5 * std::max(1.0f, want.entropy));
+            }
+        }
+    }
+}

@@ -3,6 +3,7 @@
 #include <gguf.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -223,9 +224,11 @@ Session::Session(const Model& model, const SessionParams& params) : model_(model
         throw Error("model '" + model.path() + "': could not create a context of " +
                     std::to_string(params.n_ctx) + " tokens" + (why.empty() ? "" : ": " + why));
     }
+    batch_ = llama_batch_init(n_batch_, 0, 1);
 }
 
 Session::~Session() {
+    if (batch_.token) llama_batch_free(batch_);
     if (ctx_) llama_free(ctx_);
 }
 
@@ -237,7 +240,7 @@ void Session::decode(const std::vector<BatchToken>& tokens, bool keep_logits) {
     const int n_vocab = model_.info().n_vocab;
     logits_.clear();
     logit_row_.assign(tokens.size(), -1);
-    llama_batch batch = llama_batch_init(n_batch_, 0, 1);
+    llama_batch& batch = batch_;
     for (size_t begin = 0; begin < tokens.size(); begin += n_batch_) {
         const size_t end = std::min(tokens.size(), begin + (size_t)n_batch_);
         batch.n_tokens = 0;
@@ -251,11 +254,12 @@ void Session::decode(const std::vector<BatchToken>& tokens, bool keep_logits) {
             batch.logits[j] = bt.logits;
         }
         capture_->begin_batch(&batch);
+        const auto t0 = std::chrono::steady_clock::now();
         const int rc = llama_decode(ctx_, batch);
+        decode_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         capture_->begin_batch(nullptr);
         ++n_decode_calls_;
         if (rc != 0) {
-            llama_batch_free(batch);
             const std::string why = take_last_llama_error();
             if (rc == 1)
                 throw Error("decode: the KV cache is full (n_ctx = " + std::to_string(n_ctx()) +
@@ -271,7 +275,6 @@ void Session::decode(const std::vector<BatchToken>& tokens, bool keep_logits) {
             logits_.insert(logits_.end(), l, l + n_vocab);
         }
     }
-    llama_batch_free(batch);
 }
 
 const float* Session::logits(int i) const {

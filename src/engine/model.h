@@ -81,7 +81,7 @@ struct SessionParams {
     int n_seq_max = 1;  // sequences that can live in the cache at once
     int n_threads = 0;  // 0: all hardware threads
     FlashAttn flash_attn = FlashAttn::Auto;
-    CaptureSource capture_source = CaptureSource::Graph;  // where captured K/V come from (kv_capture.h)
+    CaptureSource capture_source = CaptureSource::Cache;  // where captured K/V come from (kv_capture.h)
 };
 
 // One token of a batch: which sequence, at which position, and whether its logits are wanted.
@@ -112,8 +112,10 @@ public:
     void decode(const std::vector<BatchToken>& tokens, bool keep_logits = true);
     const float* logits(int i) const;
 
-    // Number of llama_decode calls made so far (tests use it to prove prefixes are not recomputed).
+    // Number of llama_decode calls made so far (tests use it to prove prefixes are not recomputed), and the
+    // wall-clock seconds spent inside them (benchmarks: what the loop around them costs).
     int64_t n_decode_calls() const { return n_decode_calls_; }
+    double decode_seconds() const { return decode_seconds_; }
 
     // KV-cache sequence management (llama_memory_*).
     void clear();
@@ -128,6 +130,8 @@ private:
     llama_context* ctx_ = nullptr;
     std::unique_ptr<KvCapture> capture_;
     int64_t n_decode_calls_ = 0;
+    double decode_seconds_ = 0;
+    llama_batch batch_{};             // n_batch tokens, one sequence id each: reused by every decode()
     std::vector<float> logits_;       // kept rows, n_vocab each
     std::vector<int32_t> logit_row_;  // token index in the last decode() -> row in logits_, or -1
 };

@@ -34,7 +34,7 @@ struct CoeEvalParams {
     int n_ctx = 0;       // 0: enough for `parallel` sequences of the longest prompt + max_tokens
     int n_threads = 0;
     std::string kv_source =
-        "graph";  // where K/V come from (kv_capture.h); "cache" is part of the run identity
+        "cache";  // where K/V come from (kv_capture.h); "graph" (the old default) is part of the run identity
     std::string chat_template = "auto";
     std::string think = "default";
     TokenCoeSpec token_coe;  // the configuration of kv_coe_* (a grid of others is scored beside it)

@@ -52,7 +52,7 @@ struct EmbedEvalParams {
     bool texts_only = false;  // write texts.jsonl and stop (for computing extra representations first)
     bool hidden = true, random = true;
     int batch_seqs = 8, n_ctx = 4096, n_threads = 0;
-    std::string kv_source = "graph";  // where K/V come from (kv_capture.h); recorded in results.json
+    std::string kv_source = "cache";  // where K/V come from (kv_capture.h); recorded in results.json
     int timing_texts = 100;           // time each representation alone on the first N texts (0: no timing)
     ProbeParams probe;
     std::string shard;  // "I/N": embed only the texts of shard I of N (eval/shard.h); "": all

@@ -43,7 +43,7 @@ struct SampleEvalParams {
     int n_ctx = 0;      // 0: N_max x (longest prompt + max tokens)
     int n_threads = 0;
     std::string kv_source =
-        "graph";  // where K/V come from (kv_capture.h); "cache" is part of the run identity
+        "cache";  // where K/V come from (kv_capture.h); "graph" (the old default) is part of the run identity
     std::string chat_template = "auto", think = "default";
     std::vector<std::string> scores = {"kv_coe_r", "kv_coe_c", "hs_coe_c", "max_prob", "inv_ppl"};
     std::string calibration = "isotonic";

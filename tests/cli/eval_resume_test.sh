@@ -40,11 +40,14 @@ print(f"ok: {len(idx)} samples, each once; the first {len(open(before).read().sp
 PY
 test -s "$out/report.md" && test -s "$out/roc.svg"
 
-# The K/V source is part of a run: resuming this (graph) run from the cache is refused; a cache run records it.
-"${cmd[@]}" --kv-source cache 2>"$tmp/log3" && { echo "FAIL: a cache rerun of a graph run was accepted"; exit 1; }
+# The K/V source is part of a run: this run used the default (cache) and says so; resuming it from the graph
+# is refused; a graph run records nothing, as every run did while graph was the default (issue #14), so those
+# old runs keep resuming with --kv-source graph.
+grep -q '"kv_source": *"cache"' "$out/run.json" || { echo "FAIL: run.json lacks kv_source cache"; exit 1; }
+"${cmd[@]}" --kv-source graph 2>"$tmp/log3" && { echo "FAIL: a graph rerun of a cache run was accepted"; exit 1; }
 grep -q "run.json" "$tmp/log3" || { cat "$tmp/log3"; echo "FAIL: the refusal does not name run.json"; exit 1; }
-cache_cmd=("${cmd[@]}")
-for i in "${!cache_cmd[@]}"; do [ "${cache_cmd[$i]}" = "$out" ] && cache_cmd[$i]="$tmp/cache-run"; done
-"${cache_cmd[@]}" --kv-source cache 2>"$tmp/log4" || { tail -3 "$tmp/log4"; echo "FAIL: cache run"; exit 1; }
-grep -q '"kv_source": *"cache"' "$tmp/cache-run/run.json" || { echo "FAIL: run.json lacks kv_source"; exit 1; }
+graph_cmd=("${cmd[@]}")
+for i in "${!graph_cmd[@]}"; do [ "${graph_cmd[$i]}" = "$out" ] && graph_cmd[$i]="$tmp/graph-run"; done
+"${graph_cmd[@]}" --kv-source graph 2>"$tmp/log4" || { tail -3 "$tmp/log4"; echo "FAIL: graph run"; exit 1; }
+grep -q '"kv_source"' "$tmp/graph-run/run.json" && { echo "FAIL: a graph run records kv_source"; exit 1; }
 echo "ok: --kv-source is part of the run identity"
