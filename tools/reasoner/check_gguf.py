@@ -71,6 +71,7 @@ def main():
     ap.add_argument("--run", required=True, help="training output directory (model.pt, config.json, GGUF)")
     ap.add_argument("--kvlens", required=True)
     ap.add_argument("--gguf", default=None)
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     gguf_path = args.gguf or os.path.join(args.run, "arith-reasoner.gguf")
     m = load_model(args.run)
@@ -82,13 +83,13 @@ def main():
                 ids = encode(text)
                 npz = os.path.join(tmp, "d.npz")
                 subprocess.run([args.kvlens, "dump", "-m", gguf_path, "-p", text, "--no-bos", "--hidden", "-o", npz,
-                                "-t", "2"], check=True, capture_output=True)
+                                "-t", str(args.threads)], check=True, capture_output=True)
                 d = np.load(npz)
                 tok_ok = d["tokens"].tolist() == ids
                 k, v, h = torch_kv_hidden(m, ids)
                 ck, cv, ch = cosine_min(d["k"], k), cosine_min(d["v"], v), cosine_min(d["hidden"], h)
                 gen = subprocess.run([args.kvlens, "generate", "-m", gguf_path, "-p", q, "--think",
-                                      "off" if mode == "fast" else "on", "-n", "256", "-t", "2"],
+                                      "off" if mode == "fast" else "on", "-n", "256", "-t", str(args.threads)],
                                      check=True, capture_output=True, text=True).stdout
                 ref = decode(torch_greedy(m, ids, 256)).replace(arith.IM_END, "")
                 same = gen.strip() == ref.strip()

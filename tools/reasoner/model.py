@@ -171,12 +171,12 @@ class Qwen3(nn.Module):
 # ---- GGUF export
 
 
-def export_gguf(model, path, chat_template, meta):
+def export_gguf(model, path, chat_template, meta, name="kvlens arith reasoner"):
     import gguf
 
     c = model.cfg
     w = gguf.GGUFWriter(path, "qwen3")
-    w.add_name("kvlens arith reasoner")
+    w.add_name(name)
     w.add_description("Hybrid (fast/slow) reasoning model for multi-step integer arithmetic, trained by kvlens")
     w.add_context_length(c.n_ctx)
     w.add_embedding_length(c.d_model)
