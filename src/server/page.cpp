@@ -19,7 +19,9 @@ table{border-collapse:collapse;font-size:13px}td{padding:1px 10px 1px 0}
 </style></head><body>
 <h2>kvlens <span id="model" style="font-weight:normal;color:#777"></span></h2>
 <textarea id="q">What is 17+25?</textarea>
-<p>thinking <select id="mode"><option>default</option><option>on</option><option>off</option><option>auto</option></select>
+<p>thinking <select id="mode"><option>default</option><option>on</option><option>off</option><option value="auto">auto</option>
+<option value="budget">budget</option><option value="deer">deer</option></select>
+<input id="arg" type="number" style="width:5em;display:none" title="budget: think tokens; deer: threshold">
 temperature <input id="temp" type="number" value="0" min="0" max="2" step="0.1" style="width:4em">
 max tokens <input id="max" type="number" value="256" min="1" style="width:5em">
 <button id="go">Send</button></p>
@@ -46,16 +48,29 @@ function loadModel() {
     if (!r.ok) { $('meta').textContent = await errorOf(r); return; }
     const m = (await r.json()).data[0]; $('meta').textContent = '';
     $('model').textContent = m.id + ' (' + m.kvlens.arch + ', ' + m.kvlens.n_layer + ' layers)';
-    $('mode').querySelector('option:last-child').disabled = !m.kvlens.router;
+    $('mode').querySelector('option[value=auto]').disabled = !m.kvlens.router;
   }).catch(e => { $('meta').textContent = 'request failed: ' + e.message; });
 }
 $('key').onchange = loadModel;
 loadModel();
+// budget:N stops thinking after N tokens (Qwen3's thinking budget); deer:T exits at the first line break whose
+// trial answer has mean token probability above T (DEER). The number beside the menu is N or T.
+const ARG = {budget: {value: 128, min: 1, step: 1}, deer: {value: 0.95, min: 0, max: 1, step: 0.01}};
+$('mode').onchange = () => {
+  const a = ARG[$('mode').value];
+  $('arg').style.display = a ? '' : 'none';
+  if (a) Object.assign($('arg'), {min: a.min, max: a.max ?? '', step: a.step, value: a.value});
+};
 function show(k) {
   const t = k.think || {};
   let s = k.n_generated + ' tokens generated' + (k.stop ? '; stop: ' + k.stop : ' so far');
   if (t.mode === 'auto') s += '; router d=' + t.prompt_score.toFixed(1) + ' -> ' + t.initial +
       (t.switch_at >= 0 ? ', switched to ' + t.final + ' after ' + t.switch_at + ' tokens' : ', no switch');
+  else if (t.exit !== undefined)  // budget:N or deer:T: how the think block ended, and the trials' cost
+    s += '; ' + t.mode + ': ' + (t.exit === 'budget' || t.exit === 'deer' ? 'think block closed by ' + t.exit +
+        ' after ' + t.switch_at + ' tokens' : t.exit === 'model' ? 'the model closed its think block' :
+        'no exit') + (k.cost && k.cost.n_trials ? ', ' + k.cost.n_trials + ' trials (' +
+        k.cost.n_trial_tokens + ' tokens)' : '');
   $('meta').textContent = s;
   const rows = Object.entries(k.scores || {}).filter(([n]) => /coe_[rc]$|^p_correct|inv_ppl/.test(n));
   $('scores').innerHTML = rows.map(([n, v]) => '<tr><td>' + n + '</td><td>' + (v === null ? 'n/a' : v.toFixed(4)) +
@@ -73,7 +88,9 @@ async function send() {
   const body = {messages: [{role: 'user', content: $('q').value}], stream: true,
                 temperature: +$('temp').value, max_tokens: +$('max').value,
                 kvlens: {scores_every: 8}};  // the confidence, live, every 8 tokens
-  if ($('mode').value !== 'default') body.think = $('mode').value;
+  const mode = $('mode').value;
+  if (ARG[mode]) body.think = mode + ':' + $('arg').value;
+  else if (mode !== 'default') body.think = mode;
   const res = await fetch('/v1/chat/completions', {method: 'POST', body: JSON.stringify(body),
                                                    headers: {'Content-Type': 'application/json', ...auth()}});
   if (res.status === 401) return needKey(await res.json());

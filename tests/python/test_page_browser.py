@@ -120,9 +120,11 @@ def record_updates(pg):
     }""")
 
 
-def ask(pg, question, mode):
+def ask(pg, question, mode, arg=None):
     pg.fill("#q", question)
-    pg.select_option("#mode", mode)
+    pg.select_option("#mode", mode)  # budget and deer: shows the number input with its default
+    if arg is not None:
+        pg.fill("#arg", arg)
     record_updates(pg)
     pg.click("#go")
     # The last chunk carries kvlens.stop: the page then says "...; stop: end_of_turn".
@@ -143,7 +145,7 @@ def test_page_streams_answer_thinking_and_scores(url, page):
     with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:
         info = json.load(r)["data"][0]["kvlens"]
     assert page.text_content("#model") == f"reasoner ({info['arch']}, {info['n_layer']} layers)"
-    assert not page.eval_on_selector("#mode option:last-child", "o => o.disabled")
+    assert not page.eval_on_selector("#mode option[value=auto]", "o => o.disabled")
 
     # The page's request (stream, scores every 8 tokens), without streaming, through the API.
     ref = api_chat(url, {"messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 256,
@@ -191,6 +193,30 @@ def test_page_auto_shows_the_router(url, page):
         assert f"switched to {t['final']} after {t['switch_at']} tokens" in meta
     else:
         assert meta.endswith(", no switch")
+    assert page.errors == []
+
+
+@pytest.mark.parametrize("mode,arg", [("budget", "8"), ("deer", "0.95")])
+def test_page_budget_and_deer_exits(url, page, mode, arg):
+    """The page's number beside the menu becomes budget:N / deer:T; the meta line says how thinking ended."""
+    page.goto(url + "/")
+    page.wait_for_function("() => document.getElementById('model').textContent.length > 0")
+    ref = api_chat(url, {"messages": [{"role": "user", "content": QUESTION}], "temperature": 0,
+                         "max_tokens": 256, "think": f"{mode}:{arg}"})
+    k = ref["kvlens"]
+    t = k["think"]
+    assert t["mode"] == f"{mode}:{arg}" and t["exit"] == mode, t  # both exits fire on this question
+    assert not page.is_visible("#arg")
+    ask(page, QUESTION, mode, arg)
+    assert page.is_visible("#arg")
+    assert page.text_content("#answer") == ref["choices"][0]["message"]["content"]
+    assert page.text_content("#think") == ref["choices"][0]["message"].get("reasoning_content", "")
+    meta = page.text_content("#meta")
+    want = f"; {mode}:{arg}: think block closed by {mode} after {t['switch_at']} tokens"
+    assert want in meta, meta
+    if mode == "deer":
+        c = k["cost"]
+        assert c["n_trials"] >= 1 and meta.endswith(f", {c['n_trials']} trials ({c['n_trial_tokens']} tokens)")
     assert page.errors == []
 
 
