@@ -17,3 +17,8 @@ set_tests_properties(router_cli PROPERTIES LABELS cli TIMEOUT 600 RUN_SERIAL TRU
 if(TARGET tiny-models)
   add_dependencies(fast_slow_test tiny-models)
 endif()
+
+# The reasoner v2 (issue #13): fast answers and cut traces (a forced </think> after the answer line).
+kvlens_add_gtest(reasoner_v2_fixture_test ${PROJECT_SOURCE_DIR}/tools/reasoner/reasoner_v2_fixture_test.cpp)
+target_compile_definitions(reasoner_v2_fixture_test
+                           PRIVATE KVLENS_REASONER_V2_MODEL="${PROJECT_SOURCE_DIR}/tools/reasoner/arith-reasoner-v2.gguf")
