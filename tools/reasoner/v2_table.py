@@ -38,10 +38,34 @@ def early(m, r):
     return None
 
 
+def switch_breakdown(recs, line):
+    """Where routed + switch left the think block, against the answer line, and the questions it lost (won)
+    against always-slow there: the reason a switch costs accuracy."""
+    done = re.compile(re.escape(line) + r" \d+\.")
+    rows = {}
+    for r in recs:
+        x, s = r["routed_switch"], r["always_slow"]
+        if x["switch_at"] < 0:
+            key = f"no switch (started {x['initial']})"
+        else:
+            think = x["output"].split("</think>")[0]
+            key = ("after a complete answer line" if done.search(think) else
+                   "inside the answer line" if line in think else "before the answer line")
+        n, lost, won = rows.get(key, (0, 0, 0))
+        rows[key] = (n + 1, lost + (s["correct"] and not x["correct"]), won + (x["correct"] and not s["correct"]))
+    print(f"\nWhere routed + switch left the think block (answer line `{line} N.`):\n")
+    print("| where | questions | lost against always-slow | won |")
+    print("|---|--:|--:|--:|")
+    for k, (n, lost, won) in sorted(rows.items()):
+        print(f"| {k} | {n} | {lost} | {won} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eval", required=True)
     ap.add_argument("--labels", default=None)
+    ap.add_argument("--answer-line", default=None, help="a reasoner's answer line, e.g. 'So the answer is': adds "
+                                                          "where routed + switch left the think block against it")
     ap.add_argument("--targets", default=None, help="points,ratio: the issue's aim (within POINTS of always-slow "
                                                       "at <= 1/RATIO of its tokens)")
     args = ap.parse_args()
@@ -97,6 +121,8 @@ def main():
             ok = d_acc >= -1e-9 and d_tok <= 1e-9
             print(f"- {m}: {'meets it' if ok else 'short'} (accuracy {d_acc:+.1f} points against the bound, "
                   f"tokens {d_tok:+.3f} of always-slow against the bound)")
+    if args.answer_line and "routed_switch" in ms:
+        switch_breakdown(recs, args.answer_line)
     groups = sorted({r.get("group", "") for r in recs}, key=lambda g: (len(g), g))
     if len(groups) < 2:
         return
