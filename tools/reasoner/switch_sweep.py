@@ -11,21 +11,18 @@ default delta it reproduces `router eval`'s routed + switch row (checked on rout
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 
+# The project's numpy reference of the router (the same one the tests hold kvlens' classifier against).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "python"))
+import router_ref  # noqa: E402
+
 
 def load_router(path):
-    c = json.load(open(path))["classifier"]
-    w1 = np.array(c["w1"], dtype=np.float64)
-    w1 = w1.T if w1.shape[0] == c["hidden"] else w1  # stored hidden-major: (hidden, features)
-    mean, sd = np.array(c["mean"] or 0.0), np.array(c["sd"] or 1.0)
-
-    def predict(x):
-        z = ((np.asarray(x, dtype=np.float32) - mean) / sd) @ w1 + np.array(c["b1"])
-        return (np.maximum(z, 0) @ np.array(c["w2"]) + c["b2"]) * c["out_scale"]
-
-    return predict
+    r = router_ref.load_router(path)
+    return lambda rows: router_ref.predict(r, np.asarray(rows, dtype=np.float32).astype(np.float64))
 
 
 def replay(recs, predict, threshold, delta):

@@ -80,28 +80,25 @@ def main():
     print("| mode | accuracy % [95% CI] | vs always-slow (points) | mean tokens | tokens / always-slow "
           "| wall-clock s | wall-clock / always-slow | left the think block early % |")
     print("|---|--:|--:|--:|--:|--:|--:|--:|")
-    for m in ms:
-        k = sum(r[m]["correct"] for r in recs)
+    def row(name, runs, early_left=""):
+        """One table row from one run per question; returns (name, accuracy %, mean tokens)."""
+        k = sum(x["correct"] for x in runs)
         lo, hi = wilson(k, n)
-        tok = sum(r[m]["n_generated"] for r in recs) / n
-        sec = sum(r[m]["seconds"] for r in recs)
-        e = [early(m, r[m]) for r in recs]
-        ex = "" if e[0] is None else f"{100 * sum(e) / n:.1f}"
+        tok = sum(x["n_generated"] for x in runs) / n
+        sec = sum(x["seconds"] for x in runs)
         acc = 100 * k / n
-        rows.append((m, acc, tok))
-        print(f"| {m} | {acc:.1f} [{lo:.1f}, {hi:.1f}] | {acc - slow_acc:+.1f} | {tok:.1f} | {tok / slow_tok:.3f} "
-              f"| {sec:.1f} | {sec / slow_s:.3f} | {ex} |")
+        print(f"| {name} | {acc:.1f} [{lo:.1f}, {hi:.1f}] | {acc - slow_acc:+.1f} | {tok:.1f} | {tok / slow_tok:.3f} "
+              f"| {sec:.1f} | {sec / slow_s:.3f} | {early_left} |")
+        return name, acc, tok
+
+    for m in ms:
+        e = [early(m, r[m]) for r in recs]
+        rows.append(row(m, [r[m] for r in recs], "" if e[0] is None else f"{100 * sum(e) / n:.1f}"))
     # Oracle routing from this run's own always-fast / always-slow answers: fast when fast is right, else slow.
     if "always_fast" in ms and "always_slow" in ms:
-        pick = [r["always_fast"] if r["always_fast"]["correct"] else r["always_slow"] for r in recs]
-        k = sum(x["correct"] for x in pick)
-        lo, hi = wilson(k, n)
-        tok = sum(x["n_generated"] for x in pick) / n
-        sec = sum(x["seconds"] for x in pick)
-        acc = 100 * k / n
+        _, acc, tok = row("oracle routing (fast when fast is right)",
+                          [r["always_fast"] if r["always_fast"]["correct"] else r["always_slow"] for r in recs])
         rows.append(("oracle routing", acc, tok))
-        print(f"| oracle routing (fast when fast is right) | {acc:.1f} [{lo:.1f}, {hi:.1f}] | {acc - slow_acc:+.1f} "
-              f"| {tok:.1f} | {tok / slow_tok:.3f} | {sec:.1f} | {sec / slow_s:.3f} | |")
     if args.labels:
         rep = open(os.path.join(args.labels, "report.md")).read()
         for line in rep.splitlines():
