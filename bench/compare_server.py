@@ -89,10 +89,11 @@ def wait_health(port, child, timeout=300):
 
 def start_server(kind, args, model, slots):
     log = open(os.path.join(args.log_dir, f"{kind}-{slots}.log"), "a")
-    if kind == "kvlens":
+    if kind.startswith("kvlens"):  # kvlens, or kvlens-bi: with --batch-invariant
         cmd = [args.kvlens, "serve", "-m", model, "-t", str(args.threads), "--parallel", str(slots),
                "--ctx", str(args.ctx), "--batch", str(args.batch), "--flash-attn", args.flash_attn,
                "--kv-source", args.kv_source, "--queue", "256", "--port", "0"]
+        cmd += ["--batch-invariant"] if kind == "kvlens-bi" else []
         child = bl.Child(cmd, stderr=__import__("subprocess").PIPE, stdout=log, text=True)
         line = child.p.stderr.readline()
         m = re.search(r"http://[\d.]+:(\d+)", line)
@@ -137,7 +138,7 @@ def phase(kind, args, model, prompts, clients):
                     row = {"prompt": pi, "latency_s": dt, "tokens": r["usage"]["completion_tokens"],
                            "text": r["choices"][0]["message"].get("content") or "",
                            "finish": r["choices"][0].get("finish_reason")}
-                    if kind == "kvlens":
+                    if kind.startswith("kvlens"):
                         row["has_scores"] = bool(r.get("kvlens", {}).get("scores"))
                     with lock:
                         results.append(row)
@@ -194,10 +195,10 @@ def one_model(args, name):
         errs = sum(len(ph["errors"]) for ph in phases if ph["server"] == kind)
         check[kind] = {"answers_differing_from_alone": len(diffs), "examples": diffs[:10], "errors": errs}
         ok = ok and not diffs and not errs
-    missing = sum(ph["scores_missing"] for ph in phases if ph["server"] == "kvlens")
-    if "kvlens" in check:
-        check["kvlens"]["responses_without_scores"] = missing
-    ok = ok and missing == 0
+    for kind in [k for k in args.servers if k.startswith("kvlens")]:
+        missing = sum(ph["scores_missing"] for ph in phases if ph["server"] == kind)
+        check[kind]["responses_without_scores"] = missing
+        ok = ok and missing == 0
     kv_ref = {q["prompt"]: q["text"] for ph in phases if ph["server"] == "kvlens" for q in ph["requests"]}
     ll_ref = {q["prompt"]: q["text"] for ph in phases if ph["server"] == "llama" for q in ph["requests"]}
     check["kvlens_equals_llama_server_text"] = sum(1 for p in kv_ref if ll_ref.get(p) == kv_ref[p])
@@ -216,18 +217,25 @@ def one_model(args, name):
                          "p50_s": bl.median([p["p50_s"] for p in phs]),
                          "p95_s": bl.median([p["p95_s"] for p in phs]),
                          "peak_rss_kb": max((p["peak_rss_kb"] or 0) for p in phs)}
-        both = "kvlens" in row and "llama" in row
-        row["tps_ratio"] = bl.ratio(row["kvlens"]["agg_tps"], row["llama"]["agg_tps"]) if both else float("nan")
-        row["p95_ratio"] = bl.ratio(row["kvlens"]["p95_s"], row["llama"]["p95_s"]) if both else float("nan")
+        # Ratios against llama-server; kvlens-bi's (batch-invariant) also against kvlens' default kernels.
+        for kind, base in (("kvlens", "llama"), ("kvlens-bi", "llama"), ("kvlens-bi", "kvlens")):
+            both = kind in row and base in row
+            key = ("" if kind == "kvlens" else "bi_") + ("" if base == "llama" else "vs_kvlens_")
+            row[key + "tps_ratio"] = bl.ratio(row[kind]["agg_tps"], row[base]["agg_tps"]) if both else float("nan")
+            row[key + "p95_ratio"] = bl.ratio(row[kind]["p95_s"], row[base]["p95_s"]) if both else float("nan")
         summary[str(c)] = row
-        for kind, label in (("kvlens", "kvlens"), ("llama", "llama-server")):
+        for kind, label in (("kvlens", "kvlens"), ("kvlens-bi", "kvlens-bi"), ("llama", "llama-server")):
             if kind not in row:
                 continue
             x = row[kind]
-            extra = f" {row['tps_ratio']:11.3f} {row['p95_ratio']:9.3f}" if kind == "kvlens" else ""
+            key = {"kvlens": "", "kvlens-bi": "bi_"}.get(kind)
+            extra = f" {row[key + 'tps_ratio']:11.3f} {row[key + 'p95_ratio']:9.3f}" if key is not None else ""
             print(f"{c:7d} {label:>12s} {x['agg_tps']:8.1f} {x['p50_s']:7.2f} {x['p95_s']:7.2f} "
                   f"{x['peak_rss_kb'] / 1024:7.0f}{extra}")
     print(f"greedy check: {json.dumps(check)}")
+    if "kvlens-bi" in args.servers and "kvlens" in args.servers:
+        print("kvlens-bi / kvlens tok/s: " + ", ".join(f"C={c} {summary[str(c)]['bi_vs_kvlens_tps_ratio']:.3f}"
+                                                       for c in args.clients))
     print("targets (issue #14): tok/s ratio >= 0.9 at 8 clients with scores on; p95 within 1.2x; "
           "no answer changes with concurrency")
     return {"model_name": name, "model_path": model, "summary": summary, "check": check, "check_ok": ok,
@@ -249,7 +257,9 @@ def main():
     ap.add_argument("--flash-attn", default="auto", choices=["auto", "on", "off"])
     ap.add_argument("--kv-source", default="cache", choices=["graph", "cache"])
     ap.add_argument("--reps", type=int, default=3, help="rounds (servers alternate within each)")
-    ap.add_argument("--servers", default="kvlens,llama", help="which servers (one alone: no ratios; for smoke runs)")
+    ap.add_argument("--servers", default="kvlens,llama",
+                    help="which servers: kvlens, kvlens-bi (kvlens serve --batch-invariant), llama (one alone: no "
+                         "ratios; for smoke runs)")
     ap.add_argument("--kvlens", default=os.path.join(bl.ROOT, "build", "bin", "kvlens"))
     ap.add_argument("--llama-bin-dir", default=os.path.join(bl.ROOT, "build-bench", "llama.cpp", "bin"))
     ap.add_argument("--out", default=None)
@@ -264,7 +274,7 @@ def main():
     args.clients = sorted(int(c) for c in args.clients.split(","))
     args.llama_server = os.path.join(args.llama_bin_dir, "llama-server")
     args.servers = args.servers.split(",")
-    for b in [{"kvlens": args.kvlens, "llama": args.llama_server}[s] for s in args.servers]:
+    for b in [{"kvlens": args.kvlens, "kvlens-bi": args.kvlens, "llama": args.llama_server}[s] for s in args.servers]:
         if not os.path.exists(b):
             raise SystemExit(f"missing {b}: build it (bench/README.md)")
     args.log_dir = args.log_dir or (os.path.dirname(os.path.abspath(args.out)) if args.out else "/tmp")

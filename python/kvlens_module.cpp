@@ -165,15 +165,16 @@ PYBIND11_MODULE(_kvlens, m) {
     const kvlens_session_params defaults = kvlens_session_default_params();
 
     py::class_<Model>(m, "Model", "A GGUF model (weights loaded once, shared by every Api and call)")
-        .def(py::init([](const std::string& path, int gpu_layers, bool verbose) {
+        .def(py::init([](const std::string& path, int gpu_layers, bool verbose, bool batch_invariant) {
                  kvlens_model_params mp = kvlens_model_default_params();
                  mp.n_gpu_layers = gpu_layers;
                  mp.verbose = verbose;
+                 mp.batch_invariant = batch_invariant;
                  kvlens_model* mo = nullptr;
                  check(kvlens_model_load(path, mp, &mo));
                  return Model{kvlens_model_ptr(mo)};
              }),
-             "path"_a, "gpu_layers"_a = -1, "verbose"_a = false)
+             "path"_a, "gpu_layers"_a = -1, "verbose"_a = false, "batch_invariant"_a = false)
         .def_property_readonly("path",
                                [](const Model& mo) {
                                    kvlens_model_info i;
@@ -217,9 +218,10 @@ PYBIND11_MODULE(_kvlens, m) {
                          const std::string& calibration, const std::string& flash_attn,
                          const std::string& kv_source, const std::string& coe_layers,
                          const std::string& coe_kv_part, const std::string& coe_positions,
-                         const std::string& coe_head_agg) {
+                         const std::string& coe_head_agg, bool batch_invariant) {
                  kvlens_service_params p = kvlens_service_default_params();
                  p.session = session_params(n_ctx, threads, flash_attn, kv_source);
+                 p.session.batch_invariant = batch_invariant;
                  p.session.coe_layers = coe_layers;
                  p.session.coe_kv_part = coe_kv_part;
                  p.session.coe_positions = coe_positions;
@@ -237,7 +239,7 @@ PYBIND11_MODULE(_kvlens, m) {
              "chat_template"_a = "auto", "router"_a = "", "calibration"_a = "", "flash_attn"_a = "auto",
              "kv_source"_a = "cache", "coe_layers"_a = defaults.coe_layers,
              "coe_kv_part"_a = defaults.coe_kv_part, "coe_positions"_a = defaults.coe_positions,
-             "coe_head_agg"_a = defaults.coe_head_agg, py::keep_alive<1, 2>())
+             "coe_head_agg"_a = defaults.coe_head_agg, "batch_invariant"_a = false, py::keep_alive<1, 2>())
         .def("models",
              [](const Api& a) {
                  std::string out;
@@ -427,6 +429,7 @@ PYBIND11_MODULE(_kvlens, m) {
                           {"ctx", set(p.n_ctx)},
                           {"threads", set(p.n_threads)},
                           {"kv_source", set(p.kv_source)},
+                          {"batch_invariant", set(p.batch_invariant)},
                           {"template", set(p.chat_template)},
                           {"think", set(p.think)},
                           {"coe_layers", set(p.coe_layers)},

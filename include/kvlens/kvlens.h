@@ -76,6 +76,9 @@ struct kvlens_model;  // a GGUF model's weights, loaded once
 struct kvlens_model_params {
     int n_gpu_layers;  // layers offloaded to a GPU when there is one; -1: all
     bool verbose;      // llama.cpp's own logging (process-wide); false: errors only
+    // Weights as the file has them, not repacked for batched kernels: needed by sessions with
+    // batch_invariant (which see). Slower prefill on quantisations ggml repacks (Q4_0, Q4_K, IQ4_NL).
+    bool batch_invariant;
 };
 kvlens_model_params kvlens_model_default_params();
 
@@ -154,11 +157,16 @@ struct kvlens_session_params {
     std::string calibration_path;
     // A router of `kvlens router train`: enables KVLENS_THINK_AUTO. Empty: none.
     std::string router_path;
+    // Batch-invariant decoding: every sequence's logits bit-identical whichever other sequences share its
+    // decode calls (the server's concurrent requests, n_seq_max > 1), so greedy outputs do not change with
+    // load. ggml's reference CPU kernels and flash attention (forced on; flash_attn OFF is refused); needs a
+    // model loaded with batch_invariant, a CPU-only build and llama.cpp built from source (kvlens' default).
+    // Costs throughput: docs/results/bench/README.md measures how much.
+    bool batch_invariant;
 };
-// n_ctx 4096, n_batch 512, n_seq_max 1, all threads, flash attention auto, K/V from the graph, template auto,
-// KV-CoE on the
-// last 4 layers' K, heads averaged, producer positions (the CLI's defaults); no calibration, no
-// router.
+// n_ctx 4096, n_batch 512, n_seq_max 1, all threads, flash attention auto, K/V from the KV cache, template
+// auto, KV-CoE on the last 4 layers' K, heads averaged, producer positions (the CLI's defaults); no
+// calibration, no router, not batch-invariant.
 kvlens_session_params kvlens_session_default_params();
 
 // The checks of kvlens_session_open that need neither the model nor a file (ranges, the names of kv_source,
@@ -485,6 +493,7 @@ struct kvlens_eval_coe_params {
     int n_ctx;              // 0: parallel x (longest prompt + max tokens)
     int n_threads;          // 0: all
     std::string kv_source;  // graph | cache
+    bool batch_invariant;   // as kvlens_session_params: answers independent of `parallel`; slower
     std::string chat_template, think;
     std::string coe_layers, coe_kv_part, coe_positions, coe_head_agg;  // as kvlens_session_params
     int bootstrap;

@@ -143,7 +143,7 @@ const char* kvlens_version() {
 // -------------------------------------------------------------------------------------------------
 
 kvlens_model_params kvlens_model_default_params() {
-    return {-1, false};
+    return {-1, false, false};
 }
 
 kvlens_status kvlens_model_load(const std::string& path, const kvlens_model_params& params,
@@ -152,7 +152,7 @@ kvlens_status kvlens_model_load(const std::string& path, const kvlens_model_para
         need(out != nullptr, "out: null");
         need(params.n_gpu_layers >= -1, "n_gpu_layers: must be >= -1");
         kvlens::set_verbose(params.verbose);
-        *out = new kvlens_model(kvlens::ModelParams{path, params.n_gpu_layers});
+        *out = new kvlens_model(kvlens::ModelParams{path, params.n_gpu_layers, params.batch_invariant});
     });
 }
 
@@ -267,6 +267,7 @@ kvlens_session_params kvlens_session_default_params() {
     p.coe_kv_part = kvlens::to_string(coe.kv_part);
     p.coe_positions = kvlens::to_string(coe.positions);
     p.coe_head_agg = kvlens::to_string(coe.head_agg);
+    p.batch_invariant = false;
     return p;
 }
 
@@ -290,6 +291,8 @@ SessionConfig session_config(const kvlens_session_params& params, int min_ctx = 
          "flash_attn: expected KVLENS_FLASH_ATTN_AUTO, _ON or _OFF");
     need(params.kv_source == KVLENS_KV_SOURCE_GRAPH || params.kv_source == KVLENS_KV_SOURCE_CACHE,
          "kv_source: expected KVLENS_KV_SOURCE_GRAPH or _CACHE");
+    need(!(params.batch_invariant && params.flash_attn == KVLENS_FLASH_ATTN_OFF),
+         "batch_invariant: needs flash attention (flash_attn is KVLENS_FLASH_ATTN_OFF)");
     SessionConfig c;
     c.tmpl = param("chat_template", [&] { return kvlens::parse_chat_template(params.chat_template); });
     param("coe_layers", [&] { return kvlens::parse_layers(params.coe_layers); });
@@ -307,7 +310,16 @@ SessionConfig session_config(const kvlens_session_params& params, int min_ctx = 
                                                                    : kvlens::FlashAttn::Auto;
     c.sp.capture_source = params.kv_source == KVLENS_KV_SOURCE_CACHE ? kvlens::CaptureSource::Cache
                                                                      : kvlens::CaptureSource::Graph;
+    c.sp.batch_invariant = params.batch_invariant;
     return c;
+}
+
+void need_batch_invariant_model(const kvlens_model& model, const kvlens_session_params& params) {
+    if (params.batch_invariant && !model.m.batch_invariant())
+        fail(KVLENS_ERR_INVALID_ARGUMENT,
+             "batch_invariant: the model was loaded without it (its weights are repacked for batched "
+             "kernels); "
+             "load it with kvlens_model_params.batch_invariant too");
 }
 
 }  // namespace
@@ -324,6 +336,7 @@ kvlens_status kvlens_session_open(const kvlens_model* model, const kvlens_sessio
         const SessionConfig cfg = session_config(params);
         const kvlens::TokenCoeSpec& coe = cfg.coe;
         const kvlens::ModelInfo& mi = model->m.info();
+        need_batch_invariant_model(*model, params);
         kvlens::ChatTemplate tmpl = cfg.tmpl;
         if (tmpl == kvlens::ChatTemplate::Auto)
             tmpl = kvlens::detect_chat_template(mi.chat_template, mi.arch);
@@ -1191,6 +1204,7 @@ kvlens_status kvlens_service_open(const kvlens_model* model, const kvlens_servic
         kvlens_session_params checked = params.session;
         checked.chat_template = "auto";
         const SessionConfig cfg = session_config(checked, /*min_ctx=*/0);
+        need_batch_invariant_model(*model, params.session);
         kvlens::ApiParams a;
         a.model_id = params.model_id;
         a.session = cfg.sp;
@@ -1314,6 +1328,7 @@ kvlens_eval_coe_params kvlens_eval_coe_default_params() {
     p.n_ctx = d.n_ctx;
     p.n_threads = d.n_threads;
     p.kv_source = d.kv_source;
+    p.batch_invariant = d.batch_invariant;
     p.chat_template = d.chat_template;
     p.think = d.think;
     p.coe_layers = d.token_coe.layers;
@@ -1358,6 +1373,7 @@ kvlens_status kvlens_eval_coe(const kvlens_eval_coe_params& params) {
         p.n_ctx = params.n_ctx;
         p.n_threads = params.n_threads;
         p.kv_source = params.kv_source;
+        p.batch_invariant = params.batch_invariant;
         p.chat_template = params.chat_template;
         p.think = params.think;
         p.bootstrap = params.bootstrap;

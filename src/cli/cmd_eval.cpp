@@ -45,6 +45,7 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
         ->check(CLI::Range(0, 1024))
         ->capture_default_str();
     add_kv_source_option(coe, p->kv_source);
+    add_batch_invariant_flag(coe, p->batch_invariant);
     auto coe_opts = std::make_shared<TokenCoeOptions>();
     add_token_coe_options(coe, *coe_opts);
     coe->add_option("--template", p->chat_template,

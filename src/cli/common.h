@@ -21,10 +21,12 @@ struct ModelOptions {
     int gpu_layers = -1;
     std::string flash_attn = "auto";
     std::string kv_source = "cache";
+    bool batch_invariant = false;
     bool verbose = false;
 };
 
-// -m/--model, --ctx, --batch, --threads, --gpu-layers, --flash-attn, --kv-source, --verbose.
+// -m/--model, --ctx, --batch, --threads, --gpu-layers, --flash-attn, --kv-source, --batch-invariant,
+// --verbose.
 void add_model_options(CLI::App* app, ModelOptions& o);
 
 struct PoolOptions {
@@ -35,6 +37,8 @@ struct PoolOptions {
 };
 // --kv-source graph|cache (for commands with their own model options).
 void add_kv_source_option(CLI::App* app, std::string& kv_source);
+// --batch-invariant (SessionParams::batch_invariant), for the commands that open their own model (eval).
+void add_batch_invariant_flag(CLI::App* app, bool& batch_invariant);
 
 // --kv-part, --pos-agg, --head-agg, --layer-agg, --layers, --normalize, --window.
 void add_pool_options(CLI::App* app, PoolOptions& o);

@@ -25,6 +25,7 @@ void add_model_options(CLI::App* app, ModelOptions& o) {
         ->check(CLI::IsMember({"auto", "on", "off"}))
         ->capture_default_str();
     add_kv_source_option(app, o.kv_source);
+    add_batch_invariant_flag(app, o.batch_invariant);
     app->add_flag("-v,--verbose", o.verbose, "show llama.cpp's log");
 }
 
@@ -36,6 +37,13 @@ void add_kv_source_option(CLI::App* app, std::string& kv_source) {
            "#14)")
         ->check(CLI::IsMember({"graph", "cache"}))
         ->capture_default_str();
+}
+
+void add_batch_invariant_flag(CLI::App* app, bool& batch_invariant) {
+    app->add_flag("--batch-invariant", batch_invariant,
+                  "outputs independent of which sequences share a decode call (concurrent requests, "
+                  "--parallel): ggml's reference CPU kernels, weights not repacked, flash attention on; "
+                  "slower");
 }
 
 void add_pool_options(CLI::App* app, PoolOptions& o) {
@@ -69,6 +77,7 @@ kvlens_model_ptr open_model(const ModelOptions& o) {
     kvlens_model_params mp = kvlens_model_default_params();
     mp.n_gpu_layers = o.gpu_layers;
     mp.verbose = o.verbose;
+    mp.batch_invariant = o.batch_invariant;
     kvlens_model* m = nullptr;
     check(kvlens_model_load(o.model, mp, &m));
     return kvlens_model_ptr(m);
@@ -85,6 +94,7 @@ kvlens_session_params api_session_params(const ModelOptions& o, int n_seq_max) {
                                             : KVLENS_FLASH_ATTN_AUTO;
     // The flag's own check (CLI::IsMember) has passed: "graph" or "cache".
     sp.kv_source = o.kv_source == "cache" ? KVLENS_KV_SOURCE_CACHE : KVLENS_KV_SOURCE_GRAPH;
+    sp.batch_invariant = o.batch_invariant;
     return sp;
 }
 

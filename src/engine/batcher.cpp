@@ -7,15 +7,33 @@
 
 namespace kvlens {
 
-Batcher::Batcher(Session& session, bool free_finished) : session_(session), free_finished_(free_finished) {}
+Batcher::Batcher(Session& session, bool free_finished, bool keep_cell_order)
+    : session_(session), free_finished_(free_finished) {
+    if (keep_cell_order) {
+        if (!free_finished) throw Error("batch: keep_cell_order needs free_finished");
+        if (session.n_seq_max() < 2) throw Error("batch: keep_cell_order needs a session of 2+ sequences");
+        retired_ = session.n_seq_max() - 1;
+    }
+}
+
+int Batcher::n_seq_ids() const {
+    return session_.n_seq_max() - (retired_ >= 0 ? 1 : 0);
+}
+
+bool Batcher::can_join(size_t n_prompt, int max_tokens) const {
+    if (retired_ < 0) return true;
+    int64_t reserved = 0;
+    for (const Seq& s : seqs_) reserved += s.max_tokens - (int64_t)s.gen.output.size();
+    return used_ + reserved + (int64_t)n_prompt + max_tokens <= session_.n_ctx();
+}
 
 void Batcher::join(llama_seq_id seq, std::vector<llama_token> prompt, int max_tokens, SamplerPtr sampler,
                    std::function<bool(const Generation&)> on_token, std::vector<llama_token> forced) {
     if (prompt.empty()) throw Error("prompt: empty");
     if (max_tokens < 1) throw Error("max_tokens: " + std::to_string(max_tokens) + " must be >= 1");
-    if (seq < 0 || seq >= session_.n_seq_max())
-        throw Error("batch: sequence " + std::to_string(seq) + " is not one of the session's " +
-                    std::to_string(session_.n_seq_max()) + " sequence slots");
+    if (seq < 0 || seq >= n_seq_ids())
+        throw Error("batch: sequence " + std::to_string(seq) + " is not one of the batch's " +
+                    std::to_string(n_seq_ids()) + " sequence slots");
     for (const Seq& s : seqs_)
         if (s.gen.seq == seq) throw Error("batch: sequence " + std::to_string(seq) + " is already decoding");
     if (used_ + (int64_t)prompt.size() + 1 > session_.n_ctx())
@@ -38,12 +56,21 @@ void Batcher::finish(Seq& s, std::vector<Generation>& done) {
     std::vector<llama_token> visible = g.output;
     if (g.stop == StopReason::EndOfTurn) visible.pop_back();
     g.text = session_.model().detokenize(visible);
-    if (free_finished_) {
+    if (retired_ >= 0) {
+        session_.seq_cp(g.seq, retired_);  // the cells stay taken (see keep_cell_order), the id is free
+        session_.seq_rm(g.seq);
+    } else if (free_finished_) {
         session_.seq_rm(g.seq);
         // The prompt and every sampled token but the last (never fed back) hold a cell.
         used_ -= (int64_t)g.prompt.size() + (int64_t)g.output.size() - (g.output.empty() ? 0 : 1);
     }
     done.push_back(std::move(g));
+}
+
+void Batcher::release_retired() {
+    if (retired_ < 0 || !seqs_.empty()) return;
+    session_.seq_rm(retired_);  // the batch is empty: every cell is free, the next join starts at cell 0
+    used_ = 0;
 }
 
 std::vector<Generation> Batcher::step() {
@@ -88,6 +115,7 @@ std::vector<Generation> Batcher::step() {
         kept.push_back(std::move(s));
     }
     seqs_ = std::move(kept);
+    release_retired();
     // New sequences after the running ones: their prompts, logits at the last position only.
     for (Seq& s : seqs_) {
         if (s.row >= 0) continue;
@@ -105,6 +133,7 @@ std::vector<Generation> Batcher::step() {
                 used_ = 0;
             }
             seqs_.clear();
+            release_retired();
             throw;
         }
     }

@@ -12,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "engine/batch_invariance.h"
 #include "util/error.h"
 
 namespace kvlens {
@@ -124,11 +125,12 @@ static std::string meta_str(const llama_model* m, const char* key) {
     return n < 0 ? std::string() : std::string(buf);
 }
 
-Model::Model(const ModelParams& params) : path_(params.path) {
+Model::Model(const ModelParams& params) : path_(params.path), batch_invariant_(params.batch_invariant) {
     validate_gguf_file(path_);
     init_backend();
     llama_model_params mp = llama_model_default_params();
-    mp.n_gpu_layers = params.n_gpu_layers;  // negative: all layers
+    mp.n_gpu_layers = params.n_gpu_layers;         // negative: all layers
+    mp.use_extra_bufts = !params.batch_invariant;  // the extra buffer types are ggml-cpu's weight repacking
     model_ = llama_model_load_from_file(path_.c_str(), mp);
     if (model_ == nullptr) {
         const std::string why = take_last_llama_error();
@@ -198,6 +200,12 @@ Session::Session(const Model& model, const SessionParams& params) : model_(model
     if (params.n_seq_max < 1 || params.n_seq_max > max_seq)
         throw Error("n_seq_max: " + std::to_string(params.n_seq_max) + " out of range 1.." +
                     std::to_string(max_seq));
+    if (params.batch_invariant && !model.batch_invariant())
+        throw Error("batch_invariant: model '" + model.path() +
+                    "' was loaded without it (its weights are repacked for batched kernels); load it with "
+                    "batch_invariant too");
+    if (params.batch_invariant && params.flash_attn == FlashAttn::Off)
+        throw Error("batch_invariant: needs flash attention (flash_attn off was asked for)");
     capture_ = std::make_unique<KvCapture>(model.info().n_layer, params.capture_source);
 
     llama_context_params cp = llama_context_default_params();
@@ -212,7 +220,9 @@ Session::Session(const Model& model, const SessionParams& params) : model_(model
         params.n_threads > 0 ? params.n_threads : (int)std::max(1u, std::thread::hardware_concurrency());
     cp.n_threads = n_threads;
     cp.n_threads_batch = n_threads;
-    cp.flash_attn_type = params.flash_attn == FlashAttn::On    ? LLAMA_FLASH_ATTN_TYPE_ENABLED
+    // Flash attention skips the cells masked for a row (other sequences' cells), softmax does not.
+    cp.flash_attn_type = params.flash_attn == FlashAttn::On || params.batch_invariant
+                             ? LLAMA_FLASH_ATTN_TYPE_ENABLED
                          : params.flash_attn == FlashAttn::Off ? LLAMA_FLASH_ATTN_TYPE_DISABLED
                                                                : LLAMA_FLASH_ATTN_TYPE_AUTO;
     cp.cb_eval = &KvCapture::eval_callback;
@@ -223,6 +233,14 @@ Session::Session(const Model& model, const SessionParams& params) : model_(model
         const std::string why = take_last_llama_error();
         throw Error("model '" + model.path() + "': could not create a context of " +
                     std::to_string(params.n_ctx) + " tokens" + (why.empty() ? "" : ": " + why));
+    }
+    if (params.batch_invariant) {
+        try {
+            use_row_independent_kernels(ctx_);
+        } catch (...) {
+            llama_free(ctx_);
+            throw;
+        }
     }
     batch_ = llama_batch_init(n_batch_, 0, 1);
 }

@@ -21,6 +21,9 @@ void set_verbose(bool verbose);
 struct ModelParams {
     std::string path;
     int n_gpu_layers = -1;  // -1: all layers on the GPU when one is available
+    // Keep the weights as the file has them (no repacking for batched kernels: those compute a row
+    // differently when other rows share its matmul). Required by SessionParams::batch_invariant.
+    bool batch_invariant = false;
 };
 
 // Facts about a model the capture and the methods need.
@@ -51,6 +54,7 @@ public:
     const llama_vocab* vocab() const { return vocab_; }
     const ModelInfo& info() const { return info_; }
     const std::string& path() const { return path_; }
+    bool batch_invariant() const { return batch_invariant_; }
 
     // Text -> tokens. add_special: BOS etc. as the model wants; parse_special: "<|im_start|>" -> one token.
     std::vector<llama_token> tokenize(const std::string& text, bool add_special,
@@ -61,6 +65,7 @@ public:
 
 private:
     std::string path_;
+    bool batch_invariant_ = false;
     llama_model* model_ = nullptr;
     const llama_vocab* vocab_ = nullptr;
     ModelInfo info_;
@@ -82,6 +87,9 @@ struct SessionParams {
     int n_threads = 0;  // 0: all hardware threads
     FlashAttn flash_attn = FlashAttn::Auto;
     CaptureSource capture_source = CaptureSource::Cache;  // where captured K/V come from (kv_capture.h)
+    // Every sequence's logits bit-identical whichever sequences share its decode calls (batch_invariance.h).
+    // Needs a model loaded with ModelParams::batch_invariant and flash attention (forced on).
+    bool batch_invariant = false;
 };
 
 // One token of a batch: which sequence, at which position, and whether its logits are wanted.

@@ -110,6 +110,7 @@ void run_coe_eval(const CoeEvalParams& p) {
 
     // A rerun continues only the same experiment.
     json identity = with_kv_source(run_identity(p, cfg, max_tokens), p.kv_source);
+    if (p.batch_invariant) identity["batch_invariant"] = true;  // other answers than a batched run's
     if (shard.active()) identity["shard"] = to_string(shard);
     const std::string run_path = open_run_dir(p.out_dir, identity);
     ResultsFile results((fs::path(p.out_dir) / "samples.jsonl").string(), "index");
@@ -118,7 +119,7 @@ void run_coe_eval(const CoeEvalParams& p) {
         if (!results.done(s.index)) todo.push_back(&s);
 
     set_verbose(false);
-    Model model(ModelParams{p.model_path});
+    Model model(ModelParams{p.model_path, -1, p.batch_invariant});
     const ModelInfo& mi = model.info();
     const ChatTemplate tmpl =
         tmpl_flag == ChatTemplate::Auto ? detect_chat_template(mi.chat_template, mi.arch) : tmpl_flag;
@@ -188,6 +189,7 @@ void run_coe_eval(const CoeEvalParams& p) {
         sp.n_ctx = p.n_ctx > 0 ? p.n_ctx : (int)(p.parallel * (longest + max_tokens + 1));
         sp.n_threads = p.n_threads;
         sp.capture_source = parse_capture_source(p.kv_source);
+        sp.batch_invariant = p.batch_invariant;
         sp.n_batch = std::min(sp.n_ctx, 2048);
         Session session(model, sp);
         const std::vector<TokenCoeSpec> grid = token_coe_grid(mi.n_layer);

@@ -35,6 +35,7 @@ struct CoeEvalParams {
     int n_threads = 0;
     std::string kv_source =
         "cache";  // where K/V come from (kv_capture.h); "graph" (the old default) is part of the run identity
+    bool batch_invariant = false;  // SessionParams::batch_invariant; part of the run identity when set
     std::string chat_template = "auto";
     std::string think = "default";
     TokenCoeSpec token_coe;  // the configuration of kv_coe_* (a grid of others is scored beside it)

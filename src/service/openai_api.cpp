@@ -389,7 +389,8 @@ private:
     void loop() {
         std::unique_ptr<Session> session;
         std::unique_ptr<Batcher> batcher;
-        std::vector<std::shared_ptr<BatchJob>> live(sp_.n_seq_max);  // by sequence id
+        // By sequence id; a batch-invariant session keeps its last id for finished sequences' cells.
+        std::vector<std::shared_ptr<BatchJob>> live(sp_.n_seq_max - (sp_.batch_invariant ? 1 : 0));
         for (;;) {
             std::vector<std::shared_ptr<BatchJob>> joining;
             {
@@ -403,12 +404,18 @@ private:
                     pending_.pop_front();
                 }
             }
+            std::vector<std::shared_ptr<BatchJob>> deferred;  // batch-invariant: wait for cells, in order
             for (const std::shared_ptr<BatchJob>& job : joining) {
                 try {
                     if (job->cancel) throw Error("cancelled");
                     if (!session) {
                         session = std::make_unique<Session>(model_, sp_);
-                        batcher = std::make_unique<Batcher>(*session, true);
+                        batcher = std::make_unique<Batcher>(*session, true, sp_.batch_invariant);
+                    }
+                    if (!deferred.empty() ||
+                        (!batcher->empty() && !batcher->can_join(job->prompt.size(), job->max_tokens))) {
+                        deferred.push_back(job);
+                        continue;
                     }
                     llama_seq_id seq = 0;
                     while (live[seq]) ++seq;
@@ -422,6 +429,10 @@ private:
                 } catch (const std::exception& e) {
                     job->fail(e.what());
                 }
+            }
+            if (!deferred.empty()) {
+                std::lock_guard<std::mutex> lock(mu_);
+                pending_.insert(pending_.begin(), deferred.begin(), deferred.end());
             }
             if (!batcher || batcher->empty()) continue;
             try {
@@ -478,7 +489,7 @@ Api::Api(const Model& model, const ApiParams& params) : model_(model), params_(p
     SessionParams sp = params.session;
     sp.n_ctx = n_ctx_ * params.parallel;
     sp.n_batch = std::min(sp.n_ctx, std::max(1, params.session.n_batch));
-    sp.n_seq_max = params.parallel;
+    sp.n_seq_max = params.parallel + (sp.batch_invariant ? 1 : 0);  // + the id of retired cells (Batcher)
     sched_ = std::make_unique<Scheduler>(model_, sp, params.token_coe);
 }
 

@@ -75,3 +75,18 @@ if(Python3_Interpreter_FOUND)
     LABELS python
     TIMEOUT 300)
 endif()
+
+# Batch-invariant serving (issue 14): on SmolLM2, whose greedy tokens the default batched kernels change, 16
+# concurrent requests on 4 slots with --batch-invariant give each request's text and scores alone, to the bit;
+# without the flag some differ (the control).
+if(Python3_Interpreter_FOUND)
+  add_test(NAME python_server_batch_invariant
+           COMMAND ${Python3_EXECUTABLE} -m pytest -q -rs -p no:cacheprovider --noconftest
+                   ${PROJECT_SOURCE_DIR}/tests/python/test_server_batch_invariant.py
+           WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
+  set_tests_properties(python_server_batch_invariant PROPERTIES
+    ENVIRONMENT "KVLENS_BIN=$<TARGET_FILE:kvlens-cli>;KVLENS_SMOLLM2=${KVLENS_SMOLLM2_PATH};PYTHONDONTWRITEBYTECODE=1"
+    FIXTURES_REQUIRED smollm2
+    LABELS python
+    TIMEOUT 300)
+endif()

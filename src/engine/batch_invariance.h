@@ -1,0 +1,24 @@
+// Batch-invariant decoding: a sequence's logits do not depend on which other sequences share its decode
+// calls (a server's concurrent requests, `eval --parallel`), so greedy outputs do not change with load.
+//
+// Why llama.cpp's CPU path is not invariant by default (measured, docs/results/bench/README.md): the
+// repacked weight layouts and the IQ panel gemm compute a row differently in a batch of 4+ rows than alone;
+// flash attention tiles the KV cells of a multi-token batch and splits them across threads for a one-token
+// batch, so a row's sums run in an order that depends on the other sequences' cells; softmax attention sums
+// over those masked cells in SIMD lanes whose order depends on where they sit. What stays invariant: ggml's
+// reference kernels (one vec_dot per output element, flash attention one query row at a time over the cells
+// in order, skipping masked ones), on weights as the file has them, provided each sequence's cells are in the
+// order of its positions (a continuous batch that frees cells keeps it: Batcher's keep_cell_order).
+#pragma once
+
+struct llama_context;
+
+namespace kvlens {
+
+// Switches every backend of `ctx` to ggml's reference kernels (ggml_backend_cpu_set_use_ref: no tiling, no
+// KV chunking, no op fusion). Throws Error when a backend other than the CPU is in use (their kernels make
+// no such promise) or when kvlens was built without llama.cpp's source tree (the scheduler is not in
+// llama.h).
+void use_row_independent_kernels(llama_context* ctx);
+
+}  // namespace kvlens
