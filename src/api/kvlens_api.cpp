@@ -292,7 +292,7 @@ SessionConfig session_config(const kvlens_session_params& params, int min_ctx = 
     need(params.kv_source == KVLENS_KV_SOURCE_GRAPH || params.kv_source == KVLENS_KV_SOURCE_CACHE,
          "kv_source: expected KVLENS_KV_SOURCE_GRAPH or _CACHE");
     need(!(params.batch_invariant && params.flash_attn == KVLENS_FLASH_ATTN_OFF),
-         "batch_invariant: needs flash attention (flash_attn is KVLENS_FLASH_ATTN_OFF)");
+         "batch_invariant: needs flash attention, which flash_attn turns off");
     SessionConfig c;
     c.tmpl = param("chat_template", [&] { return kvlens::parse_chat_template(params.chat_template); });
     param("coe_layers", [&] { return kvlens::parse_layers(params.coe_layers); });

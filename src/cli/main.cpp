@@ -108,6 +108,7 @@ void set_token_coe(kvlens_session_params& p, const TokenCoeOptions& o) {
 const std::map<std::string, std::string>& flag_names() {
     static const std::map<std::string, std::string> flags = {
         {"chat_template", "--template"},
+        {"batch_invariant", "--batch-invariant"},
         {"coe_layers", "--coe-layers"},
         {"coe_kv_part", "--coe-kv-part"},
         {"coe_positions", "--coe-positions"},
@@ -187,6 +188,7 @@ int main(int argc, char** argv) {
         "kvlens: the KV cache of an LLM as a free representation (KV-CoE, fast/slow thinking, embeddings)"};
     app.require_subcommand(1);
     app.set_help_all_flag("--help-all", "help for every subcommand");
+    app.set_version_flag("--version", std::string("kvlens ") + kvlens_version());
     kvlens::cli::add_generate_command(app);
     kvlens::cli::add_dump_command(app);
     std::string command_line = "kvlens";
@@ -205,6 +207,8 @@ int main(int argc, char** argv) {
     } catch (const CLI::CallForHelp& e) {
         return app.exit(e);
     } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
         fprintf(stderr, "kvlens: error: %s (see --help)\n", e.what());

@@ -63,7 +63,10 @@ expect coe-positions "--coe-positions: positions: bad value 'prompt'" -- generat
 expect coe-head-agg "--coe-head-agg" -- eval coe -m "$model" --dataset arith --limit 1 -o "$tmp/e" --coe-head-agg sum
 expect scores-unwritable "--scores '$tmp/no/such/dir/s.jsonl'" -- generate -m "$model" -p hi -n 2 --scores "$tmp/no/such/dir/s.jsonl"
 expect decode-from-range "--decode-from: 9 is more than the 2 tokens" -- dump -m "$model" --tokens 1,2 --decode-from 9 -o "$tmp/x.npz"
+expect batch-invariant-fa-off "--batch-invariant: needs flash attention" -- generate -m "$model" -p hi -n 2 --batch-invariant --flash-attn off
 
 [ -e "$tmp/x.npz" ] && { echo "FAIL: a failed dump left a file behind"; fails=$((fails + 1)); }
+# And --version answers (exit 0, one line naming the version).
+v=$("$bin" --version) && [[ "$v" =~ ^kvlens\ [0-9]+\.[0-9]+\.[0-9]+$ ]] && echo "ok   version: $v" || { echo "FAIL version: '$v'"; fails=$((fails + 1)); }
 echo "$fails failure(s)"
 [ "$fails" -eq 0 ]
