@@ -7,11 +7,9 @@ import concurrent.futures
 import http.client
 import json
 import os
-import re
-import signal
-import subprocess
 
 import pytest
+from serve_helper import Server
 
 BIN = os.environ["KVLENS_BIN"]
 MODEL = os.environ["KVLENS_SMOLLM2"]
@@ -33,20 +31,6 @@ QUESTIONS = [
 MAX_TOKENS = [64, 12, 64, 30, 64, 16, 64, 48]
 
 
-class Server:
-    def __init__(self, args, ctx=1024):
-        self.p = subprocess.Popen([BIN, "serve", "-m", MODEL, "--port", "0", "-t", "2", "--parallel", "4",
-                                   "--ctx", str(ctx), "--queue", "32"] + args, stderr=subprocess.PIPE, text=True)
-        line = self.p.stderr.readline()
-        m = re.search(r"http://[\d.]+:(\d+)", line)
-        assert m, f"no listening line: {line!r}"
-        self.port = int(m.group(1))
-
-    def stop(self):
-        self.p.send_signal(signal.SIGTERM)
-        assert self.p.wait(timeout=20) == 0
-
-
 def post(port, i):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     c.request("POST", "/v1/chat/completions",
@@ -61,7 +45,7 @@ def post(port, i):
 
 
 def alone_and_together(args, ctx=1024):
-    s = Server(args, ctx)
+    s = Server(BIN, MODEL, ["-t", "2", "--parallel", "4", "--ctx", str(ctx), "--queue", "32"] + args)
     try:
         alone = [post(s.port, i) for i in range(len(QUESTIONS))]
         order = list(range(len(QUESTIONS))) * 2  # 16 requests on 4 slots: later ones reuse freed slots

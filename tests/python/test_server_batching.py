@@ -9,11 +9,10 @@ import http.client
 import json
 import math
 import os
-import re
-import signal
 import subprocess
 
 import pytest
+from serve_helper import Server
 
 BIN = os.environ["KVLENS_BIN"]
 # The project's trained reasoning model: a random-weight tiny model has near-tied logits everywhere, so float
@@ -26,21 +25,6 @@ QUESTIONS = ["What is 347+285?", "What is 12*7?", "What is 9081-4567?", "What is
              "What is 100-1?", "What is 77+88+99?", "What is 64/8?"]
 MAX_TOKENS = [60, 9, 120, 5, 90, 17, 70, 12]
 THINK = ["on", "off", "on", "off", "on", "off", "on", "off"]
-
-
-class Server:
-    def __init__(self, model, args):
-        self.p = subprocess.Popen([BIN, "serve", "-m", model, "--port", "0", "-t", "1"] + args,
-                                  stderr=subprocess.PIPE, text=True)
-        line = self.p.stderr.readline()
-        m = re.search(r"http://[\d.]+:(\d+)", line)
-        assert m, f"no listening line: {line!r}"
-        self.port = int(m.group(1))
-
-    def stop(self):
-        self.p.send_signal(signal.SIGTERM)
-        assert self.p.wait(timeout=20) == 0
-        assert "server stopped" in self.p.stderr.read()
 
 
 def post(port, body, timeout=120):
@@ -109,7 +93,7 @@ def same(r, ref):
 
 @pytest.fixture(scope="module")
 def server():
-    s = Server(MODEL, ["--parallel", "4", "--ctx", "512", "--queue", "32"])
+    s = Server(BIN, MODEL, ["-t", "1", "--parallel", "4", "--ctx", "512", "--queue", "32"])
     s.model = MODEL
     yield s
     s.stop()
