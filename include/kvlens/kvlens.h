@@ -78,6 +78,7 @@ struct kvlens_model_params {
     bool verbose;      // llama.cpp's own logging (process-wide); false: errors only
     // Weights as the file has them, not repacked for batched kernels: needed by sessions with
     // batch_invariant (which see). Slower prefill on quantisations ggml repacks (Q4_0, Q4_K, IQ4_NL).
+    // Refused (naming the tensor) for a model with an F32/F16/BF16 matrix where ggml has llamafile's sgemm.
     bool batch_invariant;
 };
 kvlens_model_params kvlens_model_default_params();

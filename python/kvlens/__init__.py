@@ -77,10 +77,12 @@ def _messages(messages: Messages, system: Optional[str]) -> List[Message]:
 class Model:
     """A GGUF model, loaded once. Options for its chat API (n_ctx, threads, parallel, max_tokens,
     chat_template, router, calibration, flash_attn, kv_source, coe_layers, coe_kv_part, coe_positions,
-    coe_head_agg) are those of `kvlens serve` / `kvlens.Api`."""
+    coe_head_agg, batch_invariant) are those of `kvlens serve` / `kvlens.Api`; batch_invariant=True also loads
+    the weights as the file has them, which that mode needs."""
 
     def __init__(self, path: str, *, gpu_layers: int = -1, verbose: bool = False, **api_options: Any) -> None:
-        self._model = _kvlens.Model(str(path), gpu_layers=gpu_layers, verbose=verbose)
+        self._model = _kvlens.Model(str(path), gpu_layers=gpu_layers, verbose=verbose,
+                                    batch_invariant=bool(api_options.get("batch_invariant", False)))
         # router / calibration: None or a path-like, as the extension wants a str ("" = none).
         self._api_options: Dict[str, Any] = {
             k: ("" if v is None else str(v)) if k in ("router", "calibration") else v for k, v in api_options.items()}

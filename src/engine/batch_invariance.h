@@ -11,9 +11,17 @@
 // order of its positions (a continuous batch that frees cells keeps it: Batcher's keep_cell_order).
 #pragma once
 
+#include <string>
+
 struct llama_context;
 
 namespace kvlens {
+
+// Throws Error when the GGUF file at `path` has a matrix (2-D tensor) stored as F32, F16 or BF16 and this
+// build has llamafile's sgemm: it sums a batch of 2+ rows in another order than ggml's single-row kernel,
+// so those weights' products change with batching whatever else is done (measured on the project's F16
+// reasoner). Quantised matrices (Q8_0, Q4_K, ...) give the same bits either way.
+void check_batch_invariant_weights(const std::string& path);
 
 // Switches every backend of `ctx` to ggml's reference kernels (ggml_backend_cpu_set_use_ref: no tiling, no
 // KV chunking, no op fusion). Throws Error when a backend other than the CPU is in use (their kernels make

@@ -3,6 +3,7 @@
 // default kernels do change (the control below); and the mode refuses what would break that promise.
 #include "engine/batch_invariance.h"
 
+#include <ggml-cpu.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -17,6 +18,7 @@ using namespace kvlens;
 namespace {
 
 const std::string kTiny = std::string(KVLENS_TEST_MODELS_DIR) + "/tiny-qwen3.gguf";
+const std::string kTinyQ8 = std::string(KVLENS_TEST_MODELS_DIR) + "/tiny-llama-q8_0.gguf";
 
 // Prompts of different lengths, so that sequences are prefilled together and then decode at other depths.
 const char* kPrompts[] = {
@@ -65,9 +67,18 @@ int changed_by_batching(const Model& m, bool batch_invariant) {
 
 }  // namespace
 
-TEST(BatchInvariance, RefusesAModelWithRepackedWeightsAndFlashAttentionOff) {
+TEST(BatchInvariance, RefusesWhatWouldBreakIt) {
     set_verbose(false);
-    const Model plain(ModelParams{kTiny});
+    // Matrices in F32/F16 go through llamafile's sgemm when batched (tiny-qwen3 has both).
+    if (ggml_cpu_has_llamafile()) {
+        try {
+            Model m(ModelParams{kTiny, -1, true});
+            FAIL() << "a model with F32/F16 matrices was accepted";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("' is F"), std::string::npos) << e.what();
+        }
+    }
+    const Model plain(ModelParams{kTinyQ8});
     SessionParams sp;
     sp.n_ctx = 64;
     sp.batch_invariant = true;
@@ -77,7 +88,7 @@ TEST(BatchInvariance, RefusesAModelWithRepackedWeightsAndFlashAttentionOff) {
     } catch (const Error& e) {
         EXPECT_NE(std::string(e.what()).find("loaded without it"), std::string::npos) << e.what();
     }
-    const Model bi(ModelParams{kTiny, -1, true});
+    const Model bi(ModelParams{kTinyQ8, -1, true});
     sp.flash_attn = FlashAttn::Off;
     try {
         Session s(bi, sp);

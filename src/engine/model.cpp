@@ -127,6 +127,7 @@ static std::string meta_str(const llama_model* m, const char* key) {
 
 Model::Model(const ModelParams& params) : path_(params.path), batch_invariant_(params.batch_invariant) {
     validate_gguf_file(path_);
+    if (params.batch_invariant) check_batch_invariant_weights(path_);
     init_backend();
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = params.n_gpu_layers;         // negative: all layers

@@ -15,6 +15,7 @@ BIN = os.environ["KVLENS_BIN"]
 MODEL = os.environ["KVLENS_REASONER_MODEL"]
 ROUTER = os.environ["KVLENS_ROUTER"]
 TINY = os.path.join(os.environ["KVLENS_TEST_MODELS_DIR"], "tiny-qwen2.gguf")
+TINY_Q8 = os.path.join(os.environ["KVLENS_TEST_MODELS_DIR"], "tiny-llama-q8_0.gguf")
 QUESTION = "What is 347+285?"
 
 
@@ -146,3 +147,23 @@ def test_threads_run_concurrently(api):
             inv = k.startswith("inv_")  # 1/x of a near-zero x: compare x
             assert (1 / r["kvlens"]["scores"][k] if inv else r["kvlens"]["scores"][k]) == \
                 pytest.approx(1 / v if inv else v, rel=1e-3, abs=1e-3), k
+
+
+def test_batch_invariant(model):
+    # Model(batch_invariant=True) + Api(batch_invariant=True) on a Q8_0 model: 4 concurrent requests give the
+    # request alone's tokens and scores to the bit (tests/python/test_server_batch_invariant.py shows it on a
+    # model where the default kernels change them). Refused: the reasoner's F16 matrices (llamafile's sgemm
+    # sums a batch in another order), and an Api asking for it on a model loaded without it.
+    with pytest.raises(kvlens.Error, match="is F16"):
+        kvlens.Model(MODEL, batch_invariant=True)
+    bi = kvlens.Model(TINY_Q8, batch_invariant=True)
+    api = kvlens.Api(bi, parallel=4, threads=1, batch_invariant=True)
+    req = {"messages": [{"role": "user", "content": "Count to ten"}], "temperature": 0, "max_tokens": 24}
+    one = api.chat(req)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        rs = list(pool.map(lambda _: api.chat(req), range(4)))
+    for r in rs:
+        assert r["choices"] == one["choices"]
+        assert r["kvlens"]["scores"] == one["kvlens"]["scores"]
+    with pytest.raises(kvlens.Error, match="batch_invariant"):
+        kvlens.Api(kvlens.Model(TINY_Q8), batch_invariant=True)
