@@ -28,9 +28,4 @@ set_tests_properties(cli_kv_source PROPERTIES LABELS cli TIMEOUT 300)
 
 # Batch-invariant decoding (src/engine/batch_invariance.h): the refusals on a tiny model, and on SmolLM2 (the
 # smollm2 fixture) a sequence's tokens and step statistics bit-identical alone and beside 7 others.
-set(KVLENS_GTEST_PROPERTIES ENVIRONMENT "KVLENS_SMOLLM2=${KVLENS_SMOLLM2_PATH}" FIXTURES_REQUIRED smollm2)
-kvlens_add_gtest(batch_invariance_test ${PROJECT_SOURCE_DIR}/src/engine/batch_invariance_test.cpp)
-unset(KVLENS_GTEST_PROPERTIES)
-if(TARGET tiny-models)
-  add_dependencies(batch_invariance_test tiny-models)
-endif()
+kvlens_add_smollm2_gtest(batch_invariance_test ${PROJECT_SOURCE_DIR}/src/engine/batch_invariance_test.cpp)

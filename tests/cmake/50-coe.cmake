@@ -2,13 +2,7 @@
 # baselines. Unit + integration gtest on the tiny models, and an independent numpy reference of the scores
 # driven through the test-only tool coe-ref.
 
-# The SmolLM2 case runs on the model fetched by the smollm2_fetch fixture (tests/cmake/60-smollm2.cmake).
-set(KVLENS_GTEST_PROPERTIES ENVIRONMENT "KVLENS_SMOLLM2=${KVLENS_SMOLLM2_PATH}" FIXTURES_REQUIRED smollm2)
-kvlens_add_gtest(coe_test ${PROJECT_SOURCE_DIR}/src/methods/coe_test.cpp)
-unset(KVLENS_GTEST_PROPERTIES)
-if(TARGET tiny-models)
-  add_dependencies(coe_test tiny-models)
-endif()
+kvlens_add_smollm2_gtest(coe_test ${PROJECT_SOURCE_DIR}/src/methods/coe_test.cpp)
 
 # Chains as JSON lines on stdin -> the C++ scores as JSON lines on stdout.
 add_executable(coe-ref ${PROJECT_SOURCE_DIR}/tools/coe_ref/coe_ref.cpp)
