@@ -3,6 +3,8 @@
 // layer's K and V of the sequence into a KV-CoE-style pool (kv_cat, mean over positions, one vector per
 // layer), read from the graph (one split per layer) or from the KV cache (one split per batch); --hidden
 // also taps the residual stream. Prints medians and the on/off ratios of both sources.
+// "Off" is a session without capture (SessionParams::capture = false: no eval callback at all), as
+// `kvlens generate` runs without scores or features.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -113,6 +115,7 @@ int main(int argc, char** argv) {
             for (int mode = 0; mode < 3; ++mode) {
                 SessionParams msp = sp;
                 msp.capture_source = mode == 2 ? CaptureSource::Cache : CaptureSource::Graph;
+                msp.capture = mode > 0;  // off: no eval callback, as `kvlens generate` without scores
                 const Timing t = run_once(model, msp, prompt, n_decode, mode > 0, hidden);
                 pf[mode].push_back(t.prefill_tps);
                 dc[mode].push_back(t.decode_tps);

@@ -1,7 +1,8 @@
 // Benchmark (not a test): the decode loop of `kvlens generate` (engine generate(): the sampler chain and the
 // per-step softmax statistics at every token, as the CLI runs it) with scores off and with the scorer
 // `kvlens generate --scores` subscribes (CoeScorer: token-axis KV-CoE, layer-axis KV chains, hidden-state
-// CoE), timed inside the process so that model loading is excluded, as llama-bench excludes it.
+// CoE), timed inside the process so that model loading is excluded, as llama-bench excludes it. "off" opens
+// its session without capture (no eval callback), as `kvlens generate` does without scores or features.
 //
 // Prompt: a fixed, model-independent list of token ids (ids cycling through the vocabulary's lower range,
 // as bench-capture), no chat template, so that the prefill length is exact. Prefill tokens/s = prompt /
@@ -37,11 +38,14 @@ struct Run {
     // i.e. sampling, step statistics, logits copies, capture observers).
     double decode_wall_s = 0, decode_in_llama_s = 0;
     std::string stop;
+    int n_graph_reused = 0;  // llama.cpp reused the previous compute graph instead of building one
 };
 
 Run run_once(const Model& model, const SessionParams& sp, const std::vector<llama_token>& prompt,
              int n_decode, bool scores) {
-    Session session(model, sp);
+    SessionParams p = sp;
+    p.capture = scores;  // as `kvlens generate`: no eval callback unless something is captured
+    Session session(model, p);
     std::unique_ptr<CoeScorer> scorer;
     if (scores) scorer = std::make_unique<CoeScorer>(session, 0, (int)prompt.size());
     GenerateParams gp;
@@ -67,6 +71,7 @@ Run run_once(const Model& model, const SessionParams& sp, const std::vector<llam
     r.decode_tps = r.n_decode > 0 && dt > 0 ? r.n_decode / dt : 0;
     r.decode_wall_s = dt;
     r.decode_in_llama_s = llama_last - llama_first;
+    r.n_graph_reused = llama_perf_context(session.ctx()).n_reused;
     if (scorer) {
         // Read the scores as the CLI does at the end (part of its cost), and check the chain saw every token.
         const CoeResult c = scorer->result(g.steps);
@@ -92,7 +97,8 @@ int main(int argc, char** argv) {
     app.add_option("--batch", batch, "max tokens per decode call (llama-bench -b and -ub)")
         ->capture_default_str();
     app.add_option("--reps", reps, "repetitions of each mode (interleaved)")->capture_default_str();
-    app.add_option("--modes", modes_arg, "comma-separated: off (no capture), scores (CoeScorer)")
+    app.add_option("--modes", modes_arg,
+                   "comma-separated: off (a session without capture: no eval callback), scores (CoeScorer)")
         ->capture_default_str();
     app.add_option("--flash-attn", fa, "auto, on or off")->capture_default_str();
     app.add_option("--kv-source", kv_source, "graph or cache")->capture_default_str();
@@ -129,6 +135,7 @@ int main(int argc, char** argv) {
                                           {"decode_tps", x.decode_tps},
                                           {"decode_wall_s", x.decode_wall_s},
                                           {"decode_in_llama_s", x.decode_in_llama_s},
+                                          {"n_graph_reused", x.n_graph_reused},
                                           {"threads", threads},
                                           {"batch", batch},
                                           {"flash_attn", fa},

@@ -593,6 +593,36 @@ TEST(PublicApi, BadInputsGiveTheDocumentedStatus) {
     EXPECT_STREQ(kvlens_status_name(KVLENS_ERR_RUNTIME), "runtime");
 }
 
+// capture = false: plain generation gives the same answer as with capture; what needs capture is refused
+// before any decoding, naming the parameter.
+TEST(PublicApi, SessionWithoutCaptureGeneratesAndRefusesWhatNeedsCapture) {
+    kvlens_session_params sp = two_threads();
+    Handles with = open(kLlama, sp);
+    sp.capture = false;
+    Handles without = open(kLlama, sp);
+    ASSERT_TRUE(with.session && without.session);
+    kvlens_generate_params p = kvlens_generate_default_params();
+    p.max_tokens = 12;
+    p.scores = false;
+    kvlens_generation a, b;
+    ASSERT_EQ(kvlens_generate(with.session.get(), "Hi", p, &a), KVLENS_OK) << kvlens_last_error();
+    ASSERT_EQ(kvlens_generate(without.session.get(), "Hi", p, &b), KVLENS_OK) << kvlens_last_error();
+    EXPECT_EQ(a.output_tokens, b.output_tokens);
+    EXPECT_EQ(a.text, b.text);
+    for (const char* what : {"scores", "features", "think"}) {
+        kvlens_generate_params q = p;
+        if (std::string(what) == "scores") q.scores = true;
+        if (std::string(what) == "features") q.features = true;
+        if (std::string(what) == "think") q.think = KVLENS_THINK_BUDGET;
+        kvlens_generation g;
+        g.text = "untouched";
+        EXPECT_EQ(kvlens_generate(without.session.get(), "Hi", q, &g), KVLENS_ERR_INVALID_ARGUMENT) << what;
+        const std::string e = kvlens_last_error();
+        EXPECT_EQ(e.rfind(std::string(what) + ": needs capture", 0), 0u) << e;
+        EXPECT_EQ(g.text, "untouched");
+    }
+}
+
 TEST(PublicApi, ModelTextHelpers) {
     Handles h = open(kLlama, two_threads());
     ASSERT_TRUE(h.model);

@@ -164,10 +164,13 @@ struct kvlens_session_params {
     // model loaded with batch_invariant, a CPU-only build and llama.cpp built from source (kvlens' default).
     // Costs throughput: docs/results/bench/README.md measures how much.
     bool batch_invariant;
+    // false: nothing is captured, not even asked for (no eval callback in llama.cpp's graph): plain
+    // generation, ~1% faster decoding; kvlens_generate with scores, features or routing is then refused.
+    bool capture;
 };
 // n_ctx 4096, n_batch 512, n_seq_max 1, all threads, flash attention auto, K/V from the KV cache, template
 // auto, KV-CoE on the last 4 layers' K, heads averaged, producer positions (the CLI's defaults); no
-// calibration, no router, not batch-invariant.
+// calibration, no router, not batch-invariant, capture on.
 kvlens_session_params kvlens_session_default_params();
 
 // The checks of kvlens_session_open that need neither the model nor a file (ranges, the names of kv_source,

@@ -268,6 +268,7 @@ kvlens_session_params kvlens_session_default_params() {
     p.coe_positions = kvlens::to_string(coe.positions);
     p.coe_head_agg = kvlens::to_string(coe.head_agg);
     p.batch_invariant = false;
+    p.capture = true;
     return p;
 }
 
@@ -311,6 +312,7 @@ SessionConfig session_config(const kvlens_session_params& params, int min_ctx = 
     c.sp.capture_source = params.kv_source == KVLENS_KV_SOURCE_CACHE ? kvlens::CaptureSource::Cache
                                                                      : kvlens::CaptureSource::Graph;
     c.sp.batch_invariant = params.batch_invariant;
+    c.sp.capture = params.capture;
     return c;
 }
 
@@ -625,6 +627,14 @@ kvlens_status kvlens_generate(kvlens_session* session, const std::string& prompt
             fail(KVLENS_ERR_INVALID_ARGUMENT, e.what());
         }
         kvlens_session& s = *session;
+        const char* needs_capture = params.scores                       ? "scores"
+                                    : params.features                   ? "features"
+                                    : params.think >= KVLENS_THINK_AUTO ? "think"
+                                                                        : nullptr;
+        if (needs_capture && !s.s.capture().accepts_observers())
+            fail(KVLENS_ERR_INVALID_ARGUMENT, std::string(needs_capture) +
+                                                  ": needs capture, and the session was opened with "
+                                                  "kvlens_session_params.capture = false");
         std::vector<kvlens::ChatMessage> msgs;
         if (!params.system.empty()) msgs.push_back({"system", params.system});
         msgs.push_back({"user", prompt});

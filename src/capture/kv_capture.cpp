@@ -20,6 +20,10 @@ bool TapRows::has_seq(int i, llama_seq_id seq) const {
 }
 
 void KvCapture::subscribe(KvObserver* obs) {
+    if (refused_)
+        throw Error(
+            "capture: this session was made with capture off (SessionParams::capture = false, no eval "
+            "callback); scores, features, embeddings and routing need it on");
     if (std::find(observers_.begin(), observers_.end(), obs) == observers_.end()) observers_.push_back(obs);
 }
 
@@ -139,6 +143,7 @@ bool KvCapture::ask(ggml_tensor* t, Tap tap, int layer) {
 
 bool KvCapture::eval_callback(ggml_tensor* t, bool ask, void* user_data) {
     auto* self = static_cast<KvCapture*>(user_data);
+    ++self->callbacks_;
     if (self->observers_.empty() || self->batch_ == nullptr) return false;
     if (!ask) ++self->nodes_requested_;
     if (self->source_ == CaptureSource::Cache && t->op == GGML_OP_SET_ROWS)

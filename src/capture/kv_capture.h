@@ -70,7 +70,10 @@ public:
     CaptureSource source() const { return source_; }
 
     // Observers are borrowed: remove them before they die. Order of delivery = order of subscription.
+    // subscribe throws Error after refuse_observers() (a session made without capture: no eval callback).
     void subscribe(KvObserver* obs);
+    void refuse_observers() { refused_ = true; }
+    bool accepts_observers() const { return !refused_; }
     void unsubscribe(KvObserver* obs);
     bool empty() const { return observers_.empty(); }
 
@@ -86,6 +89,8 @@ public:
     // Nodes handed over by the scheduler so far: each one ends a graph split (the capture's cost).
     int64_t nodes_requested() const { return nodes_requested_; }
     int64_t nodes_lost() const { return nodes_lost_; }
+    // Times llama.cpp called the eval callback at all (0 in a session without capture).
+    int64_t callbacks() const { return callbacks_; }
 
 private:
     struct Pending {
@@ -119,6 +124,8 @@ private:
     int64_t rows_delivered_ = 0;
     int64_t nodes_requested_ = 0;
     int64_t nodes_lost_ = 0;
+    int64_t callbacks_ = 0;
+    bool refused_ = false;
 };
 
 }  // namespace kvlens

@@ -119,6 +119,7 @@ void run_generate(const GenerateOptions& o) {
     kvlens_session_params sp = api_session_params(o.model);
     sp.chat_template = o.chat_template;
     const bool want_scores = !o.calibration.empty() || !o.scores_out.empty();
+    sp.capture = want_scores || !o.features.empty();  // plain generation: no eval callback at all
     set_token_coe(sp, o.coe);
     check(kvlens_session_params_check(sp), flag_names());
     const kvlens_think think = parse_think(o.think);

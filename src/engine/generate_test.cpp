@@ -128,6 +128,40 @@ TEST_F(Fixture, BatchedSequencesEqualSingleOnes) {
     EXPECT_EQ(generate(one, {p2}, gp).at(0).output, g[1].output);
 }
 
+// A session without capture has no eval callback (llama.cpp never calls it), generates the same tokens and
+// statistics as one with capture, and refuses observers with an error that says why.
+TEST_F(Fixture, SessionWithoutCaptureHasNoCallbackAndRefusesObservers) {
+    GenerateParams gp;
+    gp.max_tokens = 16;
+    SessionParams sp;
+    sp.n_ctx = 256;
+    Session with(*model, sp);
+    const Generation a = generate(with, {prompt()}, gp).at(0);
+    EXPECT_GT(with.capture().callbacks(), 0);  // asked about every node, though nothing is wanted
+    sp.capture = false;
+    Session without(*model, sp);
+    const Generation b = generate(without, {prompt()}, gp).at(0);
+    EXPECT_EQ(without.capture().callbacks(), 0);
+    EXPECT_EQ(a.output, b.output);
+    ASSERT_EQ(a.steps.size(), b.steps.size());
+    for (size_t i = 0; i < a.steps.size(); ++i) {
+        EXPECT_EQ(a.steps[i].max_prob, b.steps[i].max_prob) << i;
+        EXPECT_EQ(a.steps[i].entropy, b.steps[i].entropy) << i;
+    }
+    struct Any : KvObserver {
+        bool wants(Tap, int) const override { return true; }
+        void on_rows(const TapRows&) override {}
+    } obs;
+    EXPECT_TRUE(with.capture().accepts_observers());
+    EXPECT_FALSE(without.capture().accepts_observers());
+    try {
+        without.capture().subscribe(&obs);
+        FAIL() << "subscribe on a session without capture did not throw";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("capture off"), std::string::npos) << e.what();
+    }
+}
+
 TEST_F(Fixture, BadParametersAreErrors) {
     SessionParams sp;
     sp.n_ctx = 64;

@@ -226,8 +226,14 @@ Session::Session(const Model& model, const SessionParams& params) : model_(model
                              ? LLAMA_FLASH_ATTN_TYPE_ENABLED
                          : params.flash_attn == FlashAttn::Off ? LLAMA_FLASH_ATTN_TYPE_DISABLED
                                                                : LLAMA_FLASH_ATTN_TYPE_AUTO;
-    cp.cb_eval = &KvCapture::eval_callback;
-    cp.cb_eval_user_data = capture_.get();
+    // Even asking the callback about every node, wanting none, costs ~1% of decode: install it only when
+    // something may be captured.
+    if (params.capture) {
+        cp.cb_eval = &KvCapture::eval_callback;
+        cp.cb_eval_user_data = capture_.get();
+    } else {
+        capture_->refuse_observers();
+    }
     cp.no_perf = true;
     ctx_ = llama_init_from_model(const_cast<llama_model*>(model.get()), cp);
     if (ctx_ == nullptr) {
