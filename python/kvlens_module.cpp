@@ -439,6 +439,7 @@ PYBIND11_MODULE(_kvlens, m) {
                           {"bootstrap", set(p.bootstrap)},
                           {"seed", set(p.seed)},
                           {"dev_fraction", set(p.dev_fraction)},
+                          {"rescore", set(p.rescore)},
                           {"command_line", set(p.command_line)}},
                          "run_coe_eval");
             kvlens_status st;

@@ -504,6 +504,7 @@ struct kvlens_eval_coe_params {
     uint64_t seed;
     double dev_fraction;
     std::string command_line;  // recorded in the report
+    bool rescore;  // relabel the stored answers with the current matcher first (after a matcher change)
 };
 kvlens_eval_coe_params kvlens_eval_coe_default_params();  // the CLI's defaults; data_dir kvlens_data_dir()
 kvlens_status kvlens_eval_coe(const kvlens_eval_coe_params& params);

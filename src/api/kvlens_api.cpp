@@ -1349,6 +1349,7 @@ kvlens_eval_coe_params kvlens_eval_coe_default_params() {
     p.seed = d.seed;
     p.dev_fraction = d.dev_fraction;
     p.command_line = "kvlens eval coe";
+    p.rescore = d.rescore;
     return p;
 }
 
@@ -1390,6 +1391,7 @@ kvlens_status kvlens_eval_coe(const kvlens_eval_coe_params& params) {
         p.seed = params.seed;
         p.dev_fraction = params.dev_fraction;
         p.command_line = params.command_line;
+        p.rescore = params.rescore;
         kvlens::run_coe_eval(p);
     });
 }

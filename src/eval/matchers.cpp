@@ -59,6 +59,19 @@ std::optional<std::string> after_last_answer(const std::string& text) {
     return found;
 }
 
+// The text after the last "answer is" (any case), past an optional colon: "Therefore, the answer is: C",
+// "The answer is (B).". nullopt if there is none.
+std::optional<std::string> after_last_answer_is(const std::string& text) {
+    std::string low(text.size(), ' ');
+    for (size_t i = 0; i < text.size(); ++i) low[i] = lower(text[i]);
+    const size_t p = low.rfind("answer is");
+    if (p == std::string::npos) return std::nullopt;
+    size_t j = p + 9;
+    while (j < low.size() && (low[j] == '*' || low[j] == '_' || low[j] == ' ')) ++j;
+    if (j < low.size() && low[j] == ':') ++j;
+    return text.substr(j);
+}
+
 // Reads a {group} at s[i] == '{' (brace-balanced; "\{" and "\}" are literal). Returns the index after the
 // closing brace, or npos if it never closes.
 size_t skip_group(const std::string& s, size_t i) {
@@ -475,9 +488,16 @@ MatchResult match_boxed_number(const std::string& output, const std::string& ref
 MatchResult match_choice_letter(const std::string& output, const std::string& reference) {
     MatchResult r;
     const auto tail = after_last_answer(output);
-    if (!tail) return r;
-    std::optional<char> letter = leading_letter(*tail);
-    if (!letter) {
+    std::optional<char> letter;
+    if (!tail) {
+        // No "Answer:" line: Qwen2.5 often ends "Therefore, the answer is: C" instead. Only a letter right
+        // after the last "answer is" counts there; the prose before it never does.
+        const auto prose = after_last_answer_is(output);
+        if (prose) letter = leading_letter(*prose);
+    } else {
+        letter = leading_letter(*tail);
+    }
+    if (tail && !letter) {
         // "Answer: the correct option is (B) library": a standalone capital A-E on the answer's first line.
         const std::string t = trim(*tail);
         const std::string line = t.substr(0, t.find('\n'));

@@ -11,7 +11,9 @@
 //   boxed_number         boxed, and when the boxed content is a plain number (after the same normalisation,
 //                        "$", "%" and thousands commas dropped) a numeric comparison with the reference's
 //                        number: for GSM8K / MGSM with Qwen's "put your final answer within \boxed{}" prompt.
-//   choice_letter        the option letter A-E after the last "Answer:" ("B", "(B)", "B)", "**B**", "b.").
+//   choice_letter        the option letter A-E after the last "Answer:" ("B", "(B)", "B)", "**B**", "b.");
+//                        without any "Answer:", the letter right after the last "answer is" ("Therefore,
+//                        the answer is: C", "The answer is (A)."), as Qwen2.5 often ends.
 //   last_number          the last number anywhere in the output, compared numerically: for small models that
 //                        ignore the requested answer format (the classic GSM8K fallback). Lenient by design.
 #pragma once

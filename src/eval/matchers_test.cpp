@@ -128,7 +128,16 @@ TEST(Matchers, ChoiceLetter) {
               {"Answer: a bank", "A", "", false},                  // the article, not a letter
               {"Answer: A\nHmm, no.\nAnswer: C", "C", "C", true},  // several Answer: lines
               {"Answer: F", "A", "", false},                       // not an option
-              {"The answer is (A).", "A", "", false},              // only in the prose
+              // No "Answer:" line: the letter right after the last "answer is" (Qwen2.5's habit).
+              {"The answer is (A).", "A", "A", true},
+              {"...\nTherefore, the answer is: C", "C", "C", true},
+              {"Therefore, the answer is: C", "B", "C", false},
+              {"THE ANSWER IS **E**", "E", "E", true},
+              {"The answer is A, no wait, the answer is D.", "D", "D", true},  // the last one
+              {"I think the answer is a bank.", "A", "", false},               // the article again
+              {"The correct answer is that (B) fits.", "B", "", false},        // not right after it
+              {"The best choice is (B).", "B", "", false},                     // no marker at all
+              {"The answer is: C\nAnswer: none of them", "C", "", false},      // an Answer: line wins
               {"Answer: Bank", "A", "", false},
               {"Answer: B", "(B)", "B", true},  // reference with parentheses
           });

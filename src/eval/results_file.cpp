@@ -1,5 +1,6 @@
 #include "eval/results_file.h"
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -62,6 +63,37 @@ void ResultsFile::append(const nlohmann::json& record) {
         throw Error("results '" + path_ + "': write failed");
     keys_.insert(k);
     records_.push_back(record);
+}
+
+void ResultsFile::replace_all(const std::vector<nlohmann::json>& records) {
+    if (records.size() != records_.size())
+        throw Error("results '" + path_ + "': a rewrite must keep its " + std::to_string(records_.size()) +
+                    " records");
+    std::string text;
+    for (size_t i = 0; i < records.size(); ++i) {
+        if (records[i].at(key_) != records_[i].at(key_))
+            throw Error("results '" + path_ + "': a rewrite must keep the records' " + key_ + "s in order");
+        text += records[i].dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    }
+    const std::string tmp = path_ + ".tmp";
+    FILE* out = fopen(tmp.c_str(), "wb");
+    if (out == nullptr) throw Error("results '" + tmp + "': cannot open for writing");
+    const bool ok = fwrite(text.data(), 1, text.size(), out) == text.size() && fflush(out) == 0;
+    if (fclose(out) != 0 || !ok) {
+        std::remove(tmp.c_str());
+        throw Error("results '" + tmp + "': write failed");
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp, path_, ec);
+    if (ec) {
+        std::remove(tmp.c_str());
+        throw Error("results '" + path_ + "': cannot replace it (" + ec.message() + ")");
+    }
+    // The append handle still points at the old, now unlinked file.
+    fclose(f_);
+    f_ = fopen(path_.c_str(), "ab");
+    if (f_ == nullptr) throw Error("results '" + path_ + "': cannot open for appending");
+    records_ = records;
 }
 
 std::string open_run_dir(const std::string& out_dir, const nlohmann::json& identity) {

@@ -28,6 +28,10 @@ public:
 
     // Appends one record as one line and flushes it to the OS. Throws on a duplicate key or a write error.
     void append(const nlohmann::json& record);
+    // Replaces every record (same keys, same order: a relabelling, never a new sample) by writing a temporary
+    // file beside it and renaming it over the old one, so that a crash leaves the old file or the new, never
+    // a mix. Throws on another key set or a write error, leaving the file as it was.
+    void replace_all(const std::vector<nlohmann::json>& records);
 
 private:
     std::string path_, key_;

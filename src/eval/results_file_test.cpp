@@ -80,3 +80,24 @@ TEST(ResultsFile, RefusesCorruptOrDuplicateRecords) {
 }
 
 }  // namespace
+
+TEST(ResultsFile, ReplacesAllRecordsAtomicallyAndKeepsAppending) {
+    const std::string p = temp_path("d.jsonl");
+    ResultsFile r(p, "index");
+    r.append({{"index", 3}, {"correct", false}});
+    r.append({{"index", 1}, {"correct", false}});
+    // Another key set, another order or another count: refused, the file untouched.
+    const std::string before = read_all(p);
+    EXPECT_THROW(r.replace_all({{{"index", 3}}}), Error);
+    EXPECT_THROW(r.replace_all({{{"index", 1}}, {{"index", 3}}}), Error);
+    EXPECT_THROW(r.replace_all({{{"index", 3}}, {{"index", 2}}}), Error);
+    EXPECT_EQ(read_all(p), before);
+    r.replace_all({{{"index", 3}, {"correct", true}}, {{"index", 1}, {"correct", false}}});
+    EXPECT_TRUE(r.records()[0]["correct"].get<bool>());
+    r.append({{"index", 0}});  // the append handle follows the new file
+    EXPECT_EQ(read_all(p),
+              "{\"correct\":true,\"index\":3}\n{\"correct\":false,\"index\":1}\n{\"index\":0}\n");
+    EXPECT_FALSE(std::filesystem::exists(p + ".tmp"));
+    ResultsFile again(p, "index");
+    EXPECT_EQ(again.size(), 3u);
+}

@@ -51,3 +51,34 @@ for i in "${!graph_cmd[@]}"; do [ "${graph_cmd[$i]}" = "$out" ] && graph_cmd[$i]
 "${graph_cmd[@]}" --kv-source graph 2>"$tmp/log4" || { tail -3 "$tmp/log4"; echo "FAIL: graph run"; exit 1; }
 grep -q '"kv_source"' "$tmp/graph-run/run.json" && { echo "FAIL: a graph run records kv_source"; exit 1; }
 echo "ok: --kv-source is part of the run identity"
+
+# --rescore: labels are the matcher's reading of the stored outputs. Fake an older matcher's reading on one
+# answer; a plain rerun keeps it and warns; --rescore relabels it without decoding and keeps the fake under
+# relabelled_from; the report counts it.
+python3 - "$out/samples.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+r = rows[0]
+r["extracted"], r["matched"], r["correct"] = "fake", not r["matched"], not r["correct"]
+open(sys.argv[1], "w").write("".join(json.dumps(x) + "\n" for x in rows))
+PY
+cp "$out/samples.jsonl" "$tmp/stale.jsonl"
+"${cmd[@]}" 2>"$tmp/log5" || { tail -3 "$tmp/log5"; echo "FAIL: rerun on a stale label"; exit 1; }
+grep -q "1 of $n stored answers.*--rescore" "$tmp/log5" || { cat "$tmp/log5"; echo "FAIL: no stale-label warning"; exit 1; }
+cmp -s "$out/samples.jsonl" "$tmp/stale.jsonl" || { echo "FAIL: a plain rerun changed samples.jsonl"; exit 1; }
+"${cmd[@]}" --rescore 2>"$tmp/log6" || { tail -3 "$tmp/log6"; echo "FAIL: --rescore"; exit 1; }
+grep -q "1 of $n stored answers relabelled" "$tmp/log6" || { cat "$tmp/log6"; echo "FAIL: --rescore said"; exit 1; }
+python3 - "$out/samples.jsonl" "$tmp/before.jsonl" "$tmp/stale.jsonl" <<'PY'
+import json, sys
+now = [json.loads(l) for l in open(sys.argv[1])]
+stale = [json.loads(l) for l in open(sys.argv[3])]
+assert [r["index"] for r in now] == [r["index"] for r in stale], "records reordered or lost"
+first = json.loads(open(sys.argv[2]).readline())
+r = now[0]
+for k in ("extracted", "matched", "correct", "output_tokens"):
+    assert r[k] == first[k], f"{k}: {r[k]!r} != {first[k]!r} (not relabelled from the stored output)"
+assert r["relabelled_from"]["extracted"] == "fake", r.get("relabelled_from")
+assert all("relabelled_from" not in x for x in now[1:]), "other records relabelled"
+print("ok: --rescore relabelled the stale answer from its stored output")
+PY
+grep -q "relabelled: 1 of $n answers" "$out/report.md" || { echo "FAIL: report.md does not count the relabelled answer"; exit 1; }
