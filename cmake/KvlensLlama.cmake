@@ -81,3 +81,12 @@ if(KVLENS_CUDA)
 endif()
 
 add_subdirectory("${KVLENS_LLAMA_TREE}" "${CMAKE_BINARY_DIR}/_deps/llama.cpp" EXCLUDE_FROM_ALL SYSTEM)
+
+# ggml's AMX and AVX512BW kernels are wrong on AVX512 + AMX Xeons (cmake/KvlensGgmlCpuFlags.cmake): off unless
+# asked.
+option(KVLENS_GGML_AVX512_KERNELS
+       "with KVLENS_NATIVE, let ggml use its AMX and AVX512BW kernels (crash / garbage on some Xeons)" OFF)
+include(${CMAKE_CURRENT_LIST_DIR}/KvlensGgmlCpuFlags.cmake)
+if(NOT KVLENS_GGML_AVX512_KERNELS)
+  kvlens_ggml_cpu_flags()
+endif()
