@@ -167,3 +167,24 @@ def test_batch_invariant(model):
         assert r["kvlens"]["scores"] == one["kvlens"]["scores"]
     with pytest.raises(kvlens.Error, match="batch_invariant"):
         kvlens.Api(kvlens.Model(TINY_Q8), batch_invariant=True)
+
+
+def test_run_coe_eval_rescore(tmp_path):
+    """run_coe_eval(rescore=True) relabels stored answers from their outputs, as `eval coe --rescore` does."""
+    from kvlens import _kvlens
+
+    out = str(tmp_path / "run")
+    args = dict(model=TINY, dataset="arith", limit=4, max_tokens=4, parallel=2, threads=1, bootstrap=20, out=out)
+    _kvlens.run_coe_eval(**args)
+    path = os.path.join(out, "samples.jsonl")
+    rows = [json.loads(line) for line in open(path)]
+    first = dict(rows[0])
+    rows[0].update(extracted="fake", matched=not first["matched"], correct=not first["correct"])
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    _kvlens.run_coe_eval(**args)  # without rescore: the stale label stays
+    assert json.loads(open(path).readline())["extracted"] == "fake"
+    _kvlens.run_coe_eval(rescore=True, **args)
+    now = json.loads(open(path).readline())
+    assert (now["extracted"], now["correct"]) == (first["extracted"], first["correct"])
+    assert now["relabelled_from"]["extracted"] == "fake"
