@@ -481,6 +481,7 @@ PYBIND11_MODULE(_kvlens, m) {
                           {"coe_kv_part", set(p.coe_kv_part)},
                           {"coe_positions", set(p.coe_positions)},
                           {"coe_head_agg", set(p.coe_head_agg)},
+                          {"rescore", set(p.rescore)},
                           {"command_line", set(p.command_line)}},
                          "run_sample_eval");
             kvlens_status st;

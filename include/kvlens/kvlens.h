@@ -527,6 +527,7 @@ struct kvlens_eval_sample_params {
     std::string kv_source, chat_template, think;
     std::string coe_layers, coe_kv_part, coe_positions, coe_head_agg;
     std::string command_line;
+    bool rescore;  // relabel the stored answers with the current matcher first (after a matcher change)
 };
 kvlens_eval_sample_params kvlens_eval_sample_default_params();
 kvlens_status kvlens_eval_sample(const kvlens_eval_sample_params& params);

@@ -1421,6 +1421,7 @@ kvlens_eval_sample_params kvlens_eval_sample_default_params() {
     p.coe_positions = kvlens::to_string(d.token_coe.positions);
     p.coe_head_agg = kvlens::to_string(d.token_coe.head_agg);
     p.command_line = "kvlens eval sample";
+    p.rescore = d.rescore;
     return p;
 }
 
@@ -1452,6 +1453,7 @@ kvlens_status kvlens_eval_sample(const kvlens_eval_sample_params& params) {
         p.kv_source = params.kv_source;
         p.chat_template = params.chat_template;
         p.think = params.think;
+        p.rescore = params.rescore;
         p.command_line = params.command_line;
         kvlens::run_sample_eval(p);
     });

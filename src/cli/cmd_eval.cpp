@@ -61,10 +61,7 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
                     "token-axis configuration and fits the combined model; the report is on the rest")
         ->check(CLI::Range(0.0, 1.0))
         ->capture_default_str();
-    coe->add_flag("--rescore", p->rescore,
-                  "label the answers already in --out again with the dataset's current matcher, from their "
-                  "stored outputs (no decoding), before resuming and reporting; the first labels are kept "
-                  "under relabelled_from");
+    add_rescore_flag(coe, p->rescore);
     coe->callback([p, coe_opts] {
         p->coe_layers = coe_opts->layers;
         p->coe_kv_part = coe_opts->kv_part;

@@ -298,6 +298,7 @@ CLI::App* add_sample_command(CLI::App& app) {
     add_token_coe_options(ev, *coe_opts);
     ev->add_option("--template", p->chat_template, "chat template")->capture_default_str();
     ev->add_option("--think", p->think, "thinking mode: on, off, default")->capture_default_str();
+    add_rescore_flag(ev, p->rescore);
     ev->callback([ev, p, ns, scores, coe_opts] {
         kvlens_eval_sample_params q = *p;
         q.coe_layers = coe_opts->layers;
@@ -310,6 +311,10 @@ CLI::App* add_sample_command(CLI::App& app) {
         q.command_line = "kvlens eval sample";
         for (const CLI::Option* opt : ev->get_options()) {
             if (opt->count() == 0 || opt->get_name() == "--help") continue;
+            if (opt->get_expected_max() == 0) {  // a flag: its name alone
+                q.command_line += " " + opt->get_name();
+                continue;
+            }
             for (const std::string& v : opt->results()) {
                 const bool quote = v.find_first_of(" \t\"'$") != std::string::npos || v.empty();
                 q.command_line += " " + opt->get_name() + " " + (quote ? "'" + v + "'" : v);

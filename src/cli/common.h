@@ -40,6 +40,9 @@ void add_kv_source_option(CLI::App* app, std::string& kv_source);
 // --batch-invariant (SessionParams::batch_invariant), for the commands that open their own model (eval).
 void add_batch_invariant_flag(CLI::App* app, bool& batch_invariant);
 
+// --rescore of eval coe / eval sample: relabel the stored answers with the current matcher (eval/relabel.h).
+void add_rescore_flag(CLI::App* app, bool& rescore);
+
 // --kv-part, --pos-agg, --head-agg, --layer-agg, --layers, --normalize, --window.
 void add_pool_options(CLI::App* app, PoolOptions& o);
 

@@ -46,6 +46,13 @@ void add_batch_invariant_flag(CLI::App* app, bool& batch_invariant) {
                   "slower");
 }
 
+void add_rescore_flag(CLI::App* app, bool& rescore) {
+    app->add_flag("--rescore", rescore,
+                  "label the answers already in --out again with the dataset's current matcher, from their "
+                  "stored outputs (no decoding), before resuming and reporting; the first labels are kept "
+                  "under relabelled_from");
+}
+
 void add_pool_options(CLI::App* app, PoolOptions& o) {
     app->add_option("--kv-part", o.kv_part, "k, v or kv_cat ([K;V])")->capture_default_str();
     app->add_option("--pos-agg", o.pos_agg, "pool positions: mean, sum, last, first")->capture_default_str();

@@ -15,6 +15,7 @@
 
 #include "engine/generate.h"
 #include "eval/metrics.h"
+#include "eval/relabel.h"
 #include "eval/results_file.h"
 #include "eval/shard.h"
 #include "eval/split.h"
@@ -96,29 +97,6 @@ static json with_kv_source(json identity, const std::string& kv_source) {
     return identity;
 }
 
-int relabel_records(std::vector<json>& records, MatcherKind matcher) {
-    int changed = 0;
-    for (json& r : records) {
-        const MatchResult m =
-            match_answer(matcher, r.at("output").get<std::string>(), r.at("reference").get<std::string>());
-        if (r.at("extracted").get<std::string>() == m.extracted && r.at("matched").get<bool>() == m.correct)
-            continue;
-        ++changed;
-        // The label as first recorded stays beside the new one; back at it, the note goes.
-        json first = r.value(
-            "relabelled_from",
-            json{{"extracted", r["extracted"]}, {"matched", r["matched"]}, {"correct", r["correct"]}});
-        r["extracted"] = m.extracted;
-        r["matched"] = m.correct;
-        r["correct"] = m.correct && !r.at("truncated").get<bool>();  // cut answers count as wrong
-        if (first["extracted"] == r["extracted"] && first["matched"] == r["matched"])
-            r.erase("relabelled_from");
-        else
-            r["relabelled_from"] = first;
-    }
-    return changed;
-}
-
 void run_coe_eval(const CoeEvalParams& p) {
     const DatasetConfig cfg = load_dataset_config(p.dataset, p.data_dir);
     // The limit chooses the run's samples, the shard a part of them (eval/shard.h).
@@ -137,24 +115,7 @@ void run_coe_eval(const CoeEvalParams& p) {
     if (shard.active()) identity["shard"] = to_string(shard);
     const std::string run_path = open_run_dir(p.out_dir, identity);
     ResultsFile results((fs::path(p.out_dir) / "samples.jsonl").string(), "index");
-    {
-        // Labels are the matcher's reading of the stored outputs: after a matcher change, --rescore reads
-        // them again (no decoding); without it a stale label is reported, never silently kept.
-        std::vector<json> relabelled = results.records();
-        const int changed = relabel_records(relabelled, cfg.matcher);
-        if (changed > 0 && p.rescore) {
-            results.replace_all(relabelled);
-            fprintf(stderr,
-                    "kvlens eval coe: --rescore: %d of %zu stored answers relabelled by the %s matcher\n",
-                    changed, relabelled.size(), to_string(cfg.matcher));
-        } else if (changed > 0) {
-            fprintf(stderr,
-                    "kvlens eval coe: warning: %d of %zu stored answers in '%s' read differently with the "
-                    "current %s matcher; their labels are kept as recorded: rerun with --rescore to relabel "
-                    "them\n",
-                    changed, relabelled.size(), p.out_dir.c_str(), to_string(cfg.matcher));
-        }
-    }
+    relabel_results(results, cfg.matcher, p.rescore, "eval coe", p.out_dir);
     std::vector<const Sample*> todo;
     for (const Sample& s : samples)
         if (!results.done(s.index)) todo.push_back(&s);
@@ -576,8 +537,7 @@ void write_coe_report(const std::string& out_dir, const std::vector<json>& recor
     md << "- matcher: " << id["matcher"].get<std::string>() << "; samples: " << n
        << ", correct: " << n_correct << " (accuracy " << fmt(n ? 100.0 * n_correct / n : 0, 1)
        << "%), cut by the token limit (counted wrong): " << n_truncated << "\n";
-    const auto n_relabelled = std::count_if(records.begin(), records.end(),
-                                            [](const json& r) { return r.contains("relabelled_from"); });
+    const int n_relabelled = count_relabelled(records);
     if (n_relabelled > 0)
         md << "- relabelled: " << n_relabelled << " of " << n
            << " answers read differently by the matcher than when they were generated (`eval coe --rescore`; "

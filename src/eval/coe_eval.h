@@ -18,7 +18,6 @@
 
 #include "engine/chat_template.h"
 #include "eval/dataset.h"
-#include "eval/matchers.h"
 #include "methods/coe.h"
 
 namespace kvlens {
@@ -44,16 +43,11 @@ struct CoeEvalParams {
     uint64_t seed = 0;
     double dev_fraction = 0.3;  // questions (by id hash) in the development part; the rest is the test part
     std::string command_line;   // recorded in the report
-    bool rescore = false;       // relabel the stored answers with the current matcher (relabel_records)
+    bool rescore = false;       // relabel the stored answers with the current matcher (eval/relabel.h)
 };
 
 // Runs (or resumes) the evaluation and writes the report. Throws Error on bad input.
 void run_coe_eval(const CoeEvalParams& p);
-
-// Labels samples.jsonl records again from their stored "output" and "reference" with `matcher` (after a
-// matcher change): extracted, matched and correct (cut answers stay wrong) are recomputed; a record whose
-// reading changed keeps its first label under "relabelled_from". Returns the number of records changed.
-int relabel_records(std::vector<nlohmann::json>& records, MatcherKind matcher);
 
 // The token-axis configurations every run scores beside kv_coe_* ("token_grid" in samples.jsonl, key
 // token_grid_key(): "layers|kv_part|positions|head_agg"), so that a development part can choose one.

@@ -13,6 +13,7 @@
 #include "engine/chat_template.h"
 #include "eval/dataset.h"
 #include "eval/metrics.h"
+#include "eval/relabel.h"
 #include "eval/results_file.h"
 #include "eval/shard.h"
 #include "eval/split.h"
@@ -98,6 +99,7 @@ void run_sample_eval(const SampleEvalParams& p) {
     if (shard.active()) identity["shard"] = to_string(shard);
     const std::string run_path = open_run_dir(p.out_dir, identity);
     ResultsFile results((fs::path(p.out_dir) / "samples.jsonl").string(), "index");
+    relabel_results(results, cfg.matcher, p.rescore, "eval sample", p.out_dir);
     std::vector<const Sample*> todo;
     for (const Sample& s : samples)
         if (!results.done(s.index)) todo.push_back(&s);
@@ -385,7 +387,13 @@ void write_sample_report(const std::string& out_dir, const std::vector<json>& re
        << id["matcher"].get<std::string>() << "\n";
     md << "- all samples: " << n_samples << ", correct " << fmt(100.0 * n_ok / std::max(n_samples, 1), 1)
        << "%, cut by the token limit (counted wrong) " << n_trunc << "; decoding " << fmt(secs, 1) << " s, "
-       << tokens << " tokens decoded (" << fmt(tokens / std::max(secs, 1e-9), 1) << " tokens/s)\n\n";
+       << tokens << " tokens decoded (" << fmt(tokens / std::max(secs, 1e-9), 1) << " tokens/s)\n";
+    if (const int n_relabelled = count_relabelled(records); n_relabelled > 0)
+        md << "- relabelled: " << n_relabelled << " of " << n_samples
+           << " samples read differently by the matcher than when they were generated (`eval sample "
+              "--rescore`; "
+              "the first labels are under `relabelled_from` in samples.jsonl)\n";
+    md << "\n";
     md << "Calibration: " << to_string(method)
        << ", cross-fitted: questions at even positions are scored by the map fitted on the odd ones and vice "
           "versa, so no question's own labels choose its answer. \"raw\" = the score as is, higher taken as "

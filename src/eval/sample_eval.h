@@ -49,6 +49,7 @@ struct SampleEvalParams {
     std::string calibration = "isotonic";
     TokenCoeSpec token_coe;  // the configuration of kv_coe_*
     std::string command_line;
+    bool rescore = false;  // relabel the stored answers with the current matcher (eval/relabel.h)
 };
 
 void run_sample_eval(const SampleEvalParams& p);

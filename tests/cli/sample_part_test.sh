@@ -58,3 +58,28 @@ run dev "$T/dev" > /dev/null 2> "$T/err" || { cat "$T/err"; fail "resume"; }
 run train "$T/x" > /dev/null 2> "$T/err" && fail "--part train was accepted"
 grep -q -- "--part" "$T/err" || { cat "$T/err"; fail "the --part error does not name the option"; }
 echo "ok"
+
+# --rescore: fake an older matcher's reading on one sample of the first question; a plain rerun keeps it and
+# warns, --rescore relabels it from the stored output (the first label under relabelled_from) and the report
+# counts it.
+python3 - "$T/dev/samples.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+s = rows[0]["samples"][0]
+s["extracted"], s["matched"], s["correct"] = "fake", not s["matched"], not s["correct"]
+open(sys.argv[1], "w").write("".join(json.dumps(r) + "\n" for r in rows))
+PY
+run dev "$T/dev" > /dev/null 2> "$T/err" || { cat "$T/err"; fail "rerun on a stale label"; }
+grep -q "1 of 12 stored answers.*--rescore" "$T/err" || { cat "$T/err"; fail "no stale-label warning"; }
+grep -q '"fake"' "$T/dev/samples.jsonl" || fail "a plain rerun changed the stale label"
+run dev "$T/dev" --rescore > /dev/null 2> "$T/err" || { cat "$T/err"; fail "--rescore"; }
+python3 - "$T/dev/samples.jsonl" <<'PY' || fail "--rescore did not relabel from the stored output"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+s = rows[0]["samples"][0]
+assert s["relabelled_from"]["extracted"] == "fake" and s["extracted"] != "fake", s
+assert sum("relabelled_from" in x for r in rows for x in r["samples"]) == 1
+PY
+grep -q "relabelled: 1 of 12 samples" "$T/dev/report.md" || fail "report.md does not count the relabelled sample"
+grep -q -- '--rescore"' "$T/dev/run.json" || fail "run.json's command lacks --rescore (as a flag, last)"
+echo "ok: eval sample --rescore"

@@ -2,7 +2,7 @@
 kvlens_add_gtest(metrics_test ${PROJECT_SOURCE_DIR}/src/eval/metrics_test.cpp)
 kvlens_add_gtest(split_test ${PROJECT_SOURCE_DIR}/src/eval/split_test.cpp)
 kvlens_add_gtest(matchers_test ${PROJECT_SOURCE_DIR}/src/eval/matchers_test.cpp)
-kvlens_add_gtest(coe_eval_test ${PROJECT_SOURCE_DIR}/src/eval/coe_eval_test.cpp)
+kvlens_add_gtest(relabel_test ${PROJECT_SOURCE_DIR}/src/eval/relabel_test.cpp)
 # Reads the built-in configs and the JSONL copies in ${PROJECT_SOURCE_DIR}/data.
 kvlens_add_gtest(dataset_test ${PROJECT_SOURCE_DIR}/src/eval/dataset_test.cpp)
 

@@ -1,5 +1,5 @@
-// eval coe's relabelling (--rescore): labels follow the current matcher's reading of the stored outputs.
-#include "eval/coe_eval.h"
+// Relabelling (eval coe|sample --rescore): labels follow the current matcher's reading of the stored outputs.
+#include "eval/relabel.h"
 
 #include <gtest/gtest.h>
 
@@ -20,7 +20,7 @@ json record(const char* output, const char* reference, const char* extracted, bo
             {"correct", matched && !truncated}};
 }
 
-TEST(CoeEval, RelabelRecordsReadsStoredOutputsAgain) {
+TEST(Relabel, CoeRecordsAreReadAgainFromTheirOutputs) {
     std::vector<json> rs = {
         // An older choice_letter saw nothing in "the answer is: C"; today's matcher reads C.
         record("Therefore, the answer is: C", "C", "", false, false),
@@ -48,6 +48,22 @@ TEST(CoeEval, RelabelRecordsReadsStoredOutputsAgain) {
     EXPECT_EQ(relabel_records(rs, MatcherKind::ChoiceLetter), 1);
     EXPECT_FALSE(rs[0].contains("relabelled_from"));
     EXPECT_FALSE(rs[0]["correct"].get<bool>());
+}
+
+TEST(Relabel, SampleRecordsRelabelEveryAnswerOfAQuestion) {
+    json q = {{"index", 0}, {"reference", "C"}, {"samples", json::array()}};
+    q["samples"].push_back(record("Therefore, the answer is: C", "C", "", false, false));
+    q["samples"].push_back(record("Answer: A", "C", "A", false, false));
+    q["samples"].push_back(record("Therefore, the answer is: B", "C", "", false, false));
+    for (json& a : q["samples"]) a.erase("reference");  // eval sample keeps it once, on the question
+    std::vector<json> rs = {q};
+    EXPECT_EQ(relabel_records(rs, MatcherKind::ChoiceLetter), 2);
+    EXPECT_EQ(count_relabelled(rs), 2);
+    const json& s = rs[0]["samples"];
+    EXPECT_TRUE(s[0]["correct"].get<bool>());
+    EXPECT_FALSE(s[1].contains("relabelled_from"));
+    EXPECT_EQ(s[2]["extracted"], "B");
+    EXPECT_FALSE(s[2]["correct"].get<bool>());
 }
 
 }  // namespace
