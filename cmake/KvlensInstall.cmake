@@ -28,8 +28,9 @@ install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/kvlens/" DESTINATION "${CMAKE_I
         FILES_MATCHING PATTERN "*.h")
 install(FILES "$<TARGET_FILE:kvlens>" DESTINATION "${CMAKE_INSTALL_LIBDIR}")
 install(TARGETS kvlens-cli RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}")
-# The dataset configs, where the installed CLI looks for them (bin/../share/kvlens/configs, util/data_dir.h).
-install(DIRECTORY "${PROJECT_SOURCE_DIR}/data/configs/" DESTINATION "${CMAKE_INSTALL_DATADIR}/kvlens/configs")
+# The datasets, where the installed CLI looks for them (bin/../share/kvlens/configs, util/data_dir.h): the
+# configs, the JSONL files their "file" names (../x.jsonl) and their licences (README.md).
+install(DIRECTORY "${PROJECT_SOURCE_DIR}/data/" DESTINATION "${CMAKE_INSTALL_DATADIR}/kvlens")
 
 # ---- the link interface, walked ----------------------------------------------------------------------------
 

@@ -89,4 +89,9 @@ grep -q "generate" "$T/help" || { cat "$T/help"; fail "installed kvlens --help l
 env -u KVLENS_DATA_DIR "$P/bin/kvlens" eval coe --help > "$T/help" 2>&1
 grep -qF -- "--data-dir TEXT=$P/share/kvlens/configs" "$T/help" \
     || { grep -- --data-dir "$T/help"; fail "installed kvlens eval coe does not default to its installed configs"; }
+# ... and the built-in datasets' files: an evaluation of a built-in dataset runs from the prefix alone.
+env -u KVLENS_DATA_DIR "$P/bin/kvlens" eval coe -m "$MODEL" --dataset arith --limit 2 -n 2 -t 1 --bootstrap 10 \
+    -o "$T/eval" > "$T/eval.log" 2>&1 || { tail -3 "$T/eval.log"; fail "installed kvlens eval coe --dataset arith"; }
+[ "$(wc -l < "$T/eval/samples.jsonl")" -eq 2 ] || fail "installed eval coe wrote no 2 samples"
+[ -f "$P/share/kvlens/README.md" ] || fail "the datasets' licences (data/README.md) not installed"
 echo "OK: installed into a prefix ($n public headers), consumer built with find_package(kvlens) and run"

@@ -105,5 +105,10 @@ def test_installed_data_and_stubs():
     d = kvlens.data_dir()
     assert os.path.isfile(os.path.join(d, "arith.json")), d
     if os.environ.get("KVLENS_EXPECT_INSTALLED_DATA") == "1" and not os.environ.get("KVLENS_DATA_DIR"):
-        # pip's install: the configs shipped in the package, not the source tree's.
+        # pip's install: the configs shipped in the package, not the source tree's, and every file they name.
         assert os.path.realpath(d) == os.path.realpath(os.path.join(pkg, "data", "configs")), d
+        for cfg in sorted(os.listdir(d)):
+            if cfg.endswith(".json"):
+                name = json.load(open(os.path.join(d, cfg)))["file"]
+                assert os.path.isfile(os.path.join(d, name)), f"{cfg}: {name} not shipped"
+        assert os.path.isfile(os.path.join(pkg, "data", "README.md")), "the datasets' licences"
