@@ -64,10 +64,14 @@ def run_kvlens(args, model, out_dir):
     if rc != 0:
         raise SystemExit(f"kvlens eval coe failed ({rc}): {' '.join(cmd)}\n{err[-2000:]}")
     rows = sorted((json.loads(l) for l in open(os.path.join(out_dir, "samples.jsonl"))), key=lambda r: r["index"])
-    # Generate-only time: each batch's seconds once (every sample of a batch carries the batch's figure).
+    # Generate-only time: each answer's share of the decoding (continuous batching), or in runs before it
+    # each static batch's seconds once (every sample of a batch carries the batch's figure).
     batches = {}
     for r in rows:
-        batches.setdefault((r.get("batch_seconds"), r.get("batch_size")), r.get("batch_seconds") or 0)
+        if "decode_seconds" in r:
+            batches[("answer", r["index"])] = r["decode_seconds"]
+        else:
+            batches.setdefault((r.get("batch_seconds"), r.get("batch_size")), r.get("batch_seconds") or 0)
     max_tokens = json.load(open(os.path.join(out_dir, "run.json"))).get("identity", {}).get("max_tokens")
     return {"cmd": cmd, "wall_s": wall, "peak_rss_kb": rss, "n": len(rows), "s_per_answer": wall / len(rows),
             "generate_s_per_answer": sum(batches.values()) / len(rows), "rows": rows, "max_tokens": max_tokens}

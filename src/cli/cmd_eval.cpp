@@ -35,7 +35,9 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
     coe->add_option("-n,--max-tokens", p->max_tokens, "tokens per answer at most (0: the dataset config's)")
         ->check(CLI::Range(0, 1 << 20))
         ->capture_default_str();
-    coe->add_option("--parallel", p->parallel, "answers decoded together in one batch")
+    coe->add_option("--parallel", p->parallel,
+                    "answers decoded together (continuous batching: a finished answer's slot takes the next "
+                    "question)")
         ->check(CLI::Range(1, 64))
         ->capture_default_str();
     coe->add_option("--ctx", p->n_ctx, "context size (0: parallel x (longest prompt + max tokens))")

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "engine/batcher.h"
 #include "engine/generate.h"
 #include "eval/metrics.h"
 #include "eval/relabel.h"
@@ -187,7 +188,8 @@ void run_coe_eval(const CoeEvalParams& p) {
             longest = std::max(longest, prompts[i].size());
         }
         SessionParams sp;
-        sp.n_seq_max = p.parallel;
+        // Batch-invariant kernels need one more sequence id: it holds finished answers' cells (Batcher).
+        sp.n_seq_max = p.parallel + (p.batch_invariant ? 1 : 0);
         sp.n_ctx = p.n_ctx > 0 ? p.n_ctx : (int)(p.parallel * (longest + max_tokens + 1));
         sp.n_threads = p.n_threads;
         sp.capture_source = parse_capture_source(p.kv_source);
@@ -196,36 +198,64 @@ void run_coe_eval(const CoeEvalParams& p) {
         Session session(model, sp);
         const std::vector<TokenCoeSpec> grid = token_coe_grid(mi.n_layer);
 
+        // Continuous batching: `parallel` answers decode together and a finished one's slot takes the next
+        // question at once (its prompt is prefilled in the next step), so a long answer never holds the
+        // others' slots idle. Each slot has its own scorers, subscribed for its sequence id while it runs.
+        struct Slot {
+            const Sample* sample = nullptr;
+            std::unique_ptr<CoeScorer> scorer;
+            std::vector<std::unique_ptr<TokenCoe>> grid;  // every configuration, for the development part
+            std::chrono::steady_clock::time_point joined;
+            double share = 0;  // this answer's share of the decode wall time (each step's split evenly)
+            double batch_sum = 0;
+            int steps = 0;
+        };
+        Batcher batcher(session, /*free_finished=*/true, /*keep_cell_order=*/p.batch_invariant);
+        std::vector<Slot> slots(p.parallel);
+        const int n_slots = std::min(p.parallel, batcher.n_seq_ids());
+
         Progress progress("eval coe " + cfg.name, (int64_t)samples.size(),
                           (int64_t)(samples.size() - todo.size()));
         int n_correct = 0, n_new = 0;
-        for (size_t begin = 0; begin < todo.size(); begin += p.parallel) {
-            const size_t end = std::min(todo.size(), begin + (size_t)p.parallel);
-            std::vector<std::vector<llama_token>> batch(prompts.begin() + begin, prompts.begin() + end);
-            std::vector<std::unique_ptr<CoeScorer>> scorers;
-            // Every grid configuration per sequence, so that the development part can choose one later.
-            std::vector<std::vector<std::unique_ptr<TokenCoe>>> grids(batch.size());
-            for (size_t i = 0; i < batch.size(); ++i) {
-                scorers.push_back(
-                    std::make_unique<CoeScorer>(session, (llama_seq_id)i, (int)batch[i].size(), p.token_coe));
+        size_t next = 0;
+        while (next < todo.size() || !batcher.empty()) {
+            for (int seq = 0; seq < n_slots && next < todo.size(); ++seq) {
+                Slot& slot = slots[seq];
+                if (slot.sample) continue;
+                // Wait for cells while others run (a small --ctx); alone, join() names what does not fit.
+                const bool fits =
+                    batcher.cells_used() + (int64_t)prompts[next].size() + 1 <= session.n_ctx() &&
+                    batcher.can_join(prompts[next].size(), max_tokens);
+                if (!fits && !batcher.empty()) break;
+                slot.sample = todo[next];
+                slot.scorer =
+                    std::make_unique<CoeScorer>(session, seq, (int)prompts[next].size(), p.token_coe);
                 for (const TokenCoeSpec& spec : grid) {
-                    grids[i].push_back(
-                        std::make_unique<TokenCoe>(mi, (llama_seq_id)i, (int)batch[i].size(), spec));
-                    session.capture().subscribe(grids[i].back().get());
+                    slot.grid.push_back(std::make_unique<TokenCoe>(mi, seq, (int)prompts[next].size(), spec));
+                    session.capture().subscribe(slot.grid.back().get());
                 }
+                slot.joined = std::chrono::steady_clock::now();
+                slot.share = slot.batch_sum = 0;
+                slot.steps = 0;
+                batcher.join(seq, prompts[next], max_tokens, make_sampler(SamplingParams{}, 0));
+                ++next;
             }
-            GenerateParams gp;
-            gp.max_tokens = max_tokens;
+            const int in_step = batcher.size();
             const auto t0 = std::chrono::steady_clock::now();
-            const std::vector<Generation> gens = generate(session, batch, gp);
-            const double batch_seconds =
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            for (size_t i = 0; i < gens.size(); ++i) {
-                const Sample& s = *todo[begin + i];
-                const Generation& g = gens[i];
-                const CoeResult r = scorers[i]->result(g.steps);
+            std::vector<Generation> finished = batcher.step();
+            const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            for (Slot& slot : slots) {
+                if (!slot.sample) continue;
+                slot.share += dt / in_step;
+                slot.batch_sum += in_step;
+                ++slot.steps;
+            }
+            for (const Generation& g : finished) {
+                Slot& slot = slots[g.seq];
+                const Sample& s = *slot.sample;
+                const CoeResult r = slot.scorer->result(g.steps);
                 json grid_scores = json::object();
-                for (const auto& t : grids[i]) {
+                for (const auto& t : slot.grid) {
                     const CoeScores gs = t->scores();
                     grid_scores[token_grid_key(t->spec())] = {gs.r, gs.c};
                 }
@@ -253,22 +283,22 @@ void run_coe_eval(const CoeEvalParams& p) {
                       {"a", r.kv_layer.a},
                       {"status", coe_status_string(r.kv_layer.status)}}},
                     {"hs_steps", {{"m", r.hs.m}, {"a", r.hs.a}, {"status", coe_status_string(r.hs.status)}}},
-                    {"coe_state_bytes", scorers[i]->state_bytes()},
-                    {"batch_seconds",
-                     batch_seconds},  // the wall time of the batch this answer was decoded in
-                    {"batch_size", gens.size()},
+                    {"coe_state_bytes", slot.scorer->state_bytes()},
+                    // Wall time: from joining to the last token, and this answer's share of the decoding
+                    // (the shares of all answers sum to the run's decoding time).
+                    {"seconds",
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - slot.joined).count()},
+                    {"decode_seconds", slot.share},
+                    {"mean_batch_size", slot.steps ? slot.batch_sum / slot.steps : 0.0},
                     {"prompt_tokens", g.prompt},
                     {"output_tokens", g.output}};
                 results.append(rec);
                 n_correct += correct;
                 ++n_new;
                 progress.add(1, "acc " + fmt(100.0 * n_correct / n_new, 1) + "%");
+                for (auto& t : slot.grid) session.capture().unsubscribe(t.get());
+                slot = Slot{};
             }
-            for (auto& g : grids)
-                for (auto& t : g) session.capture().unsubscribe(t.get());
-            grids.clear();
-            scorers.clear();
-            session.clear();
         }
         progress.finish();
     }
@@ -545,13 +575,17 @@ void write_coe_report(const std::string& out_dir, const std::vector<json>& recor
     double seconds = 0;
     int timed = 0;
     for (const json& r : records) {
-        if (!r.contains("batch_seconds")) continue;
-        seconds += r["batch_seconds"].get<double>() / r["batch_size"].get<double>();
+        if (r.contains("decode_seconds"))  // continuous batching: each step's time split among its answers
+            seconds += r["decode_seconds"].get<double>();
+        else if (r.contains("batch_seconds"))  // runs before it: static batches
+            seconds += r["batch_seconds"].get<double>() / r["batch_size"].get<double>();
+        else
+            continue;
         ++timed;
     }
     if (timed > 0)
         md << "- decoding time: " << fmt(seconds, 0) << " s for " << timed
-           << " answers (the wall time of their batches; answers decoded together share it)\n";
+           << " answers (wall time; answers decoded together share it)\n";
     md << "- split by question id (FNV-1a hash, " << fmt(100 * dev_fraction, 0)
        << "% development): development " << dev_i.size() << " samples (" << dev_correct << " correct), test "
        << test_i.size() << " (" << test_correct << " correct, accuracy "

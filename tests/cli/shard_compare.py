@@ -17,7 +17,7 @@ import math
 import sys
 
 TOL = 1e-9
-TIMING = {"batch_seconds", "batch_size", "seconds", "wall_ms"}  # wall times, and the batch a coe answer shared
+TIMING = {"batch_seconds", "batch_size", "seconds", "decode_seconds", "mean_batch_size", "wall_ms"}  # wall times, and the batch a coe answer shared
 # eval embed's results.json: the command and the wall times
 EMBED_TIMING = {"command", "main_pass_seconds", "seconds_per_1000_texts"}
 TIMING_COLUMNS = {"wall-clock s", "wall-clock / always-slow", "s / 1000 texts"}  # report table columns of wall times

@@ -8,3 +8,9 @@ add_test(NAME smollm2_generate
                  ${KVLENS_SMOLLM2_PATH})
 set_tests_properties(smollm2_generate PROPERTIES FIXTURES_REQUIRED smollm2 LABELS smollm2 TIMEOUT 300)
 set_tests_properties(python_kv_reference PROPERTIES FIXTURES_REQUIRED smollm2)
+# eval coe's continuous batching: bit-identical to one at a time with batch-invariant kernels, full steps.
+add_test(NAME smollm2_eval_continuous_batching
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/eval_continuous_batching_test.sh $<TARGET_FILE:kvlens-cli>
+                 ${KVLENS_SMOLLM2_PATH})
+set_tests_properties(smollm2_eval_continuous_batching PROPERTIES FIXTURES_REQUIRED smollm2 LABELS smollm2
+                     TIMEOUT 300)
