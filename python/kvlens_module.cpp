@@ -440,6 +440,7 @@ PYBIND11_MODULE(_kvlens, m) {
                           {"seed", set(p.seed)},
                           {"dev_fraction", set(p.dev_fraction)},
                           {"rescore", set(p.rescore)},
+                          {"recompute_scores", set(p.recompute_scores)},
                           {"command_line", set(p.command_line)}},
                          "run_coe_eval");
             kvlens_status st;

@@ -505,6 +505,9 @@ struct kvlens_eval_coe_params {
     double dev_fraction;
     std::string command_line;  // recorded in the report
     bool rescore;  // relabel the stored answers with the current matcher first (after a matcher change)
+    // Score the stored answers again, each in one teacher-forced pass, with this call's kv_source and
+    // coe_* (which may differ from the run's); the answers and labels stay.
+    bool recompute_scores;
 };
 kvlens_eval_coe_params kvlens_eval_coe_default_params();  // the CLI's defaults; data_dir kvlens_data_dir()
 kvlens_status kvlens_eval_coe(const kvlens_eval_coe_params& params);

@@ -1350,6 +1350,7 @@ kvlens_eval_coe_params kvlens_eval_coe_default_params() {
     p.dev_fraction = d.dev_fraction;
     p.command_line = "kvlens eval coe";
     p.rescore = d.rescore;
+    p.recompute_scores = d.recompute_scores;
     return p;
 }
 
@@ -1392,6 +1393,7 @@ kvlens_status kvlens_eval_coe(const kvlens_eval_coe_params& params) {
         p.dev_fraction = params.dev_fraction;
         p.command_line = params.command_line;
         p.rescore = params.rescore;
+        p.recompute_scores = params.recompute_scores;
         kvlens::run_coe_eval(p);
     });
 }

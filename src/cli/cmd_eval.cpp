@@ -64,6 +64,10 @@ CLI::App* add_eval_command(CLI::App& app, const std::string& command_line) {
         ->check(CLI::Range(0.0, 1.0))
         ->capture_default_str();
     add_rescore_flag(coe, p->rescore);
+    coe->add_flag("--recompute-scores", p->recompute_scores,
+                  "score the stored answers again from their tokens (one teacher-forced pass each) with this "
+                  "command's --kv-source and --coe-* settings, which may differ from the run's; answers and "
+                  "labels stay");
     coe->callback([p, coe_opts] {
         p->coe_layers = coe_opts->layers;
         p->coe_kv_part = coe_opts->kv_part;

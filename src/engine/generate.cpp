@@ -174,4 +174,53 @@ std::vector<Generation> generate(Session& session, const std::vector<std::vector
     return gens;
 }
 
+Generation score_forced(Session& session, llama_seq_id seq, const std::vector<llama_token>& prompt,
+                        std::vector<llama_token> answer, int chunk) {
+    const Model& model = session.model();
+    if (prompt.empty()) throw Error("prompt: empty");
+    if (answer.empty()) throw Error("answer: empty");
+    if (chunk < 1) throw Error("chunk: " + std::to_string(chunk) + " must be >= 1");
+    if (seq < 0 || seq >= session.n_seq_max())
+        throw Error("score: sequence " + std::to_string(seq) + " is not one of the session's " +
+                    std::to_string(session.n_seq_max()) + " sequence slots");
+    for (size_t i = 0; i < answer.size(); ++i)
+        if (model.is_eog(answer[i])) {
+            answer.resize(i + 1);
+            break;
+        }
+    const int64_t cells = (int64_t)prompt.size() + (int64_t)answer.size() - 1;
+    if (cells > session.n_ctx())
+        throw Error("score: " + std::to_string(prompt.size()) + " prompt and " +
+                    std::to_string(answer.size()) + " answer tokens do not fit the context of " +
+                    std::to_string(session.n_ctx()) + " tokens");
+
+    Generation g;
+    g.seq = seq;
+    g.prompt = prompt;
+    g.output = answer;
+    g.steps.reserve(answer.size());
+    // Token j of prompt ++ answer sits at position j; the logits at position n_prompt - 1 + i give answer[i].
+    const int n_prompt = (int)prompt.size();
+    const int n_vocab = model.info().n_vocab;
+    std::vector<BatchToken> batch;
+    for (int begin = 0; begin < (int)cells; begin += chunk) {
+        const int end = (int)std::min<int64_t>(cells, begin + chunk);
+        batch.clear();
+        for (int j = begin; j < end; ++j) {
+            const llama_token tok = j < n_prompt ? prompt[j] : answer[j - n_prompt];
+            batch.push_back({tok, (llama_pos)j, seq, j >= n_prompt - 1});
+        }
+        session.decode(batch);
+        for (int j = std::max(begin, n_prompt - 1); j < end; ++j) {
+            const llama_token next = answer[j - (n_prompt - 1)];
+            g.steps.push_back(step_stats(session.logits(j - begin), n_vocab, next));
+        }
+    }
+    g.stop = model.is_eog(answer.back()) ? StopReason::EndOfTurn : StopReason::MaxTokens;
+    std::vector<llama_token> visible = answer;
+    if (g.stop == StopReason::EndOfTurn) visible.pop_back();
+    g.text = model.detokenize(visible);
+    return g;
+}
+
 }  // namespace kvlens

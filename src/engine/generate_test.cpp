@@ -8,6 +8,7 @@
 #include <cmath>
 #include <random>
 
+#include "engine/batcher.h"
 #include "util/error.h"
 
 using namespace kvlens;
@@ -126,6 +127,59 @@ TEST_F(Fixture, BatchedSequencesEqualSingleOnes) {
     EXPECT_EQ(generate(one, {p1}, gp).at(0).output, g[0].output);
     one.clear();
     EXPECT_EQ(generate(one, {p2}, gp).at(0).output, g[1].output);
+}
+
+// score_forced (teacher forcing in one pass) returns what the step-wise forced decode returns: the same
+// output, stop and text, and step statistics equal up to the rounding of batched kernels, for every chunk
+// size; an answer is cut after its first end-of-generation token; bad input is an error.
+TEST_F(Fixture, ForcedInOnePassEqualsStepWise) {
+    const std::vector<llama_token> p = prompt();
+    GenerateParams gp;
+    gp.max_tokens = 24;
+    gp.sampling.temperature = 0.9f;  // not greedy: the answer is not the model's own argmax path
+    gp.sampling.seed = 7;
+    const Generation sampled = run(gp);
+    ASSERT_EQ(sampled.output.size(), 24u);
+    SessionParams sp;
+    sp.n_ctx = 256;
+    Session s(*model, sp);
+    Batcher stepwise(s, false);
+    stepwise.join(0, p, 24, make_sampler({}, 0), {}, sampled.output);
+    Generation ref;
+    while (!stepwise.empty())
+        for (Generation& g : stepwise.step()) ref = std::move(g);
+    for (int chunk : {1, 5, 128}) {
+        s.clear();
+        const Generation g = score_forced(s, 0, p, sampled.output, chunk);
+        EXPECT_EQ(g.output, ref.output);
+        EXPECT_EQ(g.stop, ref.stop);
+        EXPECT_EQ(g.text, ref.text);
+        ASSERT_EQ(g.steps.size(), ref.steps.size());
+        for (size_t i = 0; i < g.steps.size(); ++i) {
+            EXPECT_NEAR(g.steps[i].prob, ref.steps[i].prob, 1e-4) << "chunk " << chunk << " step " << i;
+            EXPECT_NEAR(g.steps[i].max_prob, ref.steps[i].max_prob, 1e-4)
+                << "chunk " << chunk << " step " << i;
+            EXPECT_NEAR(g.steps[i].entropy, ref.steps[i].entropy, 1e-3) << "chunk " << chunk << " step " << i;
+        }
+        EXPECT_EQ(s.seq_pos_max(0), (llama_pos)(p.size() + ref.output.size() - 2));  // last token not fed
+    }
+    // An end-of-generation token in the middle ends the answer there, as it ends a decode loop.
+    std::vector<llama_token> with_eog = sampled.output;
+    llama_token eog = -1;
+    for (llama_token t = 0; t < model->info().n_vocab && eog < 0; ++t)
+        if (model->is_eog(t)) eog = t;
+    ASSERT_GE(eog, 0);
+    with_eog[5] = eog;
+    s.clear();
+    const Generation cut = score_forced(s, 0, p, with_eog);
+    EXPECT_EQ(cut.output.size(), 6u);
+    EXPECT_EQ(cut.stop, StopReason::EndOfTurn);
+    EXPECT_EQ(cut.steps.size(), 6u);
+    s.clear();
+    EXPECT_THROW(score_forced(s, 0, {}, sampled.output), Error);
+    EXPECT_THROW(score_forced(s, 0, p, {}), Error);
+    EXPECT_THROW(score_forced(s, 1, p, sampled.output), Error);                                    // one slot
+    EXPECT_THROW(score_forced(s, 0, p, std::vector<llama_token>(300, sampled.output[0])), Error);  // n_ctx
 }
 
 // A session without capture has no eval callback (llama.cpp never calls it), generates the same tokens and

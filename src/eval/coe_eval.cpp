@@ -98,6 +98,112 @@ static json with_kv_source(json identity, const std::string& kv_source) {
     return identity;
 }
 
+// Every configuration of the token-axis grid for one sequence, subscribed to the session's capture.
+static std::vector<std::unique_ptr<TokenCoe>> subscribe_grid(Session& session,
+                                                             const std::vector<TokenCoeSpec>& grid,
+                                                             llama_seq_id seq, int n_prompt) {
+    std::vector<std::unique_ptr<TokenCoe>> out;
+    for (const TokenCoeSpec& spec : grid) {
+        out.push_back(std::make_unique<TokenCoe>(session.model().info(), seq, n_prompt, spec));
+        session.capture().subscribe(out.back().get());
+    }
+    return out;
+}
+
+static void unsubscribe_grid(Session& session, std::vector<std::unique_ptr<TokenCoe>>& grid) {
+    for (auto& t : grid) session.capture().unsubscribe(t.get());
+    grid.clear();
+}
+
+// The score fields of an answer's record: every score, the grid, the chains' steps and statuses.
+static void put_scores(json& rec, const CoeScorer& scorer, const std::vector<std::unique_ptr<TokenCoe>>& grid,
+                       const std::vector<StepStats>& steps) {
+    const CoeResult r = scorer.result(steps);
+    json grid_scores = json::object();
+    for (const auto& t : grid) {
+        const CoeScores gs = t->scores();
+        grid_scores[token_grid_key(t->spec())] = {gs.r, gs.c};
+    }
+    rec["n_producer"] = r.n_producer;
+    rec["scores"] = r.named();
+    rec["token_grid"] = grid_scores;
+    rec["kv_status"] = coe_status_string(r.kv.status);
+    rec["kv_layer_steps"] = {
+        {"m", r.kv_layer.m}, {"a", r.kv_layer.a}, {"status", coe_status_string(r.kv_layer.status)}};
+    rec["hs_steps"] = {{"m", r.hs.m}, {"a", r.hs.a}, {"status", coe_status_string(r.hs.status)}};
+    rec["coe_state_bytes"] = scorer.state_bytes();
+}
+
+// --recompute-scores may change how answers are scored (K/V source, kv_coe_* configuration), nothing else.
+static std::string open_run_dir_for_recompute(const std::string& out_dir, const json& identity) {
+    const std::string run_path = (fs::path(out_dir) / "run.json").string();
+    if (!fs::exists(run_path))
+        throw Error("--recompute-scores: '" + run_path + "' does not exist: nothing to score again");
+    json prev;
+    try {
+        std::ifstream f(run_path);
+        prev = json::parse(f).at("identity");
+    } catch (const std::exception& e) {
+        throw Error("'" + run_path + "': no readable identity (" + e.what() + ")");
+    }
+    json a = prev, b = identity;
+    for (json* j : {&a, &b}) {
+        j->erase("kv_source");
+        j->erase("token_coe");
+    }
+    if (a != b)
+        throw Error("--recompute-scores: --out '" + out_dir +
+                    "' holds a run with other settings than this command's (" + run_path +
+                    "); only --kv-source and --coe-* may differ");
+    return run_path;
+}
+
+// Every stored answer scored again from its tokens, each in one teacher-forced pass, with p's K/V source
+// and configuration; answers, labels and timings stay. The file is rewritten at once at the end.
+static void recompute_scores(ResultsFile& results, const Model& model, const CoeEvalParams& p) {
+    std::vector<json> records = results.records();
+    if (records.empty()) return;
+    size_t longest = 0;
+    for (const json& r : records) {
+        if (!r.contains("prompt_tokens") || !r.contains("output_tokens"))
+            throw Error("--recompute-scores: sample " + r["index"].dump() +
+                        " has no prompt_tokens / output_tokens (written by an older kvlens)");
+        longest = std::max(longest, r["prompt_tokens"].size() + r["output_tokens"].size());
+    }
+    SessionParams sp;
+    sp.n_seq_max = 1;
+    sp.n_ctx = (int)longest + 1;
+    sp.n_threads = p.n_threads;
+    sp.capture_source = parse_capture_source(p.kv_source);
+    sp.n_batch = std::min(sp.n_ctx, 2048);
+    Session session(model, sp);
+    const std::vector<TokenCoeSpec> grid = token_coe_grid(model.info().n_layer);
+    Progress progress("eval coe: recomputing scores", (int64_t)records.size(), 0);
+    for (json& r : records) {
+        const auto prompt = r["prompt_tokens"].get<std::vector<llama_token>>();
+        const auto output = r["output_tokens"].get<std::vector<llama_token>>();
+        session.clear();
+        CoeScorer scorer(session, 0, (int)prompt.size(), p.token_coe);
+        std::vector<std::unique_ptr<TokenCoe>> g = subscribe_grid(session, grid, 0, (int)prompt.size());
+        const auto t0 = std::chrono::steady_clock::now();
+        const Generation forced = score_forced(session, 0, prompt, output);
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (forced.output != output)
+            throw Error(
+                "--recompute-scores: sample " + r["index"].dump() +
+                ": its output has an end-of-generation token before its end (not this model's answer?)");
+        put_scores(r, scorer, g, forced.steps);
+        r["scores_recomputed"] = {{"kv_source", p.kv_source},
+                                  {"token_coe", to_string(p.token_coe)},
+                                  {"how", "one teacher-forced pass"},
+                                  {"seconds", secs}};
+        unsubscribe_grid(session, g);
+        progress.add(1);
+    }
+    progress.finish();
+    results.replace_all(records);
+}
+
 void run_coe_eval(const CoeEvalParams& p) {
     const DatasetConfig cfg = load_dataset_config(p.dataset, p.data_dir);
     // The limit chooses the run's samples, the shard a part of them (eval/shard.h).
@@ -114,7 +220,8 @@ void run_coe_eval(const CoeEvalParams& p) {
     json identity = with_kv_source(run_identity(p, cfg, max_tokens), p.kv_source);
     if (p.batch_invariant) identity["batch_invariant"] = true;  // other answers than a batched run's
     if (shard.active()) identity["shard"] = to_string(shard);
-    const std::string run_path = open_run_dir(p.out_dir, identity);
+    const std::string run_path = p.recompute_scores ? open_run_dir_for_recompute(p.out_dir, identity)
+                                                    : open_run_dir(p.out_dir, identity);
     ResultsFile results((fs::path(p.out_dir) / "samples.jsonl").string(), "index");
     relabel_results(results, cfg.matcher, p.rescore, "eval coe", p.out_dir);
     std::vector<const Sample*> todo;
@@ -126,6 +233,7 @@ void run_coe_eval(const CoeEvalParams& p) {
     const ModelInfo& mi = model.info();
     const ChatTemplate tmpl =
         tmpl_flag == ChatTemplate::Auto ? detect_chat_template(mi.chat_template, mi.arch) : tmpl_flag;
+    if (p.recompute_scores) recompute_scores(results, model, p);
 
     // Measured accumulator state of one sequence at 100 and 2000 producer positions, next to the bytes
     // the hidden-state trajectory would take if stored per token.
@@ -230,10 +338,7 @@ void run_coe_eval(const CoeEvalParams& p) {
                 slot.sample = todo[next];
                 slot.scorer =
                     std::make_unique<CoeScorer>(session, seq, (int)prompts[next].size(), p.token_coe);
-                for (const TokenCoeSpec& spec : grid) {
-                    slot.grid.push_back(std::make_unique<TokenCoe>(mi, seq, (int)prompts[next].size(), spec));
-                    session.capture().subscribe(slot.grid.back().get());
-                }
+                slot.grid = subscribe_grid(session, grid, seq, (int)prompts[next].size());
                 slot.joined = std::chrono::steady_clock::now();
                 slot.share = slot.batch_sum = 0;
                 slot.steps = 0;
@@ -253,12 +358,6 @@ void run_coe_eval(const CoeEvalParams& p) {
             for (const Generation& g : finished) {
                 Slot& slot = slots[g.seq];
                 const Sample& s = *slot.sample;
-                const CoeResult r = slot.scorer->result(g.steps);
-                json grid_scores = json::object();
-                for (const auto& t : slot.grid) {
-                    const CoeScores gs = t->scores();
-                    grid_scores[token_grid_key(t->spec())] = {gs.r, gs.c};
-                }
                 const MatchResult m = match_answer(cfg.matcher, g.text, s.reference);
                 const bool truncated = g.stop != StopReason::EndOfTurn;
                 const bool correct = m.correct && !truncated;  // cut answers count as wrong (method.md)
@@ -274,16 +373,6 @@ void run_coe_eval(const CoeEvalParams& p) {
                     {"correct", correct},
                     {"stop", to_string(g.stop)},
                     {"n_output_tokens", g.output.size()},
-                    {"n_producer", r.n_producer},
-                    {"scores", r.named()},
-                    {"token_grid", grid_scores},
-                    {"kv_status", coe_status_string(r.kv.status)},
-                    {"kv_layer_steps",
-                     {{"m", r.kv_layer.m},
-                      {"a", r.kv_layer.a},
-                      {"status", coe_status_string(r.kv_layer.status)}}},
-                    {"hs_steps", {{"m", r.hs.m}, {"a", r.hs.a}, {"status", coe_status_string(r.hs.status)}}},
-                    {"coe_state_bytes", slot.scorer->state_bytes()},
                     // Wall time: from joining to the last token, and this answer's share of the decoding
                     // (the shares of all answers sum to the run's decoding time).
                     {"seconds",
@@ -292,11 +381,12 @@ void run_coe_eval(const CoeEvalParams& p) {
                     {"mean_batch_size", slot.steps ? slot.batch_sum / slot.steps : 0.0},
                     {"prompt_tokens", g.prompt},
                     {"output_tokens", g.output}};
+                put_scores(rec, *slot.scorer, slot.grid, g.steps);
                 results.append(rec);
                 n_correct += correct;
                 ++n_new;
                 progress.add(1, "acc " + fmt(100.0 * n_correct / n_new, 1) + "%");
-                for (auto& t : slot.grid) session.capture().unsubscribe(t.get());
+                unsubscribe_grid(session, slot.grid);
                 slot = Slot{};
             }
         }

@@ -44,6 +44,10 @@ struct CoeEvalParams {
     double dev_fraction = 0.3;  // questions (by id hash) in the development part; the rest is the test part
     std::string command_line;   // recorded in the report
     bool rescore = false;       // relabel the stored answers with the current matcher (eval/relabel.h)
+    // Score the stored answers again from their tokens, each in one teacher-forced pass (score_forced),
+    // with this run's kv_source and token_coe, which may differ from the stored run's (nothing else may);
+    // the answers and labels stay. The run then continues with these settings.
+    bool recompute_scores = false;
 };
 
 // Runs (or resumes) the evaluation and writes the report. Throws Error on bad input.

@@ -14,3 +14,9 @@ add_test(NAME smollm2_eval_continuous_batching
                  ${KVLENS_SMOLLM2_PATH})
 set_tests_properties(smollm2_eval_continuous_batching PROPERTIES FIXTURES_REQUIRED smollm2 LABELS smollm2
                      TIMEOUT 300)
+# eval coe --recompute-scores: one teacher-forced pass per stored answer against the decode-time scores.
+add_test(NAME smollm2_eval_recompute_scores
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/cli/eval_recompute_scores_test.sh $<TARGET_FILE:kvlens-cli>
+                 ${KVLENS_SMOLLM2_PATH})
+set_tests_properties(smollm2_eval_recompute_scores PROPERTIES FIXTURES_REQUIRED smollm2 LABELS smollm2
+                     TIMEOUT 300)
