@@ -159,7 +159,8 @@ static std::string open_run_dir_for_recompute(const std::string& out_dir, const 
 }
 
 // Every stored answer scored again from its tokens, each in one teacher-forced pass, with p's K/V source
-// and configuration; answers, labels and timings stay. The file is rewritten at once at the end.
+// and configuration; answers, labels and timings stay. Resumable: the file is rewritten (atomically) every
+// 20 answers, and an answer already scored again with these settings is skipped.
 static void recompute_scores(ResultsFile& results, const Model& model, const CoeEvalParams& p) {
     std::vector<json> records = results.records();
     if (records.empty()) return;
@@ -178,8 +179,19 @@ static void recompute_scores(ResultsFile& results, const Model& model, const Coe
     sp.n_batch = std::min(sp.n_ctx, 2048);
     Session session(model, sp);
     const std::vector<TokenCoeSpec> grid = token_coe_grid(model.info().n_layer);
-    Progress progress("eval coe: recomputing scores", (int64_t)records.size(), 0);
+    const json settings = {{"kv_source", p.kv_source}, {"token_coe", to_string(p.token_coe)}};
+    auto done = [&](const json& r) {
+        if (!r.contains("scores_recomputed")) return false;
+        const json& s = r["scores_recomputed"];
+        return s.value("kv_source", "") == settings["kv_source"] &&
+               s.value("token_coe", "") == settings["token_coe"];
+    };
+    const int64_t n_done = std::count_if(records.begin(), records.end(), done);
+    if (n_done == (int64_t)records.size()) return;
+    Progress progress("eval coe: recomputing scores", (int64_t)records.size(), n_done);
+    int unsaved = 0;
     for (json& r : records) {
+        if (done(r)) continue;
         const auto prompt = r["prompt_tokens"].get<std::vector<llama_token>>();
         const auto output = r["output_tokens"].get<std::vector<llama_token>>();
         session.clear();
@@ -193,12 +205,15 @@ static void recompute_scores(ResultsFile& results, const Model& model, const Coe
                 "--recompute-scores: sample " + r["index"].dump() +
                 ": its output has an end-of-generation token before its end (not this model's answer?)");
         put_scores(r, scorer, g, forced.steps);
-        r["scores_recomputed"] = {{"kv_source", p.kv_source},
-                                  {"token_coe", to_string(p.token_coe)},
-                                  {"how", "one teacher-forced pass"},
-                                  {"seconds", secs}};
+        r["scores_recomputed"] = settings;
+        r["scores_recomputed"]["how"] = "one teacher-forced pass";
+        r["scores_recomputed"]["seconds"] = secs;
         unsubscribe_grid(session, g);
         progress.add(1);
+        if (++unsaved == 20) {
+            results.replace_all(records);
+            unsaved = 0;
+        }
     }
     progress.finish();
     results.replace_all(records);

@@ -53,6 +53,10 @@ assert ident["kv_source"] == "cache" and ident["token_coe"].startswith("layers=a
 print("recompute ok:", len(names), "scores and", len(dec[0]["token_grid"]), "grid entries; largest difference",
       f"{max(worst_ratio):.1e} of a score's spread")
 PY
+# Done is done: the same recompute again skips every answer and leaves the file as it is.
+cp "$tmp/run/samples.jsonl" "$tmp/recomputed.jsonl"
+run --recompute-scores --coe-layers all --coe-kv-part v --coe-positions generated --coe-head-agg mean 2>"$tmp/err5"
+cmp "$tmp/recomputed.jsonl" "$tmp/run/samples.jsonl" || { echo "FAIL: a second recompute changed the file"; exit 1; }
 # Refusals: other settings than the scores', or no run at all; nothing is written.
 cp "$tmp/run/samples.jsonl" "$tmp/before.jsonl"
 cp "$tmp/run/run.json" "$tmp/before-run.json"
