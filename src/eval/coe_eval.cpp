@@ -134,19 +134,26 @@ static void put_scores(json& rec, const CoeScorer& scorer, const std::vector<std
     rec["coe_state_bytes"] = scorer.state_bytes();
 }
 
+// The run.json of an earlier run in out_dir, or null.
+static json previous_run_info(const std::string& out_dir) {
+    const fs::path path = fs::path(out_dir) / "run.json";
+    if (!fs::exists(path)) return nullptr;
+    try {
+        std::ifstream f(path);
+        return json::parse(f);
+    } catch (const std::exception& e) {
+        throw Error("'" + path.string() + "': invalid JSON (" + e.what() + ")");
+    }
+}
+
 // --recompute-scores may change how answers are scored (K/V source, kv_coe_* configuration), nothing else.
 static std::string open_run_dir_for_recompute(const std::string& out_dir, const json& identity) {
     const std::string run_path = (fs::path(out_dir) / "run.json").string();
-    if (!fs::exists(run_path))
+    const json info = previous_run_info(out_dir);
+    if (info.is_null())
         throw Error("--recompute-scores: '" + run_path + "' does not exist: nothing to score again");
-    json prev;
-    try {
-        std::ifstream f(run_path);
-        prev = json::parse(f).at("identity");
-    } catch (const std::exception& e) {
-        throw Error("'" + run_path + "': no readable identity (" + e.what() + ")");
-    }
-    json a = prev, b = identity;
+    if (!info.contains("identity")) throw Error("'" + run_path + "': no identity");
+    json a = info["identity"], b = identity;
     for (json* j : {&a, &b}) {
         j->erase("kv_source");
         j->erase("token_coe");
@@ -237,6 +244,7 @@ void run_coe_eval(const CoeEvalParams& p) {
     if (shard.active()) identity["shard"] = to_string(shard);
     const std::string run_path = p.recompute_scores ? open_run_dir_for_recompute(p.out_dir, identity)
                                                     : open_run_dir(p.out_dir, identity);
+    const json prev_info = previous_run_info(p.out_dir);
     ResultsFile results((fs::path(p.out_dir) / "samples.jsonl").string(), "index");
     relabel_results(results, cfg.matcher, p.rescore, "eval coe", p.out_dir);
     std::vector<const Sample*> todo;
@@ -289,7 +297,7 @@ void run_coe_eval(const CoeEvalParams& p) {
           {"head_dim", mi.head_dim}}},
         {"chat_template_used", to_string(tmpl)},
         {"n_samples", samples.size()},
-        {"command", p.command_line},
+        {"command", p.command_line},  // the decoding (see below for a recomputation)
         {"kvlens_version", KVLENS_VERSION},
         {"llama_cpp", KVLENS_LLAMA_ORIGIN},
         {"memory", memory},
@@ -297,6 +305,13 @@ void run_coe_eval(const CoeEvalParams& p) {
         // What the report needs beyond the identity, so that eval merge can write it.
         {"report", {{"bootstrap", p.bootstrap}, {"seed", p.seed}, {"dev_fraction", p.dev_fraction}}}};
     if (shard.active()) run_info["shard"] = shard_run_info(shard, all_samples);
+    // A recomputation keeps the command that decoded the answers and records its own beside it.
+    if (p.recompute_scores) {
+        run_info["command"] = prev_info.value("command", std::string());
+        run_info["scores_recomputed_by"] = p.command_line;
+    } else if (!prev_info.is_null() && prev_info.contains("scores_recomputed_by")) {
+        run_info["scores_recomputed_by"] = prev_info["scores_recomputed_by"];
+    }
     write_run_info(run_path, run_info);
 
     if (!todo.empty()) {
@@ -660,6 +675,9 @@ void write_coe_report(const std::string& out_dir, const std::vector<json>& recor
     const json& id = run_info["identity"];
     md << "# KV-CoE evaluation: " << id["dataset"].get<std::string>() << "\n\n";
     md << "Command:\n\n```\n" << run_info.value("command", std::string()) << "\n```\n\n";
+    if (run_info.contains("scores_recomputed_by"))
+        md << "Scores recomputed from the stored answers (one teacher-forced pass each) by:\n\n```\n"
+           << run_info["scores_recomputed_by"].get<std::string>() << "\n```\n\n";
     md << "- model: `" << fs::path(id["model"].get<std::string>()).filename().string() << "` ("
        << run_info["model_info"]["arch"].get<std::string>() << ", " << run_info["model_info"]["n_layer"]
        << " layers)\n";

@@ -50,6 +50,10 @@ for j, name in enumerate(["kv_coe_r", "kv_coe_c"]):
     assert any(abs(dec[i]["scores"][name] - new[i]["scores"][name]) > 1e-3 for i in dec), name + " did not change"
 ident = json.load(open(f"{tmp}/run/run.json"))["identity"]
 assert ident["kv_source"] == "cache" and ident["token_coe"].startswith("layers=all kv_part=v"), ident
+info = json.load(open(f"{tmp}/run/run.json"))
+assert "--recompute-scores" not in info["command"] and "--recompute-scores" in info["scores_recomputed_by"], info
+report = open(f"{tmp}/run/report.md").read()
+assert "Scores recomputed from the stored answers" in report and info["scores_recomputed_by"] in report
 print("recompute ok:", len(names), "scores and", len(dec[0]["token_grid"]), "grid entries; largest difference",
       f"{max(worst_ratio):.1e} of a score's spread")
 PY
