@@ -3,6 +3,7 @@ Api.chat == kvlens generate, streaming == non-streaming, Api.embeddings == kvlen
 kvlens.Error (a ValueError) naming the parameter; calls release the GIL."""
 import concurrent.futures
 import json
+import math
 import os
 import subprocess
 
@@ -188,3 +189,26 @@ def test_run_coe_eval_rescore(tmp_path):
     now = json.loads(open(path).readline())
     assert (now["extracted"], now["correct"]) == (first["extracted"], first["correct"])
     assert now["relabelled_from"]["extracted"] == "fake"
+
+
+def test_run_coe_eval_recompute_scores(tmp_path):
+    """run_coe_eval(recompute_scores=True) scores the stored answers again under another kv_coe_* configuration,
+    as `eval coe --recompute-scores` does: the new kv_coe_* are what decoding stored in the grid for it."""
+    from kvlens import _kvlens
+
+    out = str(tmp_path / "run")
+    args = dict(model=TINY, dataset="arith", limit=4, max_tokens=8, parallel=1, threads=1, bootstrap=20, out=out)
+    _kvlens.run_coe_eval(**args)
+    path = os.path.join(out, "samples.jsonl")
+    before = [json.loads(line) for line in open(path)]
+    _kvlens.run_coe_eval(recompute_scores=True, coe_layers="all", coe_kv_part="v", coe_positions="generated",
+                         coe_head_agg="mean", **args)
+    after = [json.loads(line) for line in open(path)]
+    for b, a in zip(before, after):
+        assert a["output_tokens"] == b["output_tokens"] and a["correct"] == b["correct"]
+        assert a["scores_recomputed"]["token_coe"].startswith("layers=all kv_part=v positions=generated")
+        want = b["token_grid"]["all|v|generated|mean"]
+        for got, ref in zip([a["scores"]["kv_coe_r"], a["scores"]["kv_coe_c"]], want):
+            assert (math.isnan(got) and math.isnan(ref)) or abs(got - ref) <= 1e-4 * max(1.0, abs(ref)), (got, ref)
+    with pytest.raises(kvlens.Error, match="only --kv-source and --coe-"):
+        _kvlens.run_coe_eval(recompute_scores=True, **dict(args, max_tokens=4))
