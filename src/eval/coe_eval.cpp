@@ -21,6 +21,7 @@
 #include "eval/shard.h"
 #include "eval/split.h"
 #include "eval/svg_plot.h"
+#include "methods/answer_line.h"
 #include "methods/calibration.h"
 #include "methods/coe.h"
 #include "util/error.h"
@@ -33,9 +34,10 @@ using nlohmann::json;
 
 const std::vector<std::string>& coe_report_scores() {
     static const std::vector<std::string> names = {
-        "kv_coe_r",      "kv_coe_c",      "kv_layer_coe_r", "kv_layer_coe_c", "k_layer_coe_r",
-        "k_layer_coe_c", "v_layer_coe_r", "v_layer_coe_c",  "hs_coe_r",       "hs_coe_c",
-        "max_prob",      "inv_ppl",       "inv_entropy",    "neg_length"};
+        "kv_coe_r",      "kv_coe_c",      "kv_layer_coe_r",   "kv_layer_coe_c",
+        "k_layer_coe_r", "k_layer_coe_c", "v_layer_coe_r",    "v_layer_coe_c",
+        "hs_coe_r",      "hs_coe_c",      "max_prob",         "inv_ppl",
+        "inv_entropy",   "neg_length",    "answer_line_prob", "answer_line_min_prob"};
     return names;
 }
 
@@ -54,7 +56,9 @@ static std::string score_label(const std::string& s) {
         {"max_prob", "mean max-prob"},
         {"inv_ppl", "1/perplexity"},
         {"inv_entropy", "1/entropy"},
-        {"neg_length", "length alone (shorter = correct)"}};
+        {"neg_length", "length alone (shorter = correct)"},
+        {"answer_line_prob", "answer line, geometric-mean prob"},
+        {"answer_line_min_prob", "answer line, lowest token prob"}};
     auto it = labels.find(s);
     return it == labels.end() ? s : it->second;
 }
@@ -117,8 +121,12 @@ static void unsubscribe_grid(Session& session, std::vector<std::unique_ptr<Token
 
 // The score fields of an answer's record: every score, the grid, the chains' steps and statuses.
 static void put_scores(json& rec, const CoeScorer& scorer, const std::vector<std::unique_ptr<TokenCoe>>& grid,
+                       const Model& model, const std::vector<llama_token>& output,
                        const std::vector<StepStats>& steps) {
     const CoeResult r = scorer.result(steps);
+    std::vector<std::string> pieces;
+    for (llama_token t : output) pieces.push_back(model.detokenize({t}));
+    const AnswerLineScores line = answer_line_scores(pieces, steps);
     json grid_scores = json::object();
     for (const auto& t : grid) {
         const CoeScores gs = t->scores();
@@ -126,6 +134,8 @@ static void put_scores(json& rec, const CoeScorer& scorer, const std::vector<std
     }
     rec["n_producer"] = r.n_producer;
     rec["scores"] = r.named();
+    rec["scores"]["answer_line_prob"] = line.prob;
+    rec["scores"]["answer_line_min_prob"] = line.min_prob;
     rec["token_grid"] = grid_scores;
     rec["kv_status"] = coe_status_string(r.kv.status);
     rec["kv_layer_steps"] = {
@@ -211,7 +221,7 @@ static void recompute_scores(ResultsFile& results, const Model& model, const Coe
             throw Error(
                 "--recompute-scores: sample " + r["index"].dump() +
                 ": its output has an end-of-generation token before its end (not this model's answer?)");
-        put_scores(r, scorer, g, forced.steps);
+        put_scores(r, scorer, g, model, forced.output, forced.steps);
         r["scores_recomputed"] = settings;
         r["scores_recomputed"]["how"] = "one teacher-forced pass";
         r["scores_recomputed"]["seconds"] = secs;
@@ -411,7 +421,7 @@ void run_coe_eval(const CoeEvalParams& p) {
                     {"mean_batch_size", slot.steps ? slot.batch_sum / slot.steps : 0.0},
                     {"prompt_tokens", g.prompt},
                     {"output_tokens", g.output}};
-                put_scores(rec, *slot.scorer, slot.grid, g.steps);
+                put_scores(rec, *slot.scorer, slot.grid, model, g.output, g.steps);
                 results.append(rec);
                 n_correct += correct;
                 ++n_new;
@@ -516,9 +526,14 @@ void write_coe_report(const std::string& out_dir, const std::vector<json>& recor
         return c;
     };
     std::vector<Column> cols;
-    for (const std::string& name : coe_report_scores())
+    for (const std::string& name : coe_report_scores()) {
+        // Scores added later (the answer line) are missing from older runs' records: no row then.
+        if (!std::all_of(records.begin(), records.end(),
+                         [&](const json& r) { return r["scores"].contains(name); }))
+            continue;
         cols.push_back(
             column(name, score_label(name), [&](const json& r) { return r["scores"][name].get<double>(); }));
+    }
 
     // The product's default configuration, when this run was made with another one (it is in the grid).
     const std::string default_key = token_grid_key(TokenCoeSpec{});

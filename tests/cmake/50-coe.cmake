@@ -41,3 +41,6 @@ else()
   message(WARNING
           "kvlens: no Python 3 interpreter found; the test python_coe_report_reference is not registered")
 endif()
+
+# The answer line's confidence (src/methods/answer_line.*): which tokens, geometric mean and minimum by hand.
+kvlens_add_gtest(answer_line_test ${PROJECT_SOURCE_DIR}/src/methods/answer_line_test.cpp)
