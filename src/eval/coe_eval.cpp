@@ -196,12 +196,14 @@ static void recompute_scores(ResultsFile& results, const Model& model, const Coe
     sp.n_batch = std::min(sp.n_ctx, 2048);
     Session session(model, sp);
     const std::vector<TokenCoeSpec> grid = token_coe_grid(model.info().n_layer);
-    const json settings = {{"kv_source", p.kv_source}, {"token_coe", to_string(p.token_coe)}};
+    // scores_version 2 added the answer line's scores: an answer recomputed by an older kvlens is done again.
+    const json settings = {
+        {"kv_source", p.kv_source}, {"token_coe", to_string(p.token_coe)}, {"scores_version", 2}};
     auto done = [&](const json& r) {
         if (!r.contains("scores_recomputed")) return false;
         const json& s = r["scores_recomputed"];
         return s.value("kv_source", "") == settings["kv_source"] &&
-               s.value("token_coe", "") == settings["token_coe"];
+               s.value("token_coe", "") == settings["token_coe"] && s.value("scores_version", 0) == 2;
     };
     const int64_t n_done = std::count_if(records.begin(), records.end(), done);
     if (n_done == (int64_t)records.size()) return;
