@@ -74,7 +74,7 @@ Run run_once(const Model& model, const SessionParams& sp, const std::vector<llam
     r.n_graph_reused = llama_perf_context(session.ctx()).n_reused;
     if (scorer) {
         // Read the scores as the CLI does at the end (part of its cost), and check the chain saw every token.
-        const CoeResult c = scorer->result(g.steps);
+        const CoeResult c = scorer->result(g.steps, g.output);
         if (c.n_generated != (int64_t)g.output.size()) throw Error("bench-generate: scorer missed steps");
     }
     return r;

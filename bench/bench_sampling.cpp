@@ -85,7 +85,7 @@ int main(int argc, char** argv) {
                 gp.sampling = sp.sampling;
                 gp.sampling.seed = sp.sampling.seed + (uint32_t)i;
                 const Generation g = generate(sequential, {prompt}, gp).at(0);
-                const CoeResult res = scorer.result(g.steps);
+                const CoeResult res = scorer.result(g.steps, g.output);
                 tok_s += (int64_t)g.output.size();
                 sequential.clear();
             }

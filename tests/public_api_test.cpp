@@ -102,7 +102,7 @@ Internal internal_generate(const std::string& path, const std::string& prompt,
     gp.sampling = {p.temperature, p.top_k, p.top_p, p.seed};
     Internal r;
     r.g = kvlens::generate(session, {toks}, gp).at(0);
-    r.scores = scorer.result(r.g.steps).named();
+    r.scores = scorer.result(r.g.steps, r.g.output).named();
     for (const auto& [k, v] : kvlens::calibrated_scores(r.scores, cals)) r.scores[k] = v;
     return r;
 }

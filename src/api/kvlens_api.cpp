@@ -696,7 +696,7 @@ kvlens_status kvlens_generate(kvlens_session* session, const std::string& prompt
         g.output_tokens = from_llama(r.output);
         g.stop = kvlens::to_string(r.stop);
         if (scorer) {
-            const kvlens::CoeResult c = scorer->result(r.steps);
+            const kvlens::CoeResult c = scorer->result(r.steps, r.output);
             g.scores = c.named();
             for (const auto& [k, v] : kvlens::calibrated_scores(g.scores, s.cals)) g.scores[k] = v;
             g.coe_layers = scorer->token().layers();
@@ -756,7 +756,7 @@ kvlens_status kvlens_score_answer(kvlens_session* session, const std::vector<kvl
         while (!batcher.empty())
             for (kvlens::Generation& done : batcher.step()) g = std::move(done);
         kvlens_answer_scores r;
-        r.scores = scorer.result(g.steps).named();
+        r.scores = scorer.result(g.steps, g.output).named();
         r.n_prompt = (int)prompt.size();
         r.tokens = from_llama(g.output);
         r.stop = kvlens::to_string(g.stop);

@@ -21,7 +21,6 @@
 #include "eval/shard.h"
 #include "eval/split.h"
 #include "eval/svg_plot.h"
-#include "methods/answer_line.h"
 #include "methods/calibration.h"
 #include "methods/coe.h"
 #include "util/error.h"
@@ -121,12 +120,8 @@ static void unsubscribe_grid(Session& session, std::vector<std::unique_ptr<Token
 
 // The score fields of an answer's record: every score, the grid, the chains' steps and statuses.
 static void put_scores(json& rec, const CoeScorer& scorer, const std::vector<std::unique_ptr<TokenCoe>>& grid,
-                       const Model& model, const std::vector<llama_token>& output,
-                       const std::vector<StepStats>& steps) {
-    const CoeResult r = scorer.result(steps);
-    std::vector<std::string> pieces;
-    for (llama_token t : output) pieces.push_back(model.detokenize({t}));
-    const AnswerLineScores line = answer_line_scores(pieces, steps);
+                       const std::vector<llama_token>& output, const std::vector<StepStats>& steps) {
+    const CoeResult r = scorer.result(steps, output);
     json grid_scores = json::object();
     for (const auto& t : grid) {
         const CoeScores gs = t->scores();
@@ -134,8 +129,6 @@ static void put_scores(json& rec, const CoeScorer& scorer, const std::vector<std
     }
     rec["n_producer"] = r.n_producer;
     rec["scores"] = r.named();
-    rec["scores"]["answer_line_prob"] = line.prob;
-    rec["scores"]["answer_line_min_prob"] = line.min_prob;
     rec["token_grid"] = grid_scores;
     rec["kv_status"] = coe_status_string(r.kv.status);
     rec["kv_layer_steps"] = {
@@ -223,7 +216,7 @@ static void recompute_scores(ResultsFile& results, const Model& model, const Coe
             throw Error(
                 "--recompute-scores: sample " + r["index"].dump() +
                 ": its output has an end-of-generation token before its end (not this model's answer?)");
-        put_scores(r, scorer, g, model, forced.output, forced.steps);
+        put_scores(r, scorer, g, forced.output, forced.steps);
         r["scores_recomputed"] = settings;
         r["scores_recomputed"]["how"] = "one teacher-forced pass";
         r["scores_recomputed"]["seconds"] = secs;
@@ -423,7 +416,7 @@ void run_coe_eval(const CoeEvalParams& p) {
                     {"mean_batch_size", slot.steps ? slot.batch_sum / slot.steps : 0.0},
                     {"prompt_tokens", g.prompt},
                     {"output_tokens", g.output}};
-                put_scores(rec, *slot.scorer, slot.grid, model, g.output, g.steps);
+                put_scores(rec, *slot.scorer, slot.grid, g.output, g.steps);
                 results.append(rec);
                 n_correct += correct;
                 ++n_new;

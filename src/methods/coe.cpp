@@ -384,11 +384,14 @@ std::map<std::string, double> CoeResult::named() const {
     out["inv_ppl"] = prob.inv_ppl;
     out["inv_entropy"] = prob.inv_entropy;
     out["neg_length"] = -(double)n_generated;
+    out["answer_line_prob"] = answer_line.prob;
+    out["answer_line_min_prob"] = answer_line.min_prob;
     return out;
 }
 
 CoeScorer::CoeScorer(Session& session, llama_seq_id seq, int n_prompt, const TokenCoeSpec& spec)
     : capture_(session.capture()),
+      model_(session.model()),
       token_(session.model().info(), seq, n_prompt, spec),
       kv_(session.model().info(), seq, n_prompt),
       hidden_(session.model().info(), seq, n_prompt) {
@@ -403,8 +406,12 @@ CoeScorer::~CoeScorer() {
     capture_.unsubscribe(&hidden_);
 }
 
-CoeResult CoeScorer::result(const std::vector<StepStats>& steps) const {
+CoeResult CoeScorer::result(const std::vector<StepStats>& steps,
+                            const std::vector<llama_token>& output) const {
     CoeResult r;
+    std::vector<std::string> pieces;
+    for (llama_token t : output) pieces.push_back(model_.detokenize({t}));
+    r.answer_line = answer_line_scores(pieces, steps);
     r.kv = token_.scores();
     r.kv_layer = kv_.scores(KvPart::KV);
     r.k_layer = kv_.scores(KvPart::K);

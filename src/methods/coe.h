@@ -51,6 +51,7 @@
 #include "capture/pooling.h"
 #include "engine/generate.h"
 #include "engine/model.h"
+#include "methods/answer_line.h"
 
 namespace kvlens {
 
@@ -241,10 +242,12 @@ struct CoeResult {
     CoeScores kv;                              // token axis (the paper's KV-CoE), per-step M_i / A_i included
     CoeScores kv_layer, k_layer, v_layer, hs;  // layer axis: K;V, K, V; hidden states
     ProbScores prob;
-    int64_t n_producer = 0;   // producer positions pooled (layer-axis and hidden chains)
-    int64_t n_generated = 0;  // generated tokens (steps)
+    AnswerLineScores answer_line{0, 0, 0};  // the output's last line (methods/answer_line.h)
+    int64_t n_producer = 0;                 // producer positions pooled (layer-axis and hidden chains)
+    int64_t n_generated = 0;                // generated tokens (steps)
     // Every score by name: kv_coe_*, kv_layer_coe_*, k_layer_coe_*, v_layer_coe_*, hs_coe_* (each _r, _c,
-    // _mag, _ang), max_prob, inv_ppl, inv_entropy, neg_length (= -n_generated: shorter = more confident).
+    // _mag, _ang), max_prob, inv_ppl, inv_entropy, neg_length (= -n_generated: shorter = more confident),
+    // answer_line_prob, answer_line_min_prob.
     std::map<std::string, double> named() const;
 };
 
@@ -262,12 +265,14 @@ public:
     const TokenCoe& token() const { return token_; }
     const KvLayerCoe& kv_layer() const { return kv_; }
     const HiddenCoe& hidden() const { return hidden_; }
-    // Scores now: at the end of a generation, or mid-way (e.g. from GenerateParams::on_token with g.steps).
-    CoeResult result(const std::vector<StepStats>& steps) const;
+    // Scores now: at the end of a generation, or mid-way (e.g. from GenerateParams::on_token with g.steps
+    // and g.output); output: the generated tokens so far, one per step (for the answer line).
+    CoeResult result(const std::vector<StepStats>& steps, const std::vector<llama_token>& output) const;
     size_t state_bytes() const { return token_.state_bytes() + kv_.state_bytes() + hidden_.state_bytes(); }
 
 private:
     KvCapture& capture_;
+    const Model& model_;
     TokenCoe token_;
     KvLayerCoe kv_;
     HiddenCoe hidden_;

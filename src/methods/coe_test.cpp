@@ -546,7 +546,7 @@ TEST_F(CoeModel, StreamedScoresEqualARecomputationAndChangeDuringGeneration) {
         // Every forward pass so far produced one output token: the counts follow the tokens, in every state.
         EXPECT_EQ(scorer.kv_layer().count(), (int64_t)g.output.size());
         EXPECT_EQ(scorer.hidden().counts(), std::vector<int64_t>(mi.n_layer + 1, (int64_t)g.output.size()));
-        mid.push_back(scorer.result(g.steps));
+        mid.push_back(scorer.result(g.steps, g.output));
         return true;
     };
     const Generation g = generate(*s, {prompt}, gp).at(0);
@@ -555,7 +555,7 @@ TEST_F(CoeModel, StreamedScoresEqualARecomputationAndChangeDuringGeneration) {
     ASSERT_GE(n_out, 4) << "the tiny model stopped too early for this test";
     ASSERT_EQ((int)mid.size(), n_out);
 
-    const CoeResult fin = scorer.result(g.steps);
+    const CoeResult fin = scorer.result(g.steps, g.output);
     EXPECT_EQ(fin.n_producer, n_out);
     EXPECT_EQ(scorer.hidden().counts(), std::vector<int64_t>(mi.n_layer + 1, n_out));
     // The last reading in on_token is taken before the last token would be fed back: it is the final state.
@@ -568,11 +568,20 @@ TEST_F(CoeModel, StreamedScoresEqualARecomputationAndChangeDuringGeneration) {
     const auto named = fin.named();
     for (const char* key : {"kv_coe_r", "kv_coe_c", "kv_layer_coe_r", "kv_layer_coe_c", "k_layer_coe_r",
                             "k_layer_coe_c", "v_layer_coe_r", "v_layer_coe_c", "hs_coe_r", "hs_coe_c",
-                            "kv_coe_mag", "hs_coe_ang", "max_prob", "inv_ppl", "inv_entropy", "neg_length"}) {
+                            "kv_coe_mag", "hs_coe_ang", "max_prob", "inv_ppl", "inv_entropy", "neg_length",
+                            "answer_line_prob", "answer_line_min_prob"}) {
         ASSERT_EQ(named.count(key), 1u) << key;
         EXPECT_TRUE(std::isfinite(named.at(key))) << key;
     }
-    EXPECT_EQ(named.size(), 24u);
+    EXPECT_EQ(named.size(), 26u);
+    // The answer line from the same tokens and steps, through answer_line_scores itself.
+    std::vector<std::string> pieces;
+    for (llama_token t : g.output) pieces.push_back(model->detokenize({t}));
+    const AnswerLineScores line = answer_line_scores(pieces, g.steps);
+    EXPECT_GT(line.n_tokens, 0);
+    EXPECT_EQ(named.at("answer_line_prob"), line.prob);
+    EXPECT_EQ(named.at("answer_line_min_prob"), line.min_prob);
+    EXPECT_LE(line.min_prob, line.prob);
     EXPECT_EQ(named.at("neg_length"), -(double)n_out);
     EXPECT_EQ((int)fin.kv_layer.m.size(), mi.n_layer - 1);
     // The token axis: one state per producer position, so n_out - 1 steps.
@@ -653,7 +662,7 @@ TEST_F(CoeModel, BatchedSequencesEachGetTheirOwnScorer) {
         auto s = session();
         CoeScorer scorer(*s, 0, (int)p.size());
         const Generation g = generate(*s, {p}, gp).at(0);
-        single.push_back(scorer.result(g.steps));
+        single.push_back(scorer.result(g.steps, g.output));
     }
 
     // Together, with a scorer per sequence.
@@ -663,7 +672,7 @@ TEST_F(CoeModel, BatchedSequencesEachGetTheirOwnScorer) {
     const std::vector<Generation> gens = generate(*s, prompts, gp);
     for (int i = 0; i < 2; ++i) {
         SCOPED_TRACE("sequence " + std::to_string(i));
-        const CoeResult r = scorers[i]->result(gens[i].steps);
+        const CoeResult r = scorers[i]->result(gens[i].steps, gens[i].output);
         EXPECT_EQ(r.n_producer, (int64_t)gens[i].output.size());
         EXPECT_EQ(scorers[i]->hidden().counts(),
                   std::vector<int64_t>(model->info().n_layer + 1, r.n_producer));
@@ -698,7 +707,7 @@ TEST(CoeRealModel, SmolLM2ChainsAreRegular) {
     GenerateParams gp;
     gp.max_tokens = 48;
     const Generation g = generate(s, {prompt}, gp).at(0);
-    const CoeResult r = scorer.result(g.steps);
+    const CoeResult r = scorer.result(g.steps, g.output);
     EXPECT_EQ(r.n_producer, (int64_t)g.output.size());
     EXPECT_EQ(scorer.hidden().counts(), std::vector<int64_t>(mi.n_layer + 1, r.n_producer));
     for (const CoeScores* c : {&r.kv, &r.kv_layer, &r.k_layer, &r.v_layer, &r.hs})

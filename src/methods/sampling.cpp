@@ -103,7 +103,7 @@ SampleSet sample_n(Session& session, const std::vector<llama_token>& prompt, con
         std::vector<llama_token> visible = s.gen.output;
         if (s.gen.stop == StopReason::EndOfTurn) visible.pop_back();
         s.gen.text = model.detokenize(visible);
-        s.coe = scorers[i]->result(s.gen.steps);
+        s.coe = scorers[i]->result(s.gen.steps, s.gen.output);
         s.scores = s.coe.named();
     }
     out.n_decode_calls = session.n_decode_calls() - calls0;

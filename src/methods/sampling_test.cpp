@@ -115,7 +115,7 @@ TEST_F(Fixture, EachSampleEqualsGenerateAloneWithItsSeed) {
         const SampleOut& o = out.samples[i];
         EXPECT_EQ(o.gen.output, g.output) << "sample " << i;
         EXPECT_EQ(o.gen.text, g.text);
-        const auto ref = scorer.result(g.steps).named();
+        const auto ref = scorer.result(g.steps, g.output).named();
         for (const char* k : {"kv_coe_r", "kv_coe_c", "hs_coe_c", "max_prob", "inv_ppl"})
             EXPECT_NEAR(o.scores.at(k), ref.at(k), 1e-4) << "sample " << i << " " << k;
         EXPECT_EQ(o.coe.n_producer, (int64_t)o.gen.output.size()) << "sample " << i;

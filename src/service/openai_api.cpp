@@ -331,7 +331,7 @@ struct BatchJob {
             e.n_generated = (int)g.output.size();
             if (scores_every > 0 && g.output.size() % scores_every == 0) {
                 e.has_scores = true;
-                e.scores = scorer->result(g.steps).named();
+                e.scores = scorer->result(g.steps, g.output).named();
             }
             std::lock_guard<std::mutex> lock(mu);
             events.push_back(std::move(e));
@@ -347,7 +347,7 @@ struct BatchJob {
     }
     void finish(Generation g) {
         // Scores read, then the observer goes: its sequence id is free for the next request.
-        scores = scorer->result(g.steps).named();
+        scores = scorer->result(g.steps, g.output).named();
         scorer.reset();
         std::lock_guard<std::mutex> lock(mu);
         gen = std::move(g);

@@ -79,6 +79,8 @@ def close(a, b):
             assert x == y or (x is None and y is None) or (math.isnan(x) and math.isnan(y)), k
         elif k.startswith("inv_"):  # 1/x of a near-zero entropy or perplexity gap: compare x itself
             assert math.isclose(1 / x, 1 / y, rel_tol=1e-3, abs_tol=1e-3), (k, x, y)
+        elif k == "answer_line_min_prob":  # one token's probability, no mean to damp it (measured: 6e-3)
+            assert math.isclose(x, y, rel_tol=2e-2, abs_tol=1e-3), (k, x, y)
         else:
             assert math.isclose(x, y, rel_tol=1e-3, abs_tol=1e-3), (k, x, y)
 

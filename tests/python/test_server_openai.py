@@ -72,7 +72,7 @@ def test_chat_equals_kvlens_generate(client):
     k = r.model_extra["kvlens"]
     assert k["stop"] == "end_of_turn" and k["think"] == {"mode": "on"}
     assert r.usage.completion_tokens == k["n_generated"] and r.usage.prompt_tokens == k["n_prompt"]
-    assert len(k["scores"]) == 24 and all(math.isfinite(v) for v in k["scores"].values())
+    assert len(k["scores"]) == 26 and all(math.isfinite(v) for v in k["scores"].values())
     # Fast mode: the empty think block is in the prompt, the answer has no reasoning.
     f = ask(client, extra_body={"think": "off"}).choices[0].message
     assert f.content == cli_generate(QUESTION, "off").strip()
