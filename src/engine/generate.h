@@ -74,10 +74,10 @@ std::vector<Generation> generate(Session& session, const std::vector<std::vector
 // returns (Batcher::join with forced tokens: the same output, stop reason, text and step statistics, and
 // the same rows handed to capture observers), but computed like a prompt: prompt and answer (all but its
 // last token, never fed back) are decoded in chunks of up to `chunk` tokens with logits at every answer
-// position. Several times faster than one token per step on a CPU; the numbers differ from the step-wise
-// ones only by the rounding of batched kernels. The answer is cut after its first end-of-generation token,
-// as a decode loop stops there. The sequence must be empty; its cells stay taken. Throws Error when the
-// prompt or the answer is empty or they do not fit the context.
+// position: the weights are read once per chunk instead of once per token. The numbers differ from the
+// step-wise ones only by the rounding of batched kernels. The answer is cut after its first end-of-generation
+// token, as a decode loop stops there. The sequence must be empty; its cells stay taken. Throws Error when
+// the prompt or the answer is empty or they do not fit the context.
 Generation score_forced(Session& session, llama_seq_id seq, const std::vector<llama_token>& prompt,
                         std::vector<llama_token> answer, int chunk = 128);
 
