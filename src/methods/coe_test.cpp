@@ -566,10 +566,10 @@ TEST_F(CoeModel, StreamedScoresEqualARecomputationAndChangeDuringGeneration) {
     EXPECT_NE(mid[1].prob.inv_ppl, fin.prob.inv_ppl);
 
     const auto named = fin.named();
-    for (const char* key : {"kv_coe_r", "kv_coe_c", "kv_layer_coe_r", "kv_layer_coe_c", "k_layer_coe_r",
-                            "k_layer_coe_c", "v_layer_coe_r", "v_layer_coe_c", "hs_coe_r", "hs_coe_c",
-                            "kv_coe_mag", "hs_coe_ang", "max_prob", "inv_ppl", "inv_entropy", "neg_length",
-                            "answer_line_prob", "answer_line_min_prob"}) {
+    for (const char* key :
+         {"kv_coe_r", "kv_coe_c", "kv_layer_coe_r", "kv_layer_coe_c", "k_layer_coe_r", "k_layer_coe_c",
+          "v_layer_coe_r", "v_layer_coe_c", "hs_coe_r", "hs_coe_c", "kv_coe_mag", "hs_coe_ang", "max_prob",
+          "inv_ppl", "inv_entropy", "neg_length", "answer_line_prob", "answer_line_min_prob"}) {
         ASSERT_EQ(named.count(key), 1u) << key;
         EXPECT_TRUE(std::isfinite(named.at(key))) << key;
     }
