@@ -32,7 +32,7 @@ MAX_TOKENS = [64, 12, 64, 30, 64, 16, 64, 48]
 
 
 def post(port, i):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=280)
     c.request("POST", "/v1/chat/completions",
               json.dumps({"messages": [{"role": "user", "content": QUESTIONS[i]}], "temperature": 0,
                           "max_tokens": MAX_TOKENS[i]}), {"Content-Type": "application/json"})
