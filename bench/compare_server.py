@@ -194,7 +194,9 @@ def one_model(args, name):
                  for q in ph["requests"] if q["prompt"] in ref and q["text"] != ref[q["prompt"]]]
         errs = sum(len(ph["errors"]) for ph in phases if ph["server"] == kind)
         check[kind] = {"answers_differing_from_alone": len(diffs), "examples": diffs[:10], "errors": errs}
-        ok = ok and not diffs and not errs
+        # Only the batch-invariant server promises unchanged answers; the default kernels (kvlens' and
+        # llama-server's) round differently when rows share a batch, so theirs are reported, not required.
+        ok = ok and not errs and not (kind == "kvlens-bi" and diffs)
     for kind in [k for k in args.servers if k.startswith("kvlens")]:
         missing = sum(ph["scores_missing"] for ph in phases if ph["server"] == kind)
         check[kind]["responses_without_scores"] = missing
